@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from spt.camera import EXCESS_NOISE, Camera, camera_from_parameters, estimate_camera
 from spt.errors import SptInputError
-from spt.localize import fit_spots
+from spt.localize import Fit, fit_spots, pixel_integrals
 from spt.schema import SPOT_COLUMNS, empty_table
 
 __all__ = ["DetectConfig", "locate", "locate_movie", "estimate_psf_sigma"]
@@ -131,17 +132,34 @@ def _check_frames(frames: np.ndarray, source: str) -> np.ndarray:
     return arr
 
 
+def _local_mean(img: np.ndarray, size: int) -> np.ndarray:
+    """Mean over a ~``size`` px square, computed on 4 x 4 binned pixels (the background is smooth)."""
+    k = 4
+    t, ny, nx = img.shape
+    py, px = -ny % k, -nx % k
+    if py or px:
+        img = np.pad(img, ((0, 0), (0, py), (0, px)), mode="edge")
+    small = img.reshape(t, img.shape[1] // k, k, img.shape[2] // k, k).mean(axis=(2, 4))
+    width = max(3, int(round(size / k)) | 1)
+    small = ndimage.uniform_filter(small, (1, width, width), mode="nearest")
+    return small.repeat(k, axis=1).repeat(k, axis=2)[:, :ny, :nx]
+
+
 def _candidates(eff: np.ndarray, sigma: float, radius: int, read_var: float, threshold: float):
     """Local maxima of the noise-normalised band-pass image of a (T, Y, X) chunk.
 
     The band-pass is a Gaussian of the PSF width (the matched filter for a spot) minus a local
-    mean over ~``6 sigma``; dividing by the square root of the local background (shot-noise
+    mean over ~``8 sigma``; dividing by the square root of the local background (shot-noise
     s.d.) and then by the robust s.d. (1.4826 MAD) of the result gives a signal-to-noise map
     whose noise is ~1 everywhere, whatever the brightness of the local background.
+
+    Returns
+    -------
+    t, y, x : ndarray of int
+        Candidate frame (in the chunk), row and column.
     """
     smooth = ndimage.gaussian_filter(eff, (0, sigma, sigma), truncate=3.0)
-    size = 2 * max(3, int(np.ceil(3 * sigma))) + 1
-    bg = ndimage.uniform_filter(smooth, (1, size, size))
+    bg = _local_mean(smooth, int(np.ceil(8 * sigma)) + 4)
     snr = smooth - bg
     snr /= np.sqrt(np.maximum(bg, 0.0) + read_var + 1e-6)
     sample = snr[:, ::3, ::3]
@@ -149,10 +167,25 @@ def _candidates(eff: np.ndarray, sigma: float, radius: int, read_var: float, thr
     mad = np.median(np.abs(sample - med), axis=(1, 2), keepdims=True) * 1.4826
     snr -= med
     snr /= np.maximum(mad, 1e-12)
-    peaks = ndimage.maximum_filter(snr, (1, 2 * radius + 1, 2 * radius + 1)) == snr
-    peaks &= snr > threshold
-    t, y, x = np.nonzero(peaks)
-    return t, y, x, snr[t, y, x]
+    t, y, x = np.nonzero(snr > threshold)
+    if len(t) == 0:
+        return t, y, x
+    # local maxima within a (2 radius + 1)^2 window, tested only at the thresholded pixels
+    _, ny, nx = snr.shape
+    value = snr[t, y, x]
+    is_max = np.ones(len(t), bool)
+    for dy in range(-radius, radius + 1):
+        yy = np.clip(y + dy, 0, ny - 1)
+        for dx in range(-radius, radius + 1):
+            if dy == 0 and dx == 0:
+                continue
+            xx = np.clip(x + dx, 0, nx - 1)
+            # ties: the first pixel in raster order wins
+            later = (dy, dx) > (0, 0)
+            neighbour = snr[t, yy, xx]
+            same = (yy == y) & (xx == x)
+            is_max &= (value > neighbour) | ((value == neighbour) & later) | same
+    return t[is_max], y[is_max], x[is_max]
 
 
 def _boxes(eff: np.ndarray, t: np.ndarray, y: np.ndarray, x: np.ndarray, half: int):
@@ -208,8 +241,6 @@ def _centroid(boxes, ox, oy, sigma):
 
 def _dedupe(frame: np.ndarray, x: np.ndarray, y: np.ndarray, score: np.ndarray, min_dist: float) -> np.ndarray:
     """Indices to keep so that no two spots of a frame are closer than ``min_dist`` (keep best)."""
-    from scipy.spatial import cKDTree
-
     if len(x) < 2:
         return np.arange(len(x))
     # separate frames far apart in a third coordinate so one tree serves the whole chunk
@@ -223,28 +254,64 @@ def _dedupe(frame: np.ndarray, x: np.ndarray, y: np.ndarray, score: np.ndarray, 
     return np.flatnonzero(keep)
 
 
-def _locate_chunk(raw: np.ndarray, config: DetectConfig, camera: Camera, sigma: float, start: int) -> pd.DataFrame:
+def _render(shape, t, ox, oy, side, x, y, n, s):
+    """Model image of spots (no background) and each spot's own model in its box."""
+    ar = np.arange(side)
+    ex, _, _ = pixel_integrals(ox[:, None] + ar - x[:, None], s[:, None])
+    ey, _, _ = pixel_integrals(oy[:, None] + ar - y[:, None], s[:, None])
+    own = (n[:, None, None] * ey[:, :, None] * ex[:, None, :]).astype(np.float32)
+    _, ny, nx = shape
+    flat = (
+        t[:, None, None] * (ny * nx)
+        + (oy[:, None] + ar)[:, :, None] * nx
+        + (ox[:, None] + ar)[:, None, :]
+    )
+    image = np.bincount(flat.ravel(), weights=own.ravel(), minlength=int(np.prod(shape)))
+    return image.reshape(shape).astype(np.float32), own
+
+
+def _crowded(t: np.ndarray, x: np.ndarray, y: np.ndarray, reach: float) -> np.ndarray:
+    """Whether each spot has another spot of the same frame within ``reach`` px."""
+    if len(t) < 2:
+        return np.zeros(len(t), bool)
+    pts = np.column_stack([x, y, t.astype(float) * (4 * reach + 1e3)])
+    pairs = cKDTree(pts).query_pairs(reach, output_type="ndarray")
+    out = np.zeros(len(t), bool)
+    out[pairs.ravel()] = True
+    return out
+
+
+def _locate_chunk(
+    raw: np.ndarray, config: DetectConfig, camera: Camera, sigma: float, start: int
+) -> pd.DataFrame:
+    """Spots of a (T, Y, X) chunk; see :func:`locate_movie`."""
     eff = camera.to_effective(raw)
     half = config.box_radius_px or int(np.ceil(3 * sigma))
     half = max(1, min(half, (min(eff.shape[1:]) - 1) // 2))
+    side = 2 * half + 1
     radius = max(1, int(round(1.5 * sigma)))
     read_var = camera.read_var_effective
-    t, y, x, _ = _candidates(eff, sigma, radius, read_var, config.threshold)
+    t, y, x = _candidates(eff, sigma, radius, read_var, config.threshold)
     if len(t) == 0:
         return empty_table(SPOT_COLUMNS)
     boxes, ox, oy = _boxes(eff, t, y, x, half)
-    if config.method == "mle":
-        sx, sy = _refine_start(boxes, ox, oy, x, y)
-        fit = fit_spots(boxes, ox, oy, sx, sy, sigma, fit_sigma=config.fit_sigma, read_var=read_var, n_iter=config.n_iter)
-        fx, fy, n, b, s = fit.x, fit.y, fit.photons, fit.background, fit.sigma
-        ex, ey, en, ok = fit.x_err, fit.y_err, fit.photons_err, fit.ok
-    else:
+    if config.method == "centroid":
         fx, fy, n, b, ex, en, ok = _centroid(boxes, ox, oy, sigma)
-        ey = ex
-        s = np.full(len(fx), sigma)
+        ey, s = ex, np.full(len(fx), sigma)
+    else:
+        sx, sy = _refine_start(boxes, ox, oy, x, y)
+        fit = fit_spots(
+            boxes, ox, oy, sx, sy, sigma, fit_sigma=config.fit_sigma, read_var=read_var,
+            n_iter=config.n_iter,
+        )
+        fit = _deflate_and_refit(eff, fit, t, ox, oy, half, sigma, read_var, config)
+        t, ox, oy = fit[0], fit[1], fit[2]
+        fx, fy, n, b, s = fit[3].x, fit[3].y, fit[3].photons, fit[3].background, fit[3].sigma
+        ex, ey, en, ok = fit[3].x_err, fit[3].y_err, fit[3].photons_err, fit[3].ok
+        x, y = ox + half, oy + half
     with np.errstate(invalid="ignore", divide="ignore"):
         snr = n / en
-    ok = ok & (snr >= config.min_snr) & (np.hypot(fx - x, fy - y) <= half)
+    ok = ok & (snr >= config.min_snr) & (np.abs(fx - x) <= side) & (np.abs(fy - y) <= side)
     keep = np.flatnonzero(ok)
     keep = keep[_dedupe(t[keep], fx[keep], fy[keep], snr[keep], max(1.0, sigma))]
     # effective photons -> photons (calibrated) or ADU (estimated camera)
@@ -270,6 +337,63 @@ def _locate_chunk(raw: np.ndarray, config: DetectConfig, camera: Camera, sigma: 
     return out.sort_values(["frame", "x"], kind="stable", ignore_index=True)
 
 
+def _deflate_and_refit(eff, fit, t, ox, oy, half, sigma, read_var, config):
+    """Find spots hidden next to brighter ones, then fit touching spots jointly.
+
+    The model of the accepted spots is subtracted and candidates are searched again in the
+    residual (iterative deflation, as in crowded-field photometry). Spots whose windows overlap are
+    then refitted with their neighbours' light as a known term of the model, alternating over
+    the spots twice (block-coordinate ascent of the joint likelihood).
+    """
+    side = 2 * half + 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        good = fit.ok & (fit.photons / fit.photons_err >= config.min_snr)
+    idx = np.flatnonzero(good)
+    idx = idx[_dedupe(t[idx], fit.x[idx], fit.y[idx], fit.photons[idx], max(1.0, sigma))]
+    t, ox, oy = t[idx], ox[idx], oy[idx]
+    x, y, n, b, s = (a[idx].copy() for a in (fit.x, fit.y, fit.photons, fit.background, fit.sigma))
+    model, _ = _render(eff.shape, t, ox, oy, side, x, y, n, s)
+    t2, y2, x2 = _candidates(eff - model, sigma, max(1, int(round(1.5 * sigma))), read_var, config.threshold)
+    if len(t2):
+        boxes2, ox2, oy2 = _boxes(eff - model, t2, y2, x2, half)
+        sx, sy = _refine_start(boxes2, ox2, oy2, x2, y2)
+        t, ox, oy = np.concatenate([t, t2]), np.concatenate([ox, ox2]), np.concatenate([oy, oy2])
+        edge = np.median(np.concatenate([boxes2[:, 0, :], boxes2[:, -1, :]], axis=1), axis=1)
+        n2 = np.maximum((boxes2 - edge[:, None, None]).sum(axis=(1, 2)), 1.0)
+        x, y = np.concatenate([x, sx]), np.concatenate([y, sy])
+        n = np.concatenate([n, n2])
+        b = np.concatenate([b, np.median(b) if len(b) else edge])[: len(t)] if False else np.concatenate(
+            [b, np.full(len(t2), np.median(b) if len(b) else 1.0)]
+        )
+        s = np.concatenate([s, np.full(len(t2), sigma)])
+    crowd = np.flatnonzero(_crowded(t, x, y, side + 1.0))
+    boxes, _, _ = _boxes(eff, t, oy + half, ox + half, half)
+    errs = np.full((len(t), 3), np.nan)
+    ok = np.ones(len(t), bool)
+    lone = np.setdiff1d(np.arange(len(t)), crowd)
+    # lone spots keep their first fit, except new ones (which need one)
+    new = lone[lone >= len(idx)]
+    for round_ in range(3 if len(crowd) else 1):
+        sel = np.concatenate([crowd, new]) if round_ == 0 else crowd
+        if len(sel) == 0:
+            break
+        model, own = _render(eff.shape, t, ox, oy, side, x, y, n, s)
+        ar = np.arange(side)
+        extra = model[t[sel, None, None], (oy[sel, None] + ar)[:, :, None], (ox[sel, None] + ar)[:, None, :]]
+        extra = np.maximum(extra - own[sel], 0.0)
+        f = fit_spots(
+            boxes[sel], ox[sel], oy[sel], x[sel], y[sel], s[sel], fit_sigma=config.fit_sigma,
+            read_var=read_var, n_iter=config.n_iter, extra=extra, photons0=n[sel], background0=b[sel],
+        )
+        x[sel], y[sel], n[sel], b[sel], s[sel] = f.x, f.y, f.photons, f.background, f.sigma
+        errs[sel] = np.column_stack([f.x_err, f.y_err, f.photons_err])
+        ok[sel] = f.ok
+    old = np.setdiff1d(lone, new)
+    errs[old] = np.column_stack([fit.x_err[idx][old], fit.y_err[idx][old], fit.photons_err[idx][old]])
+    out = Fit(x, y, n, b, s, errs[:, 0], errs[:, 1], errs[:, 2], ok)
+    return t, ox, oy, out
+
+
 def estimate_psf_sigma(frames: np.ndarray, camera: Camera, *, guess: float = 1.3, threshold: float = 8.0) -> float:
     """Estimate the PSF s.d. (px) as the median free-sigma MLE fit of the brightest spots.
 
@@ -291,7 +415,7 @@ def estimate_psf_sigma(frames: np.ndarray, camera: Camera, *, guess: float = 1.3
     sigma = guess
     for _ in range(2):
         half = max(2, min(int(np.ceil(3 * sigma)) + 1, (min(eff.shape[1:]) - 1) // 2))
-        t, y, x, _ = _candidates(eff, sigma, max(1, round(1.5 * sigma)), camera.read_var_effective, threshold)
+        t, y, x = _candidates(eff, sigma, max(1, round(1.5 * sigma)), camera.read_var_effective, threshold)
         if len(t) < 3:
             return float(sigma)
         boxes, ox, oy = _boxes(eff, t, y, x, half)
