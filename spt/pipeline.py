@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +19,10 @@ import spt
 from spt.config import PipelineConfig
 from spt.detect import locate_movie
 from spt.errors import SptInputError
-from spt.io import Movie, read_masks, read_movie, write_table
+from spt.io import read_masks, read_movie, write_table
 from spt.link import link
 from spt.plot import plot_tracks_by_stage
-from spt.schema import STAGE_VELOCITY_COLUMNS, TRACK_COLUMNS, empty_table
+from spt.schema import SPOT_COLUMNS, STAGE_VELOCITY_COLUMNS, TRACK_COLUMNS, empty_table
 from spt.segment import segment_tracks
 from spt.stages import classify_stages
 from spt.summary import stage_table, stage_velocities, step_speeds
@@ -102,21 +102,55 @@ def masks_for(movie_path: Path, masks_path: str | os.PathLike | None) -> Path | 
     return None
 
 
-def track_movie(
-    movie: Movie, config: PipelineConfig, *, progress: ProgressCallback | None = None
+def array_chunks(frames: np.ndarray, chunk_frames: int = 64) -> Iterator[tuple[int, np.ndarray]]:
+    """Split an in-memory (T, Y, X) array into ``(first frame, chunk)`` pairs."""
+    frames = np.asarray(frames)
+    if frames.ndim != 3:
+        raise SptInputError(None, f"expected a movie of shape (T, Y, X), got shape {frames.shape}")
+    for start in range(0, len(frames), chunk_frames):
+        chunk = frames[start : start + chunk_frames]
+        if np.issubdtype(chunk.dtype, np.floating) and not np.isfinite(chunk).all():
+            raise SptInputError(None, f"frames {start}-{start + len(chunk) - 1} contain NaN or inf")
+        yield start, chunk
+
+
+def track_frames(
+    chunks: Iterable[tuple[int, np.ndarray]],
+    config: PipelineConfig,
+    *,
+    n_frames: int,
+    pixel_size_um: float,
+    frame_interval_s: float,
+    progress: ProgressCallback | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Detect spots in every frame of ``movie`` (streamed in chunks) and link them into tracks."""
-    chunks = []
-    for start, frames in movie.iter_chunks():
-        chunks.append(locate_movie(frames, config.detect, start_frame=start))
+    """Detect spots chunk by chunk and link them into tracks.
+
+    Parameters
+    ----------
+    chunks : iterable of (int, ndarray)
+        ``(first frame index, frames (n, Y, X))`` pairs, e.g. :meth:`spt.io.Movie.iter_chunks`
+        or :func:`array_chunks`.
+    config : PipelineConfig
+        Detection and linking parameters are used.
+    n_frames : int
+        Total frames, for progress reports.
+    pixel_size_um, frame_interval_s : float
+        Calibration, um/px and s.
+    progress : callable, optional
+        Called as ``progress(frames_done, n_frames)`` after each chunk; it may raise to cancel.
+
+    Returns
+    -------
+    spots, tracks : DataFrame
+    """
+    tables = []
+    for start, frames in chunks:
+        tables.append(locate_movie(frames, config.detect, start_frame=start))
         if progress is not None:
-            progress(start + len(frames), movie.n_frames)
-    spots = pd.concat(chunks, ignore_index=True)
+            progress(start + len(frames), n_frames)
+    spots = pd.concat(tables, ignore_index=True) if tables else empty_table(SPOT_COLUMNS)
     tracks = link(
-        spots,
-        config.link,
-        pixel_size_um=movie.pixel_size_um,
-        frame_interval_s=movie.frame_interval_s,
+        spots, config.link, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
     )
     return spots, tracks
 
@@ -167,7 +201,14 @@ def process_movie(
     if masks_path is not None:
         masks = read_masks(masks_path, shape=movie.shape, n_frames=movie.n_frames)
     t1 = time.perf_counter()
-    spots, tracks = track_movie(movie, config, progress=progress)
+    spots, tracks = track_frames(
+        movie.iter_chunks(),
+        config,
+        n_frames=movie.n_frames,
+        pixel_size_um=movie.pixel_size_um,
+        frame_interval_s=movie.frame_interval_s,
+        progress=progress,
+    )
     t2 = time.perf_counter()
     analysis = analyze_tracks(
         tracks,
