@@ -36,6 +36,7 @@ system-deps:
 	fi
 
 test: setup system-deps
+	$(BIN)/ruff check spt tests benchmarks
 	xvfb-run -a -s "-screen 0 1280x1024x24" $(BIN)/python -m pytest -q
 
 lint: setup
