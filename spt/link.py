@@ -50,11 +50,11 @@ class LinkConfig:
     """
 
     max_speed_um_s: float = 80.0
-    diffusion_um2_s: float = 0.5
-    velocity_noise_um_s: float = 10.0
-    max_gap_frames: int = 10
-    gap_penalty: float = 1.0
-    model_switch_penalty: float = 2.0
+    diffusion_um2_s: float = 0.25
+    velocity_noise_um_s: float = 5.0
+    max_gap_frames: int = 12
+    gap_penalty: float = 0.3
+    model_switch_penalty: float = 4.0
     min_track_length: int = 3
 
     def __post_init__(self) -> None:
@@ -187,7 +187,10 @@ def _link_arrays(
                 setattr(tr, name, getattr(tr, name)[live])
         assigned = np.full(len(pts), -1)
         if len(tr.last):
-            rows, cols, cost = _candidate_costs(tr, pts, t, r_flat, var_d, var_v, cost_flat, config.gap_penalty)
+            rows, cols, cost = _candidate_costs(
+                tr, pts, t, r_flat, var_d, var_v, cost_flat, config.gap_penalty,
+                config.model_switch_penalty,
+            )
             keep = cost < cost_none
             rows, cols, cost = rows[keep], cols[keep], cost[keep]
             if len(rows):
@@ -216,7 +219,9 @@ def _link_arrays(
     return ids
 
 
-def _candidate_costs(tr: _Tracks, pts: np.ndarray, t: int, r_flat, var_d, var_v, cost_flat, gap_penalty):
+def _candidate_costs(
+    tr: _Tracks, pts: np.ndarray, t: int, r_flat, var_d, var_v, cost_flat, gap_penalty, switch_penalty
+):
     """Sparse (track, spot, cost) triplets for all pairs within the search regions."""
     gap = (t - tr.last).astype(float)
     pred = tr.pos + tr.vel * gap[:, None] * tr.has_vel[:, None]
@@ -239,7 +244,10 @@ def _candidate_costs(tr: _Tracks, pts: np.ndarray, t: int, r_flat, var_d, var_v,
     g = gap[rows]
     d2_last = ((pts[cols] - tr.pos[rows]) ** 2).sum(axis=1)
     vd = var_d * g
-    c_diff = d2_last / (2 * vd) + np.log(2 * np.pi * vd)
+    # a track moving faster than its random-motion spread switches to "stopped" only at a cost
+    speed2 = (tr.vel[rows] ** 2).sum(axis=1) * tr.has_vel[rows]
+    moving = speed2 > 8.0 * var_d
+    c_diff = d2_last / (2 * vd) + np.log(2 * np.pi * vd) + switch_penalty * moving
     d2_pred = ((pts[cols] - pred[rows]) ** 2).sum(axis=1)
     vv = var_v * g**2 + var_d * g
     c_vel = np.where(tr.has_vel[rows], d2_pred / (2 * vv) + np.log(2 * np.pi * vv), np.inf)
