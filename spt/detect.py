@@ -47,6 +47,10 @@ class DetectConfig:
         its robust (MAD) noise s.d. The same value works across SNRs, bit depths and cameras.
     min_snr : float
         Keep a fitted spot only if ``signal / signal_err`` (Fisher information) is at least this.
+    residual_threshold : float or None
+        Threshold (robust noise units) for a second candidate search in the residual image after
+        subtracting the fitted spots, which finds spots hidden beside brighter ones (separations
+        down to ~2 sigma); overlapping spots are then fitted jointly. None: no second search.
     box_radius_px : int or None
         Half-width of the square fitting window in px (window side ``2 r + 1``). None:
         ``ceil(3 sigma)``.
@@ -82,6 +86,7 @@ class DetectConfig:
     fit_sigma: bool = False
     threshold: float = 4.0
     min_snr: float = 4.0
+    residual_threshold: float | None = 5.5
     box_radius_px: int | None = None
     camera: str = "emccd"
     em_gain: float | None = None
@@ -132,45 +137,43 @@ def _check_frames(frames: np.ndarray, source: str) -> np.ndarray:
     return arr
 
 
-def _local_mean(img: np.ndarray, size: int) -> np.ndarray:
-    """Mean over a ~``size`` px square, computed on 4 x 4 binned pixels (the background is smooth)."""
-    k = 4
-    t, ny, nx = img.shape
-    py, px = -ny % k, -nx % k
-    if py or px:
-        img = np.pad(img, ((0, 0), (0, py), (0, px)), mode="edge")
-    small = img.reshape(t, img.shape[1] // k, k, img.shape[2] // k, k).mean(axis=(2, 4))
-    width = max(3, int(round(size / k)) | 1)
-    small = ndimage.uniform_filter(small, (1, width, width), mode="nearest")
-    return small.repeat(k, axis=1).repeat(k, axis=2)[:, :ny, :nx]
-
-
-def _candidates(eff: np.ndarray, sigma: float, radius: int, read_var: float, threshold: float):
-    """Local maxima of the noise-normalised band-pass image of a (T, Y, X) chunk.
+def _snr_map(eff: np.ndarray, sigma: float, read_var: float) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-normalised band-pass image of a (T, Y, X) chunk.
 
     The band-pass is a Gaussian of the PSF width (the matched filter for a spot) minus a local
     mean over ~``8 sigma``; dividing by the square root of the local background (shot-noise
-    s.d.) and then by the robust s.d. (1.4826 MAD) of the result gives a signal-to-noise map
-    whose noise is ~1 everywhere, whatever the brightness of the local background.
+    s.d.) and then by the robust s.d. (1.4826 MAD, per frame) of the result gives a
+    signal-to-noise map whose noise is ~1 everywhere, whatever the local background.
 
     Returns
     -------
-    t, y, x : ndarray of int
-        Candidate frame (in the chunk), row and column.
+    snr : ndarray, shape (T, Y, X)
+        The signal-to-noise map.
+    scale : ndarray, shape (T, Y, X)
+        What the smoothed image was divided by (to put other smoothed images on the same scale).
     """
     smooth = ndimage.gaussian_filter(eff, (0, sigma, sigma), truncate=3.0)
-    bg = _local_mean(smooth, int(np.ceil(8 * sigma)) + 4)
+    size = 2 * int(np.ceil(4 * sigma)) + 1
+    bg = ndimage.uniform_filter(smooth, (1, size, size))
+    scale = np.sqrt(np.maximum(bg, 0.0) + np.float32(read_var + 1e-6))
     snr = smooth - bg
-    snr /= np.sqrt(np.maximum(bg, 0.0) + read_var + 1e-6)
-    sample = snr[:, ::3, ::3]
+    snr /= scale
+    sample = snr[:, ::4, ::4]
     med = np.median(sample, axis=(1, 2), keepdims=True)
-    mad = np.median(np.abs(sample - med), axis=(1, 2), keepdims=True) * 1.4826
+    mad = np.median(np.abs(sample - med), axis=(1, 2), keepdims=True) * np.float32(1.4826)
+    mad = np.maximum(mad, np.float32(1e-12))
     snr -= med
-    snr /= np.maximum(mad, 1e-12)
+    snr /= mad
+    scale *= mad
+    return snr, scale
+
+
+def _peaks(snr: np.ndarray, radius: int, threshold: float):
+    """Local maxima above ``threshold`` within a (2 radius + 1)^2 window: frame, row, column."""
     t, y, x = np.nonzero(snr > threshold)
     if len(t) == 0:
         return t, y, x
-    # local maxima within a (2 radius + 1)^2 window, tested only at the thresholded pixels
+    # tested only at the thresholded pixels (few), not by a full maximum filter
     _, ny, nx = snr.shape
     value = snr[t, y, x]
     is_max = np.ones(len(t), bool)
@@ -186,6 +189,12 @@ def _candidates(eff: np.ndarray, sigma: float, radius: int, read_var: float, thr
             same = (yy == y) & (xx == x)
             is_max &= (value > neighbour) | ((value == neighbour) & later) | same
     return t[is_max], y[is_max], x[is_max]
+
+
+def _candidates(eff: np.ndarray, sigma: float, radius: int, read_var: float, threshold: float):
+    """Candidate spots (frame in chunk, row, column) of a chunk; see :func:`_snr_map`."""
+    snr, _ = _snr_map(eff, sigma, read_var)
+    return _peaks(snr, radius, threshold)
 
 
 def _boxes(eff: np.ndarray, t: np.ndarray, y: np.ndarray, x: np.ndarray, half: int):
@@ -254,19 +263,25 @@ def _dedupe(frame: np.ndarray, x: np.ndarray, y: np.ndarray, score: np.ndarray, 
     return np.flatnonzero(keep)
 
 
-def _render(shape, t, ox, oy, side, x, y, n, s):
-    """Model image of spots (no background) and each spot's own model in its box."""
+def _render(shape, t, ox, oy, side, x, y, n, s, clip=False):
+    """Model image of spots (no background) and each spot's own model in its window.
+
+    Windows are ``side`` px squares at origins (ox, oy); with ``clip``, parts outside the image
+    are dropped (windows from :func:`_boxes` always lie inside).
+    """
     ar = np.arange(side)
     ex, _, _ = pixel_integrals(ox[:, None] + ar - x[:, None], s[:, None])
     ey, _, _ = pixel_integrals(oy[:, None] + ar - y[:, None], s[:, None])
     own = (n[:, None, None] * ey[:, :, None] * ex[:, None, :]).astype(np.float32)
     _, ny, nx = shape
-    flat = (
-        t[:, None, None] * (ny * nx)
-        + (oy[:, None] + ar)[:, :, None] * nx
-        + (ox[:, None] + ar)[:, None, :]
-    )
-    image = np.bincount(flat.ravel(), weights=own.ravel(), minlength=int(np.prod(shape)))
+    rows = (oy[:, None] + ar)[:, :, None]
+    cols = (ox[:, None] + ar)[:, None, :]
+    flat = t[:, None, None] * (ny * nx) + rows * nx + cols
+    weights = own
+    if clip:
+        inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
+        flat, weights = flat[inside], own[inside]
+    image = np.bincount(flat.ravel(), weights=weights.ravel(), minlength=int(np.prod(shape)))
     return image.reshape(shape).astype(np.float32), own
 
 
@@ -291,7 +306,8 @@ def _locate_chunk(
     side = 2 * half + 1
     radius = max(1, int(round(1.5 * sigma)))
     read_var = camera.read_var_effective
-    t, y, x = _candidates(eff, sigma, radius, read_var, config.threshold)
+    snr_map, scale = _snr_map(eff, sigma, read_var)
+    t, y, x = _peaks(snr_map, radius, config.threshold)
     if len(t) == 0:
         return empty_table(SPOT_COLUMNS)
     boxes, ox, oy = _boxes(eff, t, y, x, half)
@@ -304,7 +320,7 @@ def _locate_chunk(
             boxes, ox, oy, sx, sy, sigma, fit_sigma=config.fit_sigma, read_var=read_var,
             n_iter=config.n_iter,
         )
-        fit = _deflate_and_refit(eff, fit, t, ox, oy, half, sigma, read_var, config)
+        fit = _deflate_and_refit(eff, snr_map, scale, fit, t, ox, oy, half, sigma, read_var, config)
         t, ox, oy = fit[0], fit[1], fit[2]
         fx, fy, n, b, s = fit[3].x, fit[3].y, fit[3].photons, fit[3].background, fit[3].sigma
         ex, ey, en, ok = fit[3].x_err, fit[3].y_err, fit[3].photons_err, fit[3].ok
@@ -337,13 +353,20 @@ def _locate_chunk(
     return out.sort_values(["frame", "x"], kind="stable", ignore_index=True)
 
 
-def _deflate_and_refit(eff, fit, t, ox, oy, half, sigma, read_var, config):
+def _deflate_and_refit(eff, snr_map, scale, fit, t, ox, oy, half, sigma, read_var, config):
     """Find spots hidden next to brighter ones, then fit touching spots jointly.
 
     The model of the accepted spots is subtracted and candidates are searched again in the
-    residual (iterative deflation, as in crowded-field photometry). Spots whose windows overlap are
-    then refitted with their neighbours' light as a known term of the model, alternating over
-    the spots twice (block-coordinate ascent of the joint likelihood).
+    residual (iterative deflation, as in crowded-field photometry). Spots whose windows overlap
+    are then refitted with their neighbours' light as a known term of the model, alternating over
+    the spots (block-coordinate ascent of the joint likelihood).
+
+    Returns
+    -------
+    t, ox, oy : ndarray
+        Frame (in the chunk) and window origin of every spot.
+    Fit
+        Final parameters of every spot.
     """
     side = 2 * half + 1
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -352,46 +375,57 @@ def _deflate_and_refit(eff, fit, t, ox, oy, half, sigma, read_var, config):
     idx = idx[_dedupe(t[idx], fit.x[idx], fit.y[idx], fit.photons[idx], max(1.0, sigma))]
     t, ox, oy = t[idx], ox[idx], oy[idx]
     x, y, n, b, s = (a[idx].copy() for a in (fit.x, fit.y, fit.photons, fit.background, fit.sigma))
-    model, _ = _render(eff.shape, t, ox, oy, side, x, y, n, s)
-    t2, y2, x2 = _candidates(eff - model, sigma, max(1, int(round(1.5 * sigma))), read_var, config.threshold)
-    if len(t2):
-        boxes2, ox2, oy2 = _boxes(eff - model, t2, y2, x2, half)
-        sx, sy = _refine_start(boxes2, ox2, oy2, x2, y2)
-        t, ox, oy = np.concatenate([t, t2]), np.concatenate([ox, ox2]), np.concatenate([oy, oy2])
-        edge = np.median(np.concatenate([boxes2[:, 0, :], boxes2[:, -1, :]], axis=1), axis=1)
-        n2 = np.maximum((boxes2 - edge[:, None, None]).sum(axis=(1, 2)), 1.0)
-        x, y = np.concatenate([x, sx]), np.concatenate([y, sy])
-        n = np.concatenate([n, n2])
-        b = np.concatenate([b, np.median(b) if len(b) else edge])[: len(t)] if False else np.concatenate(
-            [b, np.full(len(t2), np.median(b) if len(b) else 1.0)]
+    errs = np.column_stack([fit.x_err[idx], fit.y_err[idx], fit.photons_err[idx]])
+    ok = fit.ok[idx].copy()
+    n_first = len(t)
+    if config.residual_threshold is not None and n_first:
+        # the band-passed residual is the band-passed image minus the smoothed model: render the
+        # model with the PSF widened by the smoothing kernel instead of filtering again
+        wide = int(np.ceil(3 * np.sqrt(2) * sigma))
+        oxw, oyw = ox + half - wide, oy + half - wide
+        smodel, _ = _render(
+            eff.shape, t, oxw, oyw, 2 * wide + 1, x, y, n, np.hypot(s, sigma), clip=True
         )
-        s = np.concatenate([s, np.full(len(t2), sigma)])
-    crowd = np.flatnonzero(_crowded(t, x, y, side + 1.0))
-    boxes, _, _ = _boxes(eff, t, oy + half, ox + half, half)
-    errs = np.full((len(t), 3), np.nan)
-    ok = np.ones(len(t), bool)
-    lone = np.setdiff1d(np.arange(len(t)), crowd)
-    # lone spots keep their first fit, except new ones (which need one)
-    new = lone[lone >= len(idx)]
-    for round_ in range(3 if len(crowd) else 1):
-        sel = np.concatenate([crowd, new]) if round_ == 0 else crowd
-        if len(sel) == 0:
-            break
-        model, own = _render(eff.shape, t, ox, oy, side, x, y, n, s)
+        box = 2 * int(np.ceil(4 * sigma)) + 1
+        smodel -= ndimage.uniform_filter(smodel, (1, box, box))
+        resid_snr = snr_map - smodel / scale
+        radius = max(1, int(round(1.5 * sigma)))
+        t2, y2, x2 = _peaks(resid_snr, radius, config.residual_threshold)
+        if len(t2):
+            model, _ = _render(eff.shape, t, ox, oy, side, x, y, n, s)
+            resid = eff - model
+            boxes2, ox2, oy2 = _boxes(resid, t2, y2, x2, half)
+            sx, sy = _refine_start(boxes2, ox2, oy2, x2, y2)
+            edge = np.median(np.concatenate([boxes2[:, 0, :], boxes2[:, -1, :]], axis=1), axis=1)
+            n2 = np.maximum((boxes2 - edge[:, None, None]).sum(axis=(1, 2)), 1.0)
+            t, ox, oy = np.concatenate([t, t2]), np.concatenate([ox, ox2]), np.concatenate([oy, oy2])
+            x, y, n = np.concatenate([x, sx]), np.concatenate([y, sy]), np.concatenate([n, n2])
+            b = np.concatenate([b, np.full(len(t2), np.median(b))])
+            s = np.concatenate([s, np.full(len(t2), sigma)])
+            errs = np.vstack([errs, np.full((len(t2), 3), np.nan)])
+            ok = np.concatenate([ok, np.zeros(len(t2), bool)])
+    crowd = _crowded(t, x, y, side + 1.0)
+    # spots found in the residual always need a fit; lone first-pass spots keep theirs
+    todo = np.flatnonzero(crowd | (np.arange(len(t)) >= n_first))
+    if len(todo):
+        boxes, _, _ = _boxes(eff, t[todo], oy[todo] + half, ox[todo] + half, half)
         ar = np.arange(side)
-        extra = model[t[sel, None, None], (oy[sel, None] + ar)[:, :, None], (ox[sel, None] + ar)[:, None, :]]
-        extra = np.maximum(extra - own[sel], 0.0)
-        f = fit_spots(
-            boxes[sel], ox[sel], oy[sel], x[sel], y[sel], s[sel], fit_sigma=config.fit_sigma,
-            read_var=read_var, n_iter=config.n_iter, extra=extra, photons0=n[sel], background0=b[sel],
-        )
-        x[sel], y[sel], n[sel], b[sel], s[sel] = f.x, f.y, f.photons, f.background, f.sigma
-        errs[sel] = np.column_stack([f.x_err, f.y_err, f.photons_err])
-        ok[sel] = f.ok
-    old = np.setdiff1d(lone, new)
-    errs[old] = np.column_stack([fit.x_err[idx][old], fit.y_err[idx][old], fit.photons_err[idx][old]])
-    out = Fit(x, y, n, b, s, errs[:, 0], errs[:, 1], errs[:, 2], ok)
-    return t, ox, oy, out
+        for _ in range(3):
+            model, own = _render(eff.shape, t, ox, oy, side, x, y, n, s)
+            rr = (oy[todo, None] + ar)[:, :, None]
+            cc = (ox[todo, None] + ar)[:, None, :]
+            extra = np.maximum(model[t[todo, None, None], rr, cc] - own[todo], 0.0)
+            f = fit_spots(
+                boxes, ox[todo], oy[todo], x[todo], y[todo], s[todo],
+                fit_sigma=config.fit_sigma, read_var=read_var, n_iter=config.n_iter,
+                extra=extra, photons0=n[todo], background0=b[todo],
+            )
+            x[todo], y[todo], n[todo], b[todo], s[todo] = f.x, f.y, f.photons, f.background, f.sigma
+            errs[todo] = np.column_stack([f.x_err, f.y_err, f.photons_err])
+            ok[todo] = f.ok
+            if not crowd.any():
+                break
+    return t, ox, oy, Fit(x, y, n, b, s, errs[:, 0], errs[:, 1], errs[:, 2], ok)
 
 
 def estimate_psf_sigma(frames: np.ndarray, camera: Camera, *, guess: float = 1.3, threshold: float = 8.0) -> float:
