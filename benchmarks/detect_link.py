@@ -205,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_trackpy:
                 spots, tracks, td, tl = run_trackpy(sim, truth)
                 rows.append(_row(case, seed, "trackpy", truth, spots, tracks, td, tl, sim))
-            print(pd.DataFrame(rows[-len(methods) - (not args.no_trackpy) :]).to_string(), flush=True)
+            print(
+                pd.DataFrame(rows[-len(methods) - (not args.no_trackpy) :]).to_string(), flush=True
+            )
     table = pd.DataFrame(rows)
     text = _markdown(table)
     print(text)

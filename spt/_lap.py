@@ -8,7 +8,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 
-def solve_sparse_lap(rows: np.ndarray, cols: np.ndarray, cost: np.ndarray, n_rows: int, n_cols: int):
+def solve_sparse_lap(
+    rows: np.ndarray, cols: np.ndarray, cost: np.ndarray, n_rows: int, n_cols: int
+):
     """Optimal optional assignment on a sparse bipartite graph of negative-cost edges.
 
     Minimises the summed cost of a matching in which every edge is optional (absent pairs and

@@ -97,7 +97,7 @@ def camera_from_parameters(
 
 
 def estimate_camera(frames: np.ndarray, kind: str = "emccd", max_frames: int = 20) -> Camera:
-    """Estimate offset and gain from the movie itself, from the noise cumulants of background pixels.
+    """Estimate offset and gain from the movie itself, from noise cumulants of background pixels.
 
     Photon noise makes each pixel a compound-Poisson variable: with ``b`` photons per pixel and a
     gain of ``g`` ADU per photon, the second and third cumulants are ``k2 = 2 g^2 b`` and
@@ -127,7 +127,9 @@ def estimate_camera(frames: np.ndarray, kind: str = "emccd", max_frames: int = 2
     Camera
         With ``calibrated=False``.
     """
-    data = np.asarray(frames[:max_frames] if np.ndim(frames) == 3 else frames[None], dtype=np.float64)
+    data = np.asarray(
+        frames[:max_frames] if np.ndim(frames) == 3 else frames[None], dtype=np.float64
+    )
     f2 = EXCESS_NOISE[kind]
     local = ndimage.uniform_filter(data, (1, 7, 7), mode="reflect")
     resid = (data - local)[:, 3:-3, 3:-3]

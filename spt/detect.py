@@ -18,7 +18,7 @@ from scipy.spatial import cKDTree
 
 from spt.camera import EXCESS_NOISE, Camera, camera_from_parameters, estimate_camera
 from spt.errors import SptInputError
-from spt.localize import Fit, fit_spots, pixel_integrals
+from spt.localize import Fit, fit_spots, pixel_integrals, scatter_windows
 from spt.schema import SPOT_COLUMNS, empty_table
 
 __all__ = ["DetectConfig", "locate", "locate_movie", "estimate_psf_sigma"]
@@ -51,6 +51,14 @@ class DetectConfig:
         Threshold (robust noise units) for a second candidate search in the residual image after
         subtracting the fitted spots, which finds spots hidden beside brighter ones (separations
         down to ~2 sigma); overlapping spots are then fitted jointly. None: no second search.
+    support_frames : int
+        Frames averaged for temporal support: a candidate is also taken where the SNR map
+        summed over this many consecutive frames (divided by the square root of their number)
+        exceeds ``threshold + 1``, which finds dim spots that stay in place (x sqrt(frames) SNR).
+        1 disables.
+    min_snr_supported : float
+        ``min_snr`` for candidates with temporal support (their detection does not rest on one
+        frame's noise).
     box_radius_px : int or None
         Half-width of the square fitting window in px (window side ``2 r + 1``). None:
         ``ceil(3 sigma)``.
@@ -87,6 +95,8 @@ class DetectConfig:
     threshold: float = 4.0
     min_snr: float = 4.0
     residual_threshold: float | None = 5.5
+    support_frames: int = 3
+    min_snr_supported: float = 2.5
     box_radius_px: int | None = None
     camera: str = "emccd"
     em_gain: float | None = None
@@ -127,7 +137,9 @@ class DetectConfig:
 def _check_frames(frames: np.ndarray, source: str) -> np.ndarray:
     arr = np.asarray(frames)
     if arr.ndim != 3:
-        raise SptInputError(source, f"expected a 2-D frame or a (T, Y, X) stack, got shape {arr.shape}")
+        raise SptInputError(
+            source, f"expected a 2-D frame or a (T, Y, X) stack, got shape {arr.shape}"
+        )
     if arr.dtype.kind not in "uif":
         raise SptInputError(source, f"pixel values must be numeric, got dtype {arr.dtype}")
     if min(arr.shape[1:]) < 3:
@@ -166,6 +178,18 @@ def _snr_map(eff: np.ndarray, sigma: float, read_var: float) -> tuple[np.ndarray
     snr /= mad
     scale *= mad
     return snr, scale
+
+
+def _temporal_support(snr: np.ndarray, frames: int) -> np.ndarray | None:
+    """Sum of the SNR maps of ``frames`` consecutive frames centred on each frame, divided by
+    the square root of their number: unit noise again, but ``sqrt(frames)`` times the SNR for a
+    spot that stays put (fewer frames at the ends of the chunk). None if ``frames < 2``."""
+    if frames < 2 or snr.shape[0] < 2:
+        return None
+    k = min(frames, snr.shape[0])
+    total = ndimage.uniform_filter1d(snr, k, axis=0, mode="constant") * k
+    count = ndimage.uniform_filter1d(np.ones(snr.shape[0], np.float32), k, mode="constant") * k
+    return total / np.sqrt(count)[:, None, None]
 
 
 def _peaks(snr: np.ndarray, radius: int, threshold: float):
@@ -226,13 +250,17 @@ def _refine_start(boxes: np.ndarray, ox: np.ndarray, oy: np.ndarray, x: np.ndarr
             sx += w * (ox + xx)
             sy += w * (oy + yy)
     good = acc > 0
-    return np.where(good, sx / np.where(good, acc, 1), x), np.where(good, sy / np.where(good, acc, 1), y)
+    return np.where(good, sx / np.where(good, acc, 1), x), np.where(
+        good, sy / np.where(good, acc, 1), y
+    )
 
 
 def _centroid(boxes, ox, oy, sigma):
     """Background-subtracted centre of mass; errors from the shot-noise formula."""
     m, side, _ = boxes.shape
-    edge = np.concatenate([boxes[:, 0, :], boxes[:, -1, :], boxes[:, 1:-1, 0], boxes[:, 1:-1, -1]], axis=1)
+    edge = np.concatenate(
+        [boxes[:, 0, :], boxes[:, -1, :], boxes[:, 1:-1, 0], boxes[:, 1:-1, -1]], axis=1
+    )
     b = np.median(edge, axis=1)
     w = np.maximum(boxes - b[:, None, None], 0.0)
     tot = w.sum(axis=(1, 2))
@@ -243,12 +271,18 @@ def _centroid(boxes, ox, oy, sigma):
     y = oy + (w.sum(axis=2) * ar).sum(axis=1) / safe
     n = (boxes - b[:, None, None]).sum(axis=(1, 2))
     with np.errstate(invalid="ignore", divide="ignore"):
-        err = np.sqrt((sigma**2 + 1 / 12) / np.maximum(n, 1e-9) * (1 + 4 * np.pi * sigma**2 * b / np.maximum(n, 1e-9)))
+        err = np.sqrt(
+            (sigma**2 + 1 / 12)
+            / np.maximum(n, 1e-9)
+            * (1 + 4 * np.pi * sigma**2 * b / np.maximum(n, 1e-9))
+        )
         n_err = np.sqrt(np.maximum(n, 0) + side * side * np.maximum(b, 0))
     return x, y, n, b, err, n_err, good & (n > 0)
 
 
-def _dedupe(frame: np.ndarray, x: np.ndarray, y: np.ndarray, score: np.ndarray, min_dist: float) -> np.ndarray:
+def _dedupe(
+    frame: np.ndarray, x: np.ndarray, y: np.ndarray, score: np.ndarray, min_dist: float
+) -> np.ndarray:
     """Indices to keep so that no two spots of a frame are closer than ``min_dist`` (keep best)."""
     if len(x) < 2:
         return np.arange(len(x))
@@ -263,26 +297,19 @@ def _dedupe(frame: np.ndarray, x: np.ndarray, y: np.ndarray, score: np.ndarray, 
     return np.flatnonzero(keep)
 
 
-def _render(shape, t, ox, oy, side, x, y, n, s, clip=False):
+def _render(shape, t, ox, oy, side, x, y, n, s):
     """Model image of spots (no background) and each spot's own model in its window.
 
-    Windows are ``side`` px squares at origins (ox, oy); with ``clip``, parts outside the image
-    are dropped (windows from :func:`_boxes` always lie inside).
+    Windows are ``side`` px squares with top-left corners (ox, oy); parts outside the image are
+    dropped.
     """
     ar = np.arange(side)
     ex, _, _ = pixel_integrals(ox[:, None] + ar - x[:, None], s[:, None])
     ey, _, _ = pixel_integrals(oy[:, None] + ar - y[:, None], s[:, None])
     own = (n[:, None, None] * ey[:, :, None] * ex[:, None, :]).astype(np.float32)
-    _, ny, nx = shape
-    rows = (oy[:, None] + ar)[:, :, None]
-    cols = (ox[:, None] + ar)[:, None, :]
-    flat = t[:, None, None] * (ny * nx) + rows * nx + cols
-    weights = own
-    if clip:
-        inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
-        flat, weights = flat[inside], own[inside]
-    image = np.bincount(flat.ravel(), weights=weights.ravel(), minlength=int(np.prod(shape)))
-    return image.reshape(shape).astype(np.float32), own
+    image = np.zeros(shape, np.float32)
+    scatter_windows(image, t.astype(np.int64), ox.astype(np.int64), oy.astype(np.int64), own)
+    return image, own
 
 
 def _crowded(t: np.ndarray, x: np.ndarray, y: np.ndarray, reach: float) -> np.ndarray:
@@ -307,9 +334,21 @@ def _locate_chunk(
     radius = max(1, int(round(1.5 * sigma)))
     read_var = camera.read_var_effective
     snr_map, scale = _snr_map(eff, sigma, read_var)
-    t, y, x = _peaks(snr_map, radius, config.threshold)
+    support = _temporal_support(snr_map, config.support_frames)
+    if support is not None:
+        # a summed map has more independent looks at the noise: ask for one noise unit more
+        support -= np.float32(1.0)
+        # ... and the frame itself must show something there (not the trail of a moving spot)
+        np.maximum(support, snr_map, out=support)
+        weak = snr_map < np.float32(0.5 * config.threshold)
+        support[weak] = snr_map[weak]
+    t, y, x = _peaks(snr_map if support is None else support, radius, config.threshold)
     if len(t) == 0:
         return empty_table(SPOT_COLUMNS)
+    need = np.full(len(t), config.min_snr)
+    if support is not None:
+        supported = support[t, y, x] > snr_map[t, y, x]
+        need[supported] = min(config.min_snr, config.min_snr_supported)
     boxes, ox, oy = _boxes(eff, t, y, x, half)
     if config.method == "centroid":
         fx, fy, n, b, ex, en, ok = _centroid(boxes, ox, oy, sigma)
@@ -317,17 +356,25 @@ def _locate_chunk(
     else:
         sx, sy = _refine_start(boxes, ox, oy, x, y)
         fit = fit_spots(
-            boxes, ox, oy, sx, sy, sigma, fit_sigma=config.fit_sigma, read_var=read_var,
+            boxes,
+            ox,
+            oy,
+            sx,
+            sy,
+            sigma,
+            fit_sigma=config.fit_sigma,
+            read_var=read_var,
             n_iter=config.n_iter,
         )
-        fit = _deflate_and_refit(eff, snr_map, scale, fit, t, ox, oy, half, sigma, read_var, config)
-        t, ox, oy = fit[0], fit[1], fit[2]
-        fx, fy, n, b, s = fit[3].x, fit[3].y, fit[3].photons, fit[3].background, fit[3].sigma
-        ex, ey, en, ok = fit[3].x_err, fit[3].y_err, fit[3].photons_err, fit[3].ok
+        t, ox, oy, need, fit = _deflate_and_refit(
+            eff, snr_map, scale, fit, t, ox, oy, need, half, sigma, read_var, config
+        )
+        fx, fy, n, b, s = fit.x, fit.y, fit.photons, fit.background, fit.sigma
+        ex, ey, en, ok = fit.x_err, fit.y_err, fit.photons_err, fit.ok
         x, y = ox + half, oy + half
     with np.errstate(invalid="ignore", divide="ignore"):
         snr = n / en
-    ok = ok & (snr >= config.min_snr) & (np.abs(fx - x) <= side) & (np.abs(fy - y) <= side)
+    ok = ok & (snr >= need) & (np.abs(fx - x) <= side) & (np.abs(fy - y) <= side)
     keep = np.flatnonzero(ok)
     keep = keep[_dedupe(t[keep], fx[keep], fy[keep], snr[keep], max(1.0, sigma))]
     # effective photons -> photons (calibrated) or ADU (estimated camera)
@@ -353,7 +400,7 @@ def _locate_chunk(
     return out.sort_values(["frame", "x"], kind="stable", ignore_index=True)
 
 
-def _deflate_and_refit(eff, snr_map, scale, fit, t, ox, oy, half, sigma, read_var, config):
+def _deflate_and_refit(eff, snr_map, scale, fit, t, ox, oy, need, half, sigma, read_var, config):
     """Find spots hidden next to brighter ones, then fit touching spots jointly.
 
     The model of the accepted spots is subtracted and candidates are searched again in the
@@ -363,17 +410,17 @@ def _deflate_and_refit(eff, snr_map, scale, fit, t, ox, oy, half, sigma, read_va
 
     Returns
     -------
-    t, ox, oy : ndarray
-        Frame (in the chunk) and window origin of every spot.
+    t, ox, oy, need : ndarray
+        Frame (in the chunk), window origin and SNR needed for acceptance of every spot.
     Fit
         Final parameters of every spot.
     """
     side = 2 * half + 1
     with np.errstate(invalid="ignore", divide="ignore"):
-        good = fit.ok & (fit.photons / fit.photons_err >= config.min_snr)
+        good = fit.ok & (fit.photons / fit.photons_err >= need)
     idx = np.flatnonzero(good)
     idx = idx[_dedupe(t[idx], fit.x[idx], fit.y[idx], fit.photons[idx], max(1.0, sigma))]
-    t, ox, oy = t[idx], ox[idx], oy[idx]
+    t, ox, oy, need = t[idx], ox[idx], oy[idx], need[idx]
     x, y, n, b, s = (a[idx].copy() for a in (fit.x, fit.y, fit.photons, fit.background, fit.sigma))
     errs = np.column_stack([fit.x_err[idx], fit.y_err[idx], fit.photons_err[idx]])
     ok = fit.ok[idx].copy()
@@ -383,11 +430,13 @@ def _deflate_and_refit(eff, snr_map, scale, fit, t, ox, oy, half, sigma, read_va
         # model with the PSF widened by the smoothing kernel instead of filtering again
         wide = int(np.ceil(3 * np.sqrt(2) * sigma))
         oxw, oyw = ox + half - wide, oy + half - wide
-        smodel, _ = _render(
-            eff.shape, t, oxw, oyw, 2 * wide + 1, x, y, n, np.hypot(s, sigma), clip=True
-        )
+        smodel, _ = _render(eff.shape, t, oxw, oyw, 2 * wide + 1, x, y, n, np.hypot(s, sigma))
+        # ... minus its local mean (a flat square of the spot's photons over the mean's window)
         box = 2 * int(np.ceil(4 * sigma)) + 1
-        smodel -= ndimage.uniform_filter(smodel, (1, box, box))
+        flat = np.broadcast_to((-n / box**2).astype(np.float32)[:, None, None], (len(n), box, box))
+        hb = box // 2
+        cx, cy = np.rint(x).astype(np.int64) - hb, np.rint(y).astype(np.int64) - hb
+        scatter_windows(smodel, t.astype(np.int64), cx, cy, np.ascontiguousarray(flat))
         resid_snr = snr_map - smodel / scale
         radius = max(1, int(round(1.5 * sigma)))
         t2, y2, x2 = _peaks(resid_snr, radius, config.residual_threshold)
@@ -398,7 +447,12 @@ def _deflate_and_refit(eff, snr_map, scale, fit, t, ox, oy, half, sigma, read_va
             sx, sy = _refine_start(boxes2, ox2, oy2, x2, y2)
             edge = np.median(np.concatenate([boxes2[:, 0, :], boxes2[:, -1, :]], axis=1), axis=1)
             n2 = np.maximum((boxes2 - edge[:, None, None]).sum(axis=(1, 2)), 1.0)
-            t, ox, oy = np.concatenate([t, t2]), np.concatenate([ox, ox2]), np.concatenate([oy, oy2])
+            t, ox, oy = (
+                np.concatenate([t, t2]),
+                np.concatenate([ox, ox2]),
+                np.concatenate([oy, oy2]),
+            )
+            need = np.concatenate([need, np.full(len(t2), config.min_snr)])
             x, y, n = np.concatenate([x, sx]), np.concatenate([y, sy]), np.concatenate([n, n2])
             b = np.concatenate([b, np.full(len(t2), np.median(b))])
             s = np.concatenate([s, np.full(len(t2), sigma)])
@@ -416,23 +470,35 @@ def _deflate_and_refit(eff, snr_map, scale, fit, t, ox, oy, half, sigma, read_va
             cc = (ox[todo, None] + ar)[:, None, :]
             extra = np.maximum(model[t[todo, None, None], rr, cc] - own[todo], 0.0)
             f = fit_spots(
-                boxes, ox[todo], oy[todo], x[todo], y[todo], s[todo],
-                fit_sigma=config.fit_sigma, read_var=read_var, n_iter=config.n_iter,
-                extra=extra, photons0=n[todo], background0=b[todo],
+                boxes,
+                ox[todo],
+                oy[todo],
+                x[todo],
+                y[todo],
+                s[todo],
+                fit_sigma=config.fit_sigma,
+                read_var=read_var,
+                n_iter=config.n_iter,
+                extra=extra,
+                photons0=n[todo],
+                background0=b[todo],
             )
             x[todo], y[todo], n[todo], b[todo], s[todo] = f.x, f.y, f.photons, f.background, f.sigma
             errs[todo] = np.column_stack([f.x_err, f.y_err, f.photons_err])
             ok[todo] = f.ok
             if not crowd.any():
                 break
-    return t, ox, oy, Fit(x, y, n, b, s, errs[:, 0], errs[:, 1], errs[:, 2], ok)
+    return t, ox, oy, need, Fit(x, y, n, b, s, errs[:, 0], errs[:, 1], errs[:, 2], ok)
 
 
-def estimate_psf_sigma(frames: np.ndarray, camera: Camera, *, guess: float = 1.3, threshold: float = 8.0) -> float:
-    """Estimate the PSF s.d. (px) as the median free-sigma MLE fit of the brightest spots.
+def estimate_psf_sigma(
+    frames: np.ndarray, camera: Camera, *, guess: float = 1.3, threshold: float = 6.0
+) -> float:
+    """Estimate the PSF s.d. (px) from free-sigma MLE fits of isolated bright spots.
 
-    Uses at most 20 frames; spots of SNR above ``threshold`` (robust noise units); two rounds so
-    the candidate filter and window match the estimate. Returns ``guess`` if no spot is found.
+    Uses at most 40 frames and the spots of SNR above ``threshold`` (robust noise units) with no
+    neighbour within ``4 sigma + 2`` px; returns the SNR^2-weighted median width. Two rounds so
+    the candidate filter and window match the estimate. Returns ``guess`` if too few spots.
 
     Parameters
     ----------
@@ -445,20 +511,38 @@ def estimate_psf_sigma(frames: np.ndarray, camera: Camera, *, guess: float = 1.3
     threshold : float
         Candidate threshold for the bright spots used.
     """
-    eff = camera.to_effective(np.asarray(frames[:20]))
+    eff = camera.to_effective(np.asarray(frames[:40]))
     sigma = guess
     for _ in range(2):
         half = max(2, min(int(np.ceil(3 * sigma)) + 1, (min(eff.shape[1:]) - 1) // 2))
-        t, y, x = _candidates(eff, sigma, max(1, round(1.5 * sigma)), camera.read_var_effective, threshold)
+        t, y, x = _candidates(
+            eff, sigma, max(1, round(1.5 * sigma)), camera.read_var_effective, threshold
+        )
         if len(t) < 3:
             return float(sigma)
         boxes, ox, oy = _boxes(eff, t, y, x, half)
         sx, sy = _refine_start(boxes, ox, oy, x, y)
-        fit = fit_spots(boxes, ox, oy, sx, sy, sigma, fit_sigma=True, read_var=camera.read_var_effective, n_iter=12)
+        fit = fit_spots(
+            boxes,
+            ox,
+            oy,
+            sx,
+            sy,
+            sigma,
+            fit_sigma=True,
+            read_var=camera.read_var_effective,
+            n_iter=12,
+        )
+        # isolated spots only: touching spots and motion blur widen the fit
         good = fit.ok & (fit.photons / fit.photons_err > threshold)
+        good &= ~_crowded(t, fit.x, fit.y, 4 * sigma + 2)
         if good.sum() < 3:
             return float(sigma)
-        sigma = float(np.clip(np.median(fit.sigma[good]), 0.5, 10.0))
+        # median weighted by SNR^2 (the inverse variance of each width estimate, roughly)
+        order = np.argsort(fit.sigma[good])
+        w = np.cumsum((fit.photons[good] / fit.photons_err[good])[order] ** 2)
+        median = fit.sigma[good][order][np.searchsorted(w, 0.5 * w[-1])]
+        sigma = float(np.clip(median, 0.5, 10.0))
     return sigma
 
 
@@ -468,7 +552,9 @@ def _resolve(frames: np.ndarray, config: DetectConfig) -> tuple[Camera, float]:
     return camera, sigma
 
 
-def locate(image: np.ndarray, config: DetectConfig = DetectConfig(), *, frame: int = 0) -> pd.DataFrame:
+def locate(
+    image: np.ndarray, config: DetectConfig = DetectConfig(), *, frame: int = 0
+) -> pd.DataFrame:
     """Detect and localise the spots of one 2-D frame.
 
     Parameters
@@ -494,7 +580,11 @@ def locate(image: np.ndarray, config: DetectConfig = DetectConfig(), *, frame: i
 
 
 def _iter_chunks(frames, chunk: int):
-    if isinstance(frames, np.ndarray) or hasattr(frames, "shape") and len(getattr(frames, "shape", ())) == 3:
+    if (
+        isinstance(frames, np.ndarray)
+        or hasattr(frames, "shape")
+        and len(getattr(frames, "shape", ())) == 3
+    ):
         n = len(frames)
         for i in range(0, n, chunk):
             yield i, np.asarray(frames[i : i + chunk])
@@ -549,7 +639,9 @@ def locate_movie(
         return empty_table(SPOT_COLUMNS)
     first_arr = _check_frames(first[1], "frames")
     camera, sigma = _resolve(first_arr, config)
-    threads = config.n_threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    threads = config.n_threads or (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
 
     def work(item):
         i, arr = item
@@ -585,4 +677,6 @@ def locate_movie(
     nonempty = [r for r in results if len(r)]
     if not nonempty:
         return empty_table(SPOT_COLUMNS)
-    return pd.concat(nonempty, ignore_index=True).sort_values(["frame", "x"], kind="stable", ignore_index=True)
+    return pd.concat(nonempty, ignore_index=True).sort_values(
+        ["frame", "x"], kind="stable", ignore_index=True
+    )

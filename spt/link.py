@@ -52,7 +52,7 @@ class LinkConfig:
     max_speed_um_s: float = 80.0
     diffusion_um2_s: float = 0.25
     velocity_noise_um_s: float = 5.0
-    max_gap_frames: int = 12
+    max_gap_frames: int = 20
     gap_penalty: float = 0.3
     model_switch_penalty: float = 4.0
     min_track_length: int = 3
@@ -188,13 +188,22 @@ def _link_arrays(
         assigned = np.full(len(pts), -1)
         if len(tr.last):
             rows, cols, cost = _candidate_costs(
-                tr, pts, t, r_flat, var_d, var_v, cost_flat, config.gap_penalty,
+                tr,
+                pts,
+                t,
+                r_flat,
+                var_d,
+                var_v,
+                cost_flat,
+                config.gap_penalty,
                 config.model_switch_penalty,
             )
             keep = cost < cost_none
             rows, cols, cost = rows[keep], cols[keep], cost[keep]
             if len(rows):
-                r_sel, c_sel = solve_sparse_lap(rows, cols, cost - cost_none, len(tr.last), len(pts))
+                r_sel, c_sel = solve_sparse_lap(
+                    rows, cols, cost - cost_none, len(tr.last), len(pts)
+                )
                 assigned[c_sel] = r_sel
         linked = assigned >= 0
         tri = assigned[linked]
@@ -220,7 +229,15 @@ def _link_arrays(
 
 
 def _candidate_costs(
-    tr: _Tracks, pts: np.ndarray, t: int, r_flat, var_d, var_v, cost_flat, gap_penalty, switch_penalty
+    tr: _Tracks,
+    pts: np.ndarray,
+    t: int,
+    r_flat,
+    var_d,
+    var_v,
+    cost_flat,
+    gap_penalty,
+    switch_penalty,
 ):
     """Sparse (track, spot, cost) triplets for all pairs within the search regions."""
     gap = (t - tr.last).astype(float)
@@ -235,7 +252,9 @@ def _candidate_costs(
         lens = np.fromiter((len(li) for li in lists), np.int64, len(lists))
         if lens.sum():
             pairs.append(
-                np.column_stack([np.repeat(np.arange(len(lists)), lens), np.concatenate(lists).astype(np.int64)])
+                np.column_stack(
+                    [np.repeat(np.arange(len(lists)), lens), np.concatenate(lists).astype(np.int64)]
+                )
             )
     if not pairs:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)

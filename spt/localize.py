@@ -90,12 +90,15 @@ def _model(
         np.ones_like(psf),
     ]
     if fit_sigma:
-        jac.append(n[:, None] * (dsy[:, :, None] * ex[:, None, :] + ey[:, :, None] * dsx[:, None, :]).reshape(m, -1))
+        jac.append(
+            n[:, None]
+            * (dsy[:, :, None] * ex[:, None, :] + ey[:, :, None] * dsx[:, None, :]).reshape(m, -1)
+        )
     return mu, np.stack(jac, axis=1)
 
 
 def fisher_information(mu: np.ndarray, jac: np.ndarray) -> np.ndarray:
-    """Poisson Fisher information ``I_ij = sum_k d_i mu_k d_j mu_k / mu_k`` (Smith et al. 2010, Eq. 9).
+    """Poisson Fisher information ``I_ij = sum_k d_i mu_k d_j mu_k / mu_k`` (Smith et al. 2010).
 
     Parameters
     ----------
@@ -222,6 +225,23 @@ def _fit_kernel(boxes, extra, ox, oy, x, y, n, b, s, fit_sigma, read_var, n_iter
                 converged = True
 
 
+@njit(cache=True, nogil=True)
+def scatter_windows(image, t, ox, oy, windows):
+    """Add ``windows[i]`` (n, B, B) into ``image`` (T, Y, X) at frame ``t[i]``, top-left
+    (``oy[i]``, ``ox[i]``), dropping the parts outside the image. In place."""
+    _, ny, nx = image.shape
+    side = windows.shape[1]
+    for i in range(windows.shape[0]):
+        for r in range(side):
+            yy = oy[i] + r
+            if yy < 0 or yy >= ny:
+                continue
+            for c in range(side):
+                xx = ox[i] + c
+                if 0 <= xx < nx:
+                    image[t[i], yy, xx] += windows[i, r, c]
+
+
 def fit_spots(
     boxes: np.ndarray,
     origin_x: np.ndarray,
@@ -287,7 +307,11 @@ def fit_spots(
         n = np.maximum(total - b * bsz * bsz, 1.0)
     else:
         n = np.maximum(np.asarray(photons0, dtype=np.float64), 1.0)
-    ext = np.zeros((0, bsz, bsz), np.float32) if extra is None else np.ascontiguousarray(extra, np.float32)
+    ext = (
+        np.zeros((0, bsz, bsz), np.float32)
+        if extra is None
+        else np.ascontiguousarray(extra, np.float32)
+    )
     p = 5 if fit_sigma else 4
     err = np.full((m, p), np.nan)
     ok = np.zeros(m, bool)

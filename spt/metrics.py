@@ -89,7 +89,9 @@ class DetectionScores:
     rmse_px: float
 
 
-def detection_scores(truth: pd.DataFrame, found: pd.DataFrame, max_dist: float = 2.0) -> DetectionScores:
+def detection_scores(
+    truth: pd.DataFrame, found: pd.DataFrame, max_dist: float = 2.0
+) -> DetectionScores:
     """Recall, precision and per-axis RMSE of found spots against true spots.
 
     Parameters
@@ -108,7 +110,9 @@ def detection_scores(truth: pd.DataFrame, found: pd.DataFrame, max_dist: float =
     m = match_spots(truth, found, max_dist)
     nt, nf, nm = len(truth), len(found), len(m)
     rmse = float(np.sqrt(np.mean(m.dx**2 + m.dy**2) / 2)) if nm else float("nan")
-    return DetectionScores(nt, nf, nm, nm / nt if nt else float("nan"), nm / nf if nf else float("nan"), rmse)
+    return DetectionScores(
+        nt, nf, nm, nm / nt if nt else float("nan"), nm / nf if nf else float("nan"), rmse
+    )
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,13 @@ def track_scores(
     fp = tracks["particle"].to_numpy()
     sizes = pd.Series(tp).value_counts()
     scored = sizes[sizes >= min_points]
-    pairs = pd.DataFrame({"t": tp[m.truth_index], "f": fp[m.found_index], "frame": truth["frame"].to_numpy()[m.truth_index]})
+    pairs = pd.DataFrame(
+        {
+            "t": tp[m.truth_index],
+            "f": fp[m.found_index],
+            "frame": truth["frame"].to_numpy()[m.truth_index],
+        }
+    )
     best = pairs.groupby(["t", "f"]).size().groupby(level=0).max()
     best = best.reindex(scored.index, fill_value=0)
     recovered = float((best / scored >= whole_fraction).mean()) if len(scored) else float("nan")
@@ -241,7 +251,9 @@ def isbi_scores(truth: pd.DataFrame, tracks: pd.DataFrame, eps: float = 5.0) -> 
     alpha = 1.0 - d_xy / d_x0
     beta = (d_x0 - d_xy) / (d_x0 + d_ybar)
     paired = set(zip(a.tolist(), b.tolist(), strict=True))
-    tp_points = int(sum((r, c) in paired for r, c in zip(ti[i].tolist(), fi[j].tolist(), strict=True)))
+    tp_points = int(
+        sum((r, c) in paired for r, c in zip(ti[i].tolist(), fi[j].tolist(), strict=True))
+    )
     fn_points = len(ft) - tp_points
     fp_points = len(ff) - tp_points
     jsc = tp_points / (tp_points + fn_points + fp_points)
