@@ -33,6 +33,8 @@ def solve_sparse_lap(
         The chosen edges.
     """
     graph = coo_matrix((np.ones(len(rows)), (rows, cols + n_rows)), shape=(n_rows + n_cols,) * 2)
+    neg = cost < 0
+    rows, cols, cost = rows[neg], cols[neg], cost[neg]
     if len(rows) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     _, label = connected_components(graph, directed=False)

@@ -6,6 +6,7 @@ returning the spots table of :data:`spt.schema.SPOT_COLUMNS`.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -643,29 +644,29 @@ def locate_movie(
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     )
 
-    def work(item):
+    def work(item: tuple[int, np.ndarray]) -> tuple[int, pd.DataFrame]:
         i, arr = item
         arr = _check_frames(arr, "frames")
-        return i, _locate_chunk(arr, config, camera, sigma, start_frame + i)
+        return len(arr), _locate_chunk(arr, config, camera, sigma, start_frame + i)
 
     results: list[pd.DataFrame] = []
     done = 0
 
-    def collect(res):
+    def collect(res: tuple[int, pd.DataFrame]) -> None:
         nonlocal done
-        i, df = res
+        n_frames, df = res
         results.append(df)
-        done += config.chunk_frames
+        done += n_frames
         if progress is not None:
-            progress(min(done, total) if total is not None else done, total)
-
-    import itertools
+            progress(done, total)
 
     all_chunks = itertools.chain([first], chunks)
     if threads <= 1:
         for item in all_chunks:
             collect(work(item))
     else:
+        # chunks run in parallel threads (numpy, scipy.ndimage and the numba fit release the GIL);
+        # results are collected in order, with at most 2 chunks per thread in memory
         with ThreadPoolExecutor(threads) as pool:
             pending = []
             for item in all_chunks:

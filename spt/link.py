@@ -67,18 +67,20 @@ class LinkConfig:
 
 
 def _check(spots: pd.DataFrame, pixel_size_um: float, frame_interval_s: float) -> None:
+    if not (pixel_size_um > 0 and frame_interval_s > 0):
+        raise SptInputError("link", "pixel_size_um and frame_interval_s must be > 0")
     if not isinstance(spots, pd.DataFrame):
         raise SptInputError("spots", f"expected a DataFrame, got {type(spots).__name__}")
     missing = [c for c in ("frame", "x", "y") if c not in spots.columns]
     if missing:
         raise SptInputError("spots", f"missing column(s) {', '.join(missing)}")
+    if len(spots) == 0:
+        return
     for c in ("frame", "x", "y"):
         if not pd.api.types.is_numeric_dtype(spots[c]):
             raise SptInputError("spots", f"column {c!r} must be numeric")
         if not np.isfinite(spots[c].to_numpy(float)).all():
             raise SptInputError("spots", f"column {c!r} contains NaN or infinite values")
-    if not (pixel_size_um > 0 and frame_interval_s > 0):
-        raise SptInputError("link", "pixel_size_um and frame_interval_s must be > 0")
 
 
 class _Tracks:
