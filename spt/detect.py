@@ -188,9 +188,18 @@ def _temporal_support(snr: np.ndarray, frames: int) -> np.ndarray | None:
     if frames < 2 or snr.shape[0] < 2:
         return None
     k = min(frames, snr.shape[0])
-    total = ndimage.uniform_filter1d(snr, k, axis=0, mode="constant") * k
-    count = ndimage.uniform_filter1d(np.ones(snr.shape[0], np.float32), k, mode="constant") * k
-    return total / np.sqrt(count)[:, None, None]
+    lo, hi = -((k - 1) // 2), k // 2
+    total = snr.copy()
+    count = np.ones(snr.shape[0], np.float32)
+    for d in range(lo, hi + 1):
+        if d < 0:
+            total[-d:] += snr[:d]
+            count[-d:] += 1
+        elif d > 0:
+            total[:-d] += snr[d:]
+            count[:-d] += 1
+    total /= np.sqrt(count)[:, None, None]
+    return total
 
 
 def _peaks(snr: np.ndarray, radius: int, threshold: float):
