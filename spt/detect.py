@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from spt._filters import bandpass_snr
 from spt.camera import EXCESS_NOISE, Camera, camera_from_parameters, estimate_camera
 from spt.errors import SptInputError
 from spt.localize import Fit, fit_spots, pixel_integrals, scatter_windows
@@ -165,12 +165,7 @@ def _snr_map(eff: np.ndarray, sigma: float, read_var: float) -> tuple[np.ndarray
     scale : ndarray, shape (T, Y, X)
         What the smoothed image was divided by (to put other smoothed images on the same scale).
     """
-    smooth = ndimage.gaussian_filter(eff, (0, sigma, sigma), truncate=3.0)
-    size = 2 * int(np.ceil(4 * sigma)) + 1
-    bg = ndimage.uniform_filter(smooth, (1, size, size))
-    scale = np.sqrt(np.maximum(bg, 0.0) + np.float32(read_var + 1e-6))
-    snr = smooth - bg
-    snr /= scale
+    snr, scale = bandpass_snr(eff, sigma, 2 * int(np.ceil(4 * sigma)) + 1, read_var)
     sample = snr[:, ::4, ::4]
     med = np.median(sample, axis=(1, 2), keepdims=True)
     mad = np.median(np.abs(sample - med), axis=(1, 2), keepdims=True) * np.float32(1.4826)
@@ -674,7 +669,7 @@ def locate_movie(
         for item in all_chunks:
             collect(work(item))
     else:
-        # chunks run in parallel threads (numpy, scipy.ndimage and the numba fit release the GIL);
+        # chunks run in parallel threads (numpy and the numba kernels release the GIL);
         # results are collected in order, with at most 2 chunks per thread in memory
         with ThreadPoolExecutor(threads) as pool:
             pending = []
