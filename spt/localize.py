@@ -226,6 +226,163 @@ def _fit_kernel(boxes, extra, ox, oy, x, y, n, b, s, fit_sigma, read_var, n_iter
 
 
 @njit(cache=True, nogil=True)
+def _group_kernel(boxes, ox, oy, theta, s, read_var, n_iter, err, ok, loglik):
+    m, bsz, _ = boxes.shape
+    p = theta.shape[1]
+    k_em = (p - 1) // 3
+    ex = np.empty((k_em, bsz))
+    dex = np.empty((k_em, bsz))
+    ey = np.empty((k_em, bsz))
+    dey = np.empty((k_em, bsz))
+    tmp = np.empty(bsz)
+    info = np.empty((p, p))
+    score = np.empty(p)
+    jac = np.empty(p)
+    for i in range(m):
+        last = n_iter
+        it = -1
+        while True:
+            it += 1
+            for k in range(k_em):
+                _integrals(theta[i, 3 * k], ox[i], s, ex[k], dex[k], tmp)
+                _integrals(theta[i, 3 * k + 1], oy[i], s, ey[k], dey[k], tmp)
+            info[:, :] = 0.0
+            score[:] = 0.0
+            b = theta[i, p - 1]
+            for r in range(bsz):
+                for c in range(bsz):
+                    mu = b + read_var
+                    for k in range(k_em):
+                        n = theta[i, 3 * k + 2]
+                        psf = ey[k, r] * ex[k, c]
+                        mu += n * psf
+                        jac[3 * k] = n * ey[k, r] * dex[k, c]
+                        jac[3 * k + 1] = n * dey[k, r] * ex[k, c]
+                        jac[3 * k + 2] = psf
+                    jac[p - 1] = 1.0
+                    if mu < 1e-6:
+                        mu = 1e-6
+                    w = (boxes[i, r, c] + read_var) / mu - 1.0
+                    for a in range(p):
+                        score[a] += jac[a] * w
+                        ja = jac[a] / mu
+                        for q in range(a, p):
+                            info[a, q] += ja * jac[q]
+            for a in range(p):
+                for q in range(a):
+                    info[a, q] = info[q, a]
+            if it >= last:
+                ll = 0.0
+                for r in range(bsz):
+                    for c in range(bsz):
+                        mu = theta[i, p - 1] + read_var
+                        for k in range(k_em):
+                            mu += theta[i, 3 * k + 2] * ey[k, r] * ex[k, c]
+                        d = boxes[i, r, c] + read_var
+                        ll += d * math.log(max(mu, 1e-6)) - mu
+                loglik[i] = ll
+                good = True
+                for a in range(p):
+                    inv = info.copy()
+                    unit = np.zeros(p)
+                    unit[a] = 1.0
+                    if not _solve_small(inv, unit, p):
+                        good = False
+                        break
+                    err[i, a] = math.sqrt(unit[a]) if unit[a] > 0 else np.nan
+                ok[i] = good
+                break
+            if not _solve_small(info, score, p):
+                ok[i] = False
+                break
+            moved = 0.0
+            for k in range(k_em):
+                dx = min(max(score[3 * k], -1.0), 1.0)
+                dy = min(max(score[3 * k + 1], -1.0), 1.0)
+                theta[i, 3 * k] += dx
+                theta[i, 3 * k + 1] += dy
+                theta[i, 3 * k + 2] = max(
+                    theta[i, 3 * k + 2] + score[3 * k + 2], 0.5 * theta[i, 3 * k + 2]
+                )
+                moved = max(moved, abs(dx), abs(dy))
+            theta[i, p - 1] = max(b + score[p - 1], 0.5 * b + 1e-6)
+            if moved < 1e-4:
+                last = it + 1  # converged: one more pass for the error bars
+    return
+
+
+def fit_groups(
+    boxes: np.ndarray,
+    origin_x: np.ndarray,
+    origin_y: np.ndarray,
+    x0: np.ndarray,
+    y0: np.ndarray,
+    photons0: np.ndarray,
+    background0: np.ndarray,
+    sigma: float,
+    *,
+    read_var: float = 0.0,
+    n_iter: int = 15,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fit K overlapping spots at once in each window (multi-emitter Poisson MLE).
+
+    The model is ``mu_k = b + sum_j N_j dE_x(x_j) dE_y(y_j)`` with one shared background per
+    window and a fixed PSF width: the single-emitter model of Smith et al. (2010) extended to
+    several emitters (as in multi-emitter fitting, Huang et al., Biomed Opt Express 2011).
+
+    Parameters
+    ----------
+    boxes : ndarray, shape (n, W, W)
+        Windows in effective photons.
+    origin_x, origin_y : ndarray of int, shape (n,)
+        Image column/row of each window's top-left pixel.
+    x0, y0, photons0 : ndarray, shape (n, K)
+        Starting positions (px) and photons of the K spots of each window.
+    background0 : ndarray, shape (n,)
+        Starting background per pixel.
+    sigma : float
+        PSF s.d. in px.
+    read_var : float
+        Read-noise variance in effective photons squared.
+    n_iter : int
+        Maximum Fisher-scoring iterations.
+
+    Returns
+    -------
+    x, y, photons : ndarray, shape (n, K)
+    errors : ndarray, shape (n, K, 3)
+        Cramer-Rao s.d. of x, y and photons (from the joint Fisher information).
+    ok : ndarray of bool, shape (n,)
+    loglik : ndarray, shape (n,)
+        Poisson log-likelihood at the estimate (up to a data-only constant), for model selection.
+    """
+    m, k_em = np.shape(x0)
+    theta = np.empty((m, 3 * k_em + 1))
+    theta[:, 0:-1:3] = x0
+    theta[:, 1:-1:3] = y0
+    theta[:, 2:-1:3] = np.maximum(photons0, 1.0)
+    theta[:, -1] = np.maximum(background0, 1e-3)
+    err = np.full((m, 3 * k_em + 1), np.nan)
+    ok = np.zeros(m, bool)
+    loglik = np.full(m, -np.inf)
+    _group_kernel(
+        np.ascontiguousarray(boxes, np.float32),
+        np.asarray(origin_x, np.int64),
+        np.asarray(origin_y, np.int64),
+        theta,
+        float(sigma),
+        float(read_var),
+        int(n_iter),
+        err,
+        ok,
+        loglik,
+    )
+    errors = err[:, :-1].reshape(m, k_em, 3)
+    ok &= np.isfinite(errors).all(axis=(1, 2))
+    return theta[:, 0:-1:3], theta[:, 1:-1:3], theta[:, 2:-1:3], errors, ok, loglik
+
+
+@njit(cache=True, nogil=True)
 def scatter_windows(image, t, ox, oy, windows):
     """Add ``windows[i]`` (n, B, B) into ``image`` (T, Y, X) at frame ``t[i]``, top-left
     (``oy[i]``, ``ox[i]``), dropping the parts outside the image. In place."""
