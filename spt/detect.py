@@ -452,8 +452,17 @@ def _deflate_and_refit(eff, snr_map, scale, fit, t, ox, oy, need, half, sigma, r
             resid = eff - model
             boxes2, ox2, oy2 = _boxes(resid, t2, y2, x2, half)
             sx, sy = _refine_start(boxes2, ox2, oy2, x2, y2)
-            edge = np.median(np.concatenate([boxes2[:, 0, :], boxes2[:, -1, :]], axis=1), axis=1)
-            n2 = np.maximum((boxes2 - edge[:, None, None]).sum(axis=(1, 2)), 1.0)
+            f2 = fit_spots(boxes2, ox2, oy2, sx, sy, sigma, read_var=read_var, n_iter=config.n_iter)
+            # a residual peak beside a bright spot may be that spot's model mismatch (blur, PSF
+            # shape), which grows with brightness: keep it only if reasonably bright itself
+            with np.errstate(invalid="ignore", divide="ignore"):
+                bright = ok & (n / errs[:, 2] >= 2 * config.min_snr)
+            typical = np.median(n[bright]) if bright.sum() >= 5 else 0.0
+            keep2 = f2.ok & (f2.photons / f2.photons_err >= config.min_snr)
+            keep2 &= f2.photons >= 0.5 * typical
+            t2, ox2, oy2 = t2[keep2], ox2[keep2], oy2[keep2]
+            sx, sy, n2 = f2.x[keep2], f2.y[keep2], f2.photons[keep2]
+        if len(t2):
             t, ox, oy = (
                 np.concatenate([t, t2]),
                 np.concatenate([ox, ox2]),
@@ -577,7 +586,7 @@ def _split_merged(eff, t, ox, oy, x, y, n, b, s, errs, ok, half, sigma, read_var
     fx, fy, fn, ferr, fok, ll2 = two
     sep = np.hypot(fx[:, 0] - fx[:, 1], fy[:, 0] - fy[:, 1])
     split = (
-        fok & one[4] & (2 * (ll2 - one[5]) > 25) & (fn.min(axis=1) >= 0.5 * typical) & (sep >= 1.0)
+        fok & one[4] & (2 * (ll2 - one[5]) > 25) & (fn.min(axis=1) >= 0.7 * typical) & (sep >= 1.0)
     )
     split &= (np.abs(fx - x[cand, None]) <= hw).all(axis=1) & (
         np.abs(fy - y[cand, None]) <= hw
