@@ -1,7 +1,8 @@
 """Spot detection: band-pass candidates with a robust noise threshold, then sub-pixel MLE fits.
 
 Owns :class:`DetectConfig`, :func:`locate` (one frame) and :func:`locate_movie` (a stack),
-returning the spots table of :data:`spt.schema.SPOT_COLUMNS`.
+returning the spots table of :data:`spt.schema.SPOT_COLUMNS`; crowded spots are found again in
+the residual, split by model selection and fitted jointly.
 """
 
 from __future__ import annotations
@@ -52,8 +53,12 @@ class DetectConfig:
         Keep a fitted spot only if ``signal / signal_err`` (Fisher information) is at least this.
     residual_threshold : float or None
         Threshold (robust noise units) for a second candidate search in the residual image after
-        subtracting the fitted spots, which finds spots hidden beside brighter ones (separations
-        down to ~2 sigma); overlapping spots are then fitted jointly. None: no second search.
+        subtracting the fitted spots, which finds spots hidden beside brighter ones; such a spot
+        is kept only if at least half as bright as the chunk's typical spot (so the model
+        mismatch of a bright or blurred spot is not taken for a neighbour). None: no second
+        search. Independently, bright lone spots that one emitter fits badly are tested for two
+        unresolved emitters, and spots closer than ``4 sigma + 1`` px are fitted simultaneously
+        (both skipped when ``fit_sigma``).
     support_frames : int
         Frames averaged for temporal support: a candidate is also taken where the SNR map
         summed over this many consecutive frames (divided by the square root of their number)
@@ -69,8 +74,8 @@ class DetectConfig:
         Camera type: sets the excess-noise factor (2 for EM-CCD, 1 otherwise).
     em_gain : float or None
         EM gain (1 for sCMOS/CCD). None, or ``e_per_adu``/``offset_adu`` None: the camera is
-        estimated from the movie by a photon-transfer fit (:func:`spt.camera.estimate_camera`)
-        and ``signal``/``background`` are then reported in ADU instead of photons.
+        estimated from the movie's noise statistics (:func:`spt.camera.estimate_camera`) and
+        ``signal``/``background`` are then reported in ADU instead of photons.
     e_per_adu : float or None
         Electrons per ADU (conversion factor of the digitiser).
     offset_adu : float or None
@@ -524,8 +529,8 @@ def _split_merged(eff, t, ox, oy, x, y, n, b, s, errs, ok, half, sigma, read_var
     """Split spots that are two unresolved emitters (model selection, 1 vs 2 spots).
 
     Each bright lone spot that one emitter fits worse than typical (Poisson deviance above the
-    number of pixels, its expectation) is refitted as one and as two emitters in the same window (the pair
-    started along the spot's long axis). The split is kept when twice the log-likelihood gain
+    number of pixels, its expectation) is refitted as two emitters in its window (started along
+    the spot's long axis). The split is kept when twice the log-likelihood gain
     exceeds 25 (a likelihood-ratio test for 3 extra parameters, p < 1e-5) and both parts are at
     least half as bright as the chunk's typical isolated spot, so a motion-blurred streak (one
     emitter spread out, each half dim) is not split. Updates the kept spot in place; returns
@@ -542,30 +547,27 @@ def _split_merged(eff, t, ox, oy, x, y, n, b, s, errs, ok, half, sigma, read_var
     if len(cand) == 0:
         return None
     _, ny, nx = eff.shape
-    hw = min(half + 1, (min(ny, nx) - 1) // 2)
-    boxes, wx, wy = _boxes(
-        eff, t[cand], np.rint(y[cand]).astype(int), np.rint(x[cand]).astype(int), hw
-    )
-    one = fit_groups(
-        boxes,
-        wx,
-        wy,
-        x[cand, None],
-        y[cand, None],
-        n[cand, None],
-        b[cand],
-        sigma,
-        read_var=read_var,
-    )
-    # only windows that one spot fits worse than its expected deviance are tested (saves time)
+    # the spot's own window, where its current parameters are the one-emitter MLE
+    hw = half
+    boxes = eff[
+        t[cand, None, None],
+        (oy[cand, None] + np.arange(2 * hw + 1))[:, :, None],
+        (ox[cand, None] + np.arange(2 * hw + 1))[:, None, :],
+    ]
+    wx, wy = ox[cand], oy[cand]
+    ar = np.arange(2 * hw + 1)
+    ex, _, _ = pixel_integrals(wx[:, None] + ar - x[cand, None], s[cand, None])
+    ey, _, _ = pixel_integrals(wy[:, None] + ar - y[cand, None], s[cand, None])
+    mu = b[cand, None, None] + n[cand, None, None] * ey[:, :, None] * ex[:, None, :] + read_var
     d = boxes.astype(np.float64) + read_var
+    ll1 = (d * np.log(np.maximum(mu, 1e-6)) - mu).sum(axis=(1, 2))
+    # only windows that one spot fits worse than its expected deviance are tested (saves time)
     sat = np.where(d > 0, d * np.log(np.maximum(d, 1e-12)) - d, 0.0).sum(axis=(1, 2))
     npix = boxes.shape[1] * boxes.shape[2]
-    bad = one[4] & (2 * (sat - one[5]) > npix)
+    bad = 2 * (sat - ll1) > npix
     if not bad.any():
         return None
-    cand, boxes, wx, wy = cand[bad], boxes[bad], wx[bad], wy[bad]
-    one = tuple(a[bad] for a in one)
+    cand, boxes, wx, wy, ll1 = cand[bad], boxes[bad], wx[bad], wy[bad], ll1[bad]
     # long axis of the background-subtracted window
     w = np.maximum(boxes - b[cand, None, None], 0.0)
     ar = np.arange(2 * hw + 1)
@@ -595,9 +597,7 @@ def _split_merged(eff, t, ox, oy, x, y, n, b, s, errs, ok, half, sigma, read_var
     )
     fx, fy, fn, ferr, fok, ll2 = two
     sep = np.hypot(fx[:, 0] - fx[:, 1], fy[:, 0] - fy[:, 1])
-    split = (
-        fok & one[4] & (2 * (ll2 - one[5]) > 25) & (fn.min(axis=1) >= 0.7 * typical) & (sep >= 1.0)
-    )
+    split = fok & (2 * (ll2 - ll1) > 25) & (fn.min(axis=1) >= 0.7 * typical) & (sep >= 1.0)
     split &= (np.abs(fx - x[cand, None]) <= hw).all(axis=1) & (
         np.abs(fy - y[cand, None]) <= hw
     ).all(axis=1)
