@@ -67,7 +67,9 @@ class LayerCombo(QComboBox):
     def refresh(self, event: Any = None) -> None:
         """Re-list the layers, keeping the current choice when it is still there."""
         current = self.layer()
-        inserted = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
+        inserted = (
+            getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
+        )
         self._layers = [
             layer
             for layer in self._viewer.layers

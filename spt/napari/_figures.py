@@ -96,7 +96,7 @@ def draw_track(
     shows why one power law cannot describe it.
     """
     fig.clear()
-    ax_msd, ax_speed = fig.subplots(1, 2)
+    ax_msd, ax_speed = fig.subplots(2, 1)
     track = track.sort_values("frame")
     if track.empty:
         fig.tight_layout()

@@ -146,9 +146,7 @@ def masks_layer(
         "name": name,
         "opacity": 0.3,
         "colormap": mask_colormap(),
-        "features": pd.DataFrame(
-            {"index": list(regions), "region": [regions[v] for v in regions]}
-        ),
+        "features": pd.DataFrame({"index": list(regions), "region": [regions[v] for v in regions]}),
         **geo,
     }
     return masks.astype(np.uint8, copy=False), kwargs, "labels"

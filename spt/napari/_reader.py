@@ -21,8 +21,14 @@ import tifffile
 from spt.config import PipelineConfig
 from spt.errors import SptInputError
 from spt.io import Movie, read_masks, read_movie, read_track_table
-from spt.napari._layers import LayerDataTuple, Run, masks_layer, movie_layer, spots_layer
-from spt.napari._layers import tracks_layer
+from spt.napari._layers import (
+    LayerDataTuple,
+    Run,
+    masks_layer,
+    movie_layer,
+    spots_layer,
+    tracks_layer,
+)
 from spt.pipeline import Analysis, MovieResult, masks_for, movie_name
 from spt.schema import SEGMENT_COLUMNS, SPOT_COLUMNS, STAGE_VELOCITY_COLUMNS, empty_table
 
@@ -128,8 +134,10 @@ def get_results_reader(path: PathOrPaths) -> ReaderFunction | None:
     if p is None:
         return None
     if p.is_dir():
-        folders = [p] if is_result_folder(p) else sorted(
-            f for f in p.iterdir() if f.is_dir() and is_result_folder(f)
+        folders = (
+            [p]
+            if is_result_folder(p)
+            else sorted(f for f in p.iterdir() if f.is_dir() and is_result_folder(f))
         )
         return partial(_read_result_folders, folders) if folders else None
     if p.suffix.lower() != ".csv" or not p.is_file():
@@ -169,13 +177,11 @@ def _read_table(path: Path, kind: str, _path: object = None) -> list[LayerDataTu
         spots = tracks[[c for c in SPOT_COLUMNS if c in tracks]]
     else:
         spots = _read_csv(path, SPOT_COLUMNS)
-        tracks = pd.DataFrame(
-            {"frame": pd.Series(dtype="int64"), "x": [], "y": [], "particle": []}
-        )
+        tracks = pd.DataFrame({"frame": pd.Series(dtype="int64"), "x": [], "y": [], "particle": []})
     run = Run(tracks=tracks, spots=spots, pixel_size_um=px, frame_interval_s=dt)
     name = path.stem if path.stem not in ("tracks", "spots") else f"{path.parent.name} {path.stem}"
     layers = [spots_layer(run, f"{name} spots" if kind == "tracks" else name)]
-    if kind == "tracks":
+    if kind == "tracks" and len(tracks):
         layers.append(tracks_layer(run, name))
     return layers
 
@@ -287,5 +293,6 @@ def _read_result_folders(folders: list[Path], _path: object = None) -> list[Laye
             )
         run = Run.from_result(result, config)
         layers.append(spots_layer(run, f"{name} spots"))
-        layers.append(tracks_layer(run, f"{name} tracks"))
+        if len(run.tracks):  # napari cannot show an empty Tracks layer
+            layers.append(tracks_layer(run, f"{name} tracks"))
     return layers

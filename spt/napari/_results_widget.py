@@ -92,7 +92,7 @@ class ResultsWidget(QWidget):
         stages = QWidget()
         s_layout = QVBoxLayout(stages)
         self.stage_table = TableView()
-        self.speed_canvas = _Canvas(5, 3)
+        self.speed_canvas = _Canvas(4.5, 3)
         s_layout.addWidget(QLabel("Per-stage velocities (frame-to-frame steps)"))
         s_layout.addWidget(self.stage_table)
         s_layout.addWidget(self.speed_canvas)
@@ -108,7 +108,7 @@ class ResultsWidget(QWidget):
         row.addWidget(self.particle_combo, 1)
         self.track_info = QLabel("Click a track in the viewer, or choose a particle.")
         self.track_info.setWordWrap(True)
-        self.track_canvas = _Canvas(6, 2.8)
+        self.track_canvas = _Canvas(4.5, 5)
         self.segment_table = TableView()
         t_layout.addLayout(row)
         t_layout.addWidget(self.track_info)
@@ -149,7 +149,7 @@ class ResultsWidget(QWidget):
             self.speed_canvas.figure.clear()
             self.speed_canvas.draw_idle()
             self.particle_combo.clear()
-            self.select_particle(None)
+            self._show_track(None)
             return
         a = result.analysis
         self.stage_table.set_frame(a.stage_velocities)
@@ -174,8 +174,11 @@ class ResultsWidget(QWidget):
 
     def select_particle(self, particle: int | None) -> None:
         """Show the MSD, step speeds and segments of one particle (``None`` clears)."""
-        result = self.result()
         self.particle = particle
+        self._show_track(particle)
+
+    def _show_track(self, particle: int | None) -> None:
+        result = self.result()
         fig = self.track_canvas.figure
         if result is None or particle is None:
             fig.clear()
@@ -205,7 +208,6 @@ class ResultsWidget(QWidget):
                 f"particle {particle}: {len(track)} points, frames {f0}-{f1} "
                 f"({(f1 - f0) * result.frame_interval_s:.2f} s), {len(segments)} segment(s)"
             )
-        self.tabs.setCurrentIndex(1)
 
     def select_at(self, world_position: tuple[float, ...]) -> int | None:
         """Select the track nearest a point of the canvas (world coordinates); returns its id."""
@@ -218,6 +220,7 @@ class ResultsWidget(QWidget):
         particle = nearest_particle(shown, t, y, x, PICK_RADIUS_PX)
         if particle is not None:
             self.select_particle(particle)
+            self.tabs.setCurrentIndex(1)
         return particle
 
     # ------------------------------------------------------------------ export

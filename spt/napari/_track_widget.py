@@ -41,10 +41,10 @@ from spt.napari._controls import ConfigForm, LayerCombo
 from spt.napari._layers import (
     COLOR_BY,
     META_KEY,
+    UNASSIGNED_COLOR,
     Run,
     mask_colormap,
     points_color_kwargs,
-    spots_features,
     spots_layer,
     track_filter,
     tracks_features,
@@ -118,9 +118,7 @@ class TrackParticlesWidget(QWidget):
         self.first_frame = QSpinBox()
         self.last_frame = QSpinBox()
         self.pixel_size = QDoubleSpinBox(decimals=4, maximum=1e4, singleStep=0.01, suffix=" µm")
-        self.frame_interval = QDoubleSpinBox(
-            decimals=5, maximum=1e4, singleStep=0.001, suffix=" s"
-        )
+        self.frame_interval = QDoubleSpinBox(decimals=5, maximum=1e4, singleStep=0.001, suffix=" s")
         for box_ in (self.pixel_size, self.frame_interval):
             box_.setSpecialValueText("not set")
         self.image_combo.layer_changed.connect(self._on_image_changed)
@@ -370,8 +368,13 @@ class TrackParticlesWidget(QWidget):
         )
         show_info(f"spt: {n_tracks} tracks in {result.name}")
 
-    def show_run(self, run: Run, name: str, like: Layer | None = None) -> tuple[Points, Tracks]:
-        """Add (or replace) the Points and Tracks layers of ``run``, aligned with layer ``like``."""
+    def show_run(
+        self, run: Run, name: str, like: Layer | None = None
+    ) -> tuple[Points, Tracks | None]:
+        """Add (or replace) the Points and Tracks layers of ``run``, aligned with layer ``like``.
+
+        A run without tracks gets no Tracks layer (napari cannot show an empty one).
+        """
         extra = {}
         if like is not None and like.ndim == 3:
             extra = {
@@ -380,18 +383,23 @@ class TrackParticlesWidget(QWidget):
                 "units": tuple(like.units),
             }
         color_by = self.color_by.currentText()
-        spots = Layer.create(*spots_layer(run, f"{name} spots", extra=extra, color_by=color_by))
-        tracks = Layer.create(*tracks_layer(run, f"{name} tracks", extra=extra, color_by=color_by))
-        for layer in (spots, tracks):
+        new = [Layer.create(*spots_layer(run, f"{name} spots", extra=extra, color_by=color_by))]
+        if len(run.tracks):
+            new.append(
+                Layer.create(*tracks_layer(run, f"{name} tracks", extra=extra, color_by=color_by))
+            )
+        for layer in new:
             old = [i for i, lay in enumerate(self.viewer.layers) if lay.name == layer.name]
             if old:
                 self.viewer.layers.pop(old[0])
                 self.viewer.layers.insert(old[0], layer)
             else:
                 self.viewer.layers.append(layer)
-        self.tracks_combo.set_layer(tracks)
-        self.apply_display()
-        return spots, tracks
+        tracks = new[1] if len(new) > 1 else None
+        if tracks is not None:
+            self.tracks_combo.set_layer(tracks)
+            self.apply_display()
+        return new[0], tracks
 
     # ------------------------------------------------------------------ display
 
@@ -421,8 +429,12 @@ class TrackParticlesWidget(QWidget):
         min_points = self.min_points.value()
         keep = track_filter(run.tracks, min_points=min_points, stage=stage)
         shown = run.tracks[keep].sort_values(["particle", "frame"], kind="stable")
-        features = tracks_features(run, shown)
         prop = COLOR_BY[color_by][0]
+        tracks.visible = len(shown) > 0
+        if not len(shown):  # napari cannot show an empty Tracks layer: hide it
+            self.status.setText("no track passes the display filters")
+            shown = run.tracks
+        features = tracks_features(run, shown)
         with warnings.catch_warnings():
             # napari warns when new data drop the colour-by feature; it is set again below
             warnings.simplefilter("ignore", UserWarning)
@@ -434,14 +446,18 @@ class TrackParticlesWidget(QWidget):
         tracks.color_by = prop if prop in tracks.properties_to_color_by else "track_id"
         kept = set(shown["particle"])
         for layer in points:
-            f = spots_features(run) if len(layer.features) != len(layer.data) else layer.features
+            f = layer.features
             particle = f["particle"].to_numpy() if "particle" in f else np.full(len(f), -1)
             visible = np.isin(particle, list(kept))
             if min_points <= 1 and stage is None:
                 visible |= particle < 0
             layer.shown = visible
-            for key, value in points_color_kwargs(layer.features, color_by).items():
-                setattr(layer, key, value)
+            # a plain colour first: napari cannot switch a colormap straight to a category cycle
+            layer.face_color = UNASSIGNED_COLOR
+            settings = points_color_kwargs(layer.features, color_by)
+            for key in ("face_color_cycle", "face_colormap", "face_color"):
+                if key in settings:
+                    setattr(layer, key, settings[key])
 
     # ------------------------------------------------------------------ masks
 
@@ -490,9 +506,13 @@ class TrackParticlesWidget(QWidget):
                     str(result.source),
                 )
             else:
-                shape = masks.shape[-2:] if masks is not None else (
-                    int(np.ceil(run.tracks["y"].max())) + 1,
-                    int(np.ceil(run.tracks["x"].max())) + 1,
+                shape = (
+                    masks.shape[-2:]
+                    if masks is not None
+                    else (
+                        int(np.ceil(run.tracks["y"].max())) + 1,
+                        int(np.ceil(run.tracks["x"].max())) + 1,
+                    )
                 )
                 projection = np.zeros(shape, np.float32)
                 n_frames = int(run.tracks["frame"].max()) + 1

@@ -14,6 +14,7 @@ import numpy as np
 from spt.errors import SptInputError
 from spt.io import write_table
 from spt.napari._layers import META_KEY, Run, spots_table, tracks_table
+from spt.schema import SEGMENT_COLUMNS
 
 TABLE_SUFFIXES = (".csv", ".parquet")
 
@@ -42,7 +43,11 @@ def write_segments(path: str, data: Any, attributes: dict) -> list[str]:
         )
     segments = run.result.analysis.segments
     shown = np.unique(np.asarray(data)[:, 0]).astype(np.int64) if len(data) else []
-    return [str(write_table(segments[segments["particle"].isin(shown)], out))]
+    ordered = [c for c in SEGMENT_COLUMNS if c in segments]
+    table = segments.loc[
+        segments["particle"].isin(shown), ordered + [c for c in segments if c not in ordered]
+    ]
+    return [str(write_table(table, out))]
 
 
 def write_spots(path: str, data: Any, attributes: dict) -> list[str]:
