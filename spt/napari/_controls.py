@@ -87,7 +87,8 @@ class LayerCombo(QComboBox):
         if choice in self._layers:
             self.setCurrentIndex(self._layers.index(choice) + int(self._allow_none))
         self.blockSignals(False)
-        if self.layer() is not current:
+        # plugin widgets see layers through napari's proxies: compare with ==, not identity
+        if self.layer() != current:
             self.layer_changed.emit(self.layer())
 
     def _rename(self, event: Any = None) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +27,29 @@ CHUNK_FRAMES = 16
 
 class Cancelled(Exception):
     """The user cancelled the run."""
+
+
+@dataclass
+class Outcome:
+    """How a run in a worker thread ended: its value, the input error, or cancelled."""
+
+    value: Any = None
+    error: SptInputError | None = None
+    cancelled: bool = False
+
+
+def outcome_of(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Outcome:
+    """Call ``func`` and wrap what happens; bugs (other exceptions) still propagate.
+
+    Input errors and cancelling are expected ends of a run, not failures of the worker thread,
+    so they come back as values instead of tracebacks.
+    """
+    try:
+        return Outcome(value=func(*args, **kwargs))
+    except Cancelled:
+        return Outcome(cancelled=True)
+    except SptInputError as err:
+        return Outcome(error=err)
 
 
 def check_masks(masks: np.ndarray, frame_shape: tuple[int, int], source: str) -> np.ndarray:

@@ -50,7 +50,7 @@ from spt.napari._layers import (
     tracks_features,
     tracks_layer,
 )
-from spt.napari._run import Cancelled, reanalyze, track_layer_frames
+from spt.napari._run import Outcome, outcome_of, reanalyze, track_layer_frames
 from spt.schema import MASK_LABELS, STAGES
 
 ALL_STAGES = "all stages"
@@ -298,6 +298,7 @@ class TrackParticlesWidget(QWidget):
             self._fail(str(err))
             return None
         worker = create_worker(
+            outcome_of,
             track_layer_frames,
             layer.data,
             config,
@@ -306,13 +307,16 @@ class TrackParticlesWidget(QWidget):
             _start_thread=False,
             **kwargs,
         )
-        worker.returned.connect(lambda result: self._show_result(result, config, layer))
-        return self._start(worker, f"tracking {layer.name}…")
+        return self._start(
+            worker, f"tracking {layer.name}…", lambda r: self._show_result(r, config, layer)
+        )
 
-    def _start(self, worker: Any, message: str) -> Any:
+    def _start(self, worker: Any, message: str, on_result: Any) -> Any:
+        """Start ``worker`` (returning an :class:`Outcome`); ``on_result(value)`` on success."""
         self._cancel.clear()
         self.worker = worker
         self.last_error = ""
+        worker.returned.connect(lambda outcome: self._on_outcome(outcome, on_result))
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self.run_button.setEnabled(False)
@@ -338,11 +342,18 @@ class TrackParticlesWidget(QWidget):
             self.progress.setRange(0, 0)
             self.status.setText(f"{phase}…")
 
-    def _on_error(self, err: Exception) -> None:
-        if isinstance(err, Cancelled):
+    def _on_outcome(self, outcome: Outcome, on_result: Any) -> None:
+        if outcome.cancelled:
             self.status.setText("cancelled")
-            return
-        self._fail(str(err) if isinstance(err, SptInputError) else f"{type(err).__name__}: {err}")
+        elif outcome.error is not None:
+            self._fail(str(outcome.error))
+        else:
+            on_result(outcome.value)
+
+    def _on_error(self, err: Exception) -> None:
+        # a bug, not bad input: napari shows the traceback; the widget says what failed
+        self.last_error = f"{type(err).__name__}: {err}"
+        self.status.setText(self.last_error)
 
     def _fail(self, message: str) -> None:
         self.last_error = message
@@ -524,6 +535,7 @@ class TrackParticlesWidget(QWidget):
             self._fail(str(err))
             return None
         worker = create_worker(
+            outcome_of,
             reanalyze,
             run.tracks,
             run.spots,
@@ -538,5 +550,6 @@ class TrackParticlesWidget(QWidget):
             _start_thread=False,
         )
         like = tracks_layer_
-        worker.returned.connect(lambda result: self._show_result(result, config, like))
-        return self._start(worker, f"re-classifying {name}…")
+        return self._start(
+            worker, f"re-classifying {name}…", lambda r: self._show_result(r, config, like)
+        )
