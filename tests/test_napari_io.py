@@ -1,4 +1,4 @@
-"""napari plugin without a viewer: manifest, headless import, readers, writers, sample data, runs."""
+"""napari plugin without a viewer: manifest, headless import, readers, writers, sample, runs."""
 
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""spt tables as napari layer data: movies -> Image, masks -> Labels, spots -> Points, tracks -> Tracks.
+"""spt tables as napari layers: movie -> Image, masks -> Labels, spots -> Points, tracks -> Tracks.
 
 Qt-free. The reader, the sample data and the widgets all build their layers here, so a track
 table looks the same in the viewer however it got there; the writers use the inverse.
@@ -112,7 +112,7 @@ def geometry(
 
 
 def movie_layer(movie: Movie, name: str, *, calibrated: bool = True) -> LayerDataTuple:
-    """Image layer of a lazily opened movie, scaled to um and s (pixels and frames if uncalibrated)."""
+    """Image layer of a lazily opened movie in um and s (in pixels and frames if uncalibrated)."""
     first = np.asarray(movie.frames[0 : min(10, movie.n_frames)], dtype=np.float32)
     lo, hi = (float(v) for v in np.percentile(first, [0.5, 99.9]))
     px, dt = (movie.pixel_size_um, movie.frame_interval_s) if calibrated else (None, None)
@@ -138,7 +138,7 @@ def masks_layer(
     frame_interval_s: float | None = None,
     name: str = "masks",
 ) -> LayerDataTuple:
-    """Labels layer of a vessel/cell/nucleus mask, ``(Y, X)`` or one plane per frame ``(T, Y, X)``."""
+    """Labels layer of a vessel/cell/nucleus mask, ``(Y, X)`` or one plane per frame."""
     masks = np.asarray(masks)
     geo = geometry(pixel_size_um, frame_interval_s, ndim=masks.ndim)
     regions = {v: k for k, v in MASK_LABELS.items()}
@@ -167,7 +167,7 @@ def mask_colormap():
 def point_speeds(
     tracks: pd.DataFrame, *, pixel_size_um: float, frame_interval_s: float
 ) -> np.ndarray:
-    """Speed at each track point, um/s: the step arriving at it (the first point takes the first step).
+    """Speed at each track point, um/s: the step arriving at it (the first point: the first step).
 
     Rows follow ``tracks``; a track of one point has speed 0.
     """

@@ -233,7 +233,7 @@ class ResultsWidget(QWidget):
         return write_results(run.result, folder, run.config or PipelineConfig())
 
     def export_figures(self, folder: str | Path) -> list[Path]:
-        """Save the speed distribution, the selected track and the tracks-by-stage overview (PNG)."""
+        """Save the speed distribution, the selected track and the tracks-by-stage figure (PNG)."""
         result = self.result()
         if result is None:
             raise SptInputError(None, "no spt result to export")

@@ -493,7 +493,7 @@ class TrackParticlesWidget(QWidget):
         return labels
 
     def reclassify(self) -> Any:
-        """Segment and classify the chosen tracks again with the chosen masks; returns the worker."""
+        """Segment and classify the chosen tracks again with the masks; returns the worker."""
         if self.worker is not None:
             return None
         run, tracks_layer_, _ = self._run_layers()

@@ -25,7 +25,7 @@ def _table_path(path: str) -> Path:
 
 
 def write_tracks(path: str, data: Any, attributes: dict) -> list[str]:
-    """Write the tracks shown by a Tracks layer (``frame, x, y, ..., particle, segment, state, stage``)."""
+    """Write the tracks shown by a Tracks layer as an spt track table (DESIGN columns)."""
     out = _table_path(path)
     table = tracks_table(data, attributes.get("features"))
     return [str(write_table(table, out))]
