@@ -221,6 +221,14 @@ def test_generic_track_table_opens_in_pixels(tmp_path):
     assert kw["scale"] == (1.0, 1.0, 1.0)
     assert tracks_color_options(kw["features"]) == ["particle"]
     assert "speed_um_s" not in kw["features"]
+    assert kw["name"] == "mine tracks" and layers["points"][1]["name"] == "mine spots"
+
+    spots = tmp_path / "found.csv"
+    table.drop(columns="particle").assign(signal=1.0).to_csv(spots, index=False)
+    [(data, kw, kind)] = _reader.get_results_reader(spots)(spots)
+    assert kind == "points" and kw["name"] == "found"
+    np.testing.assert_array_equal(data, table[["frame", "y", "x"]].to_numpy())
+    assert (kw["features"]["particle"] == -1).all()
 
 
 # --------------------------------------------------------------------------- writers

@@ -71,14 +71,26 @@ def open_sample(viewer):
 
 
 def run_tracking(viewer, qtbot):
-    """Dock "Track particles", run it on the first 40 frames, wait until done."""
+    """Dock "Track particles", run it on the first 40 frames, wait until done.
+
+    Returns the widget, the progress bar values seen and the ticks of a 10 ms GUI timer during
+    the run (the viewer stays responsive while the worker thread tracks).
+    """
+    from qtpy.QtCore import QTimer
+
     _, widget = viewer.window.add_plugin_dock_widget("spt", "Track particles")
     widget.last_frame.setValue(LAST_FRAME)
+    progress, ticks = [], []
+    widget.progress.valueChanged.connect(progress.append)
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(10)
     qtbot.mouseClick(widget.run_button, Qt.MouseButton.LeftButton)
     assert widget.worker is not None and not widget.run_button.isEnabled()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT_MS)
+    timer.stop()
     assert widget.last_error == "", widget.last_error
-    return widget
+    return widget, progress, len(ticks)
 
 
 def test_track_particles_widget_end_to_end(viewer, qtbot):
@@ -89,9 +101,11 @@ def test_track_particles_widget_end_to_end(viewer, qtbot):
     assert masks.data.shape == (128, 128) and set(np.unique(masks.data)) == {0, 1, 2, 3}
     np.testing.assert_allclose(masks.scale, (0.2, 0.2))
 
-    widget = run_tracking(viewer, qtbot)
+    widget, progress, ticks = run_tracking(viewer, qtbot)
     assert widget.masks_combo.currentText() == "sample masks"
     assert widget.progress.value() == widget.progress.maximum()
+    assert len(set(progress)) >= 3, progress  # the bar moved through the frames
+    assert ticks >= 5, "the GUI event loop was blocked during the run"
 
     spots, tracks = viewer.layers["sample spots"], viewer.layers["sample tracks"]
     assert type(spots).__name__ == "Points" and type(tracks).__name__ == "Tracks"
@@ -194,9 +208,9 @@ def test_results_widget_tables_track_details_and_export(viewer, sample_result, t
     assert [table.item(i, 0).text() for i in range(table.rowCount())] == list(
         result.analysis.stage_velocities["stage"]
     )
-    [ax] = results.speed_canvas.figure.axes
-    assert {t.get_text().split(" (")[0] for t in ax.get_legend().get_texts()} <= set(STAGES)
-    assert len(ax.patches) == len(result.analysis.stage_velocities)
+    [ax] = results.speed_canvas.figure.axes  # one box of step speeds per stage
+    labels = [t.get_text().split(" (")[0] for t in ax.get_yticklabels()]
+    assert labels == list(result.analysis.stage_velocities["stage"])
 
     # select the longest track by "clicking" on its point in the current frame
     longest = result.analysis.tracks.groupby("particle").size().idxmax()
@@ -276,3 +290,25 @@ def test_masks_edited_in_napari_reclassify_without_retracking(viewer, qtbot, sam
     assert not after.tracks["stage"].equals(before["stage"])
     features = viewer.layers["sample tracks"].features
     np.testing.assert_array_equal(features["stage"], after.tracks["stage"])
+
+
+def test_a_plain_track_table_is_analysed_by_reclassify(viewer, qtbot, sample_result, tmp_path):
+    raw = sample_result.analysis.tracks[["frame", "x", "y", "particle"]]
+    path = tmp_path / "mine.csv"
+    raw.to_csv(path, index=False)
+    viewer.open(str(path), plugin="spt")
+    tracks = viewer.layers["mine tracks"]
+    assert "stage" not in tracks.features and tracks.metadata[META_KEY].result is None
+    _, widget = viewer.window.add_plugin_dock_widget("spt", "Track particles")
+    assert widget.tracks_combo.currentText() == "mine tracks"
+    widget.pixel_size.setValue(0.2)
+    widget.frame_interval.setValue(1 / 30)
+    assert widget.run() is None  # no image layer to track in; the tracks can still be analysed
+    widget.reclassify()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT_MS)
+    assert widget.last_error == ""
+    analysed = viewer.layers["mine tracks"]
+    assert set(analysed.features["stage"]) <= set(STAGES)
+    assert analysed.metadata[META_KEY].result.pixel_size_um == pytest.approx(0.2)
+    assert len(analysed.data) == len(raw)
+    assert [layer.name for layer in viewer.layers] == ["mine spots", "mine tracks"]

@@ -220,13 +220,22 @@ class ConfigForm(QWidget):
 class TableView(QTableWidget):
     """Read-only view of a DataFrame, floats rounded for reading."""
 
-    def __init__(self, parent: QWidget | None = None):
+    def __init__(self, max_rows: int = 8, parent: QWidget | None = None):
         super().__init__(parent)
+        self.max_rows = max_rows
         self.setEditTriggers(QTableWidget.NoEditTriggers)
         self.setSelectionBehavior(QTableWidget.SelectRows)
         self.verticalHeader().setVisible(False)
         self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
         self.frame = pd.DataFrame()
+
+    def _fit_rows(self) -> None:
+        """As tall as the rows, up to ``max_rows`` (then it scrolls)."""
+        rows = min(max(self.rowCount(), 1), self.max_rows)
+        header = self.horizontalHeader().sizeHint().height()
+        height = header + rows * self.verticalHeader().defaultSectionSize()
+        scroll = self.horizontalScrollBar().sizeHint().height()
+        self.setFixedHeight(height + scroll + 2 * self.frameWidth())
 
     def set_frame(self, frame: pd.DataFrame, digits: int = 3) -> None:
         self.frame = frame.reset_index(drop=True)
@@ -241,3 +250,4 @@ class TableView(QTableWidget):
                 else:
                     text = str(v)
                 self.setItem(i, j, QTableWidgetItem(text))
+        self._fit_rows()

@@ -5,6 +5,8 @@ The widget shows them on Qt canvases; export saves the same Figures to files.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -22,7 +24,9 @@ MSD_MAX_LAG_FRACTION = 0.25
 def draw_speed_distribution(
     fig: Figure, tracks: pd.DataFrame, *, pixel_size_um: float, frame_interval_s: float
 ) -> None:
-    """Histogram of frame-to-frame step speeds per delivery stage (log-spaced bins).
+    """Box plot of frame-to-frame step speeds per delivery stage (log axis).
+
+    Boxes span the quartiles, whiskers the 5th-95th percentiles; stages in delivery order.
 
     Parameters
     ----------
@@ -40,31 +44,38 @@ def draw_speed_distribution(
         if len(tracks)
         else pd.DataFrame({"stage": [], "speed_um_s": []})
     )
-    speeds = steps["speed_um_s"].to_numpy()
-    positive = speeds[speeds > 0]
-    if positive.size:
-        lo, hi = np.log10(positive.min()), np.log10(positive.max())
-        bins = np.logspace(lo - 0.05, hi + 0.05, 40)
-        for stage in STAGES:
-            s = steps.loc[steps["stage"] == stage, "speed_um_s"].to_numpy()
-            s = s[s > 0]
-            if s.size:
-                ax.hist(
-                    s,
-                    bins=bins,
-                    histtype="step",
-                    density=True,
-                    lw=1.5,
-                    color=STAGE_COLORS[stage],
-                    label=f"{stage} ({s.size})",
-                )
+    steps = steps[steps["speed_um_s"] > 0]  # a log axis; zero steps are exact repeats
+    present = [s for s in STAGES if (steps["stage"] == s).any()]
+    if present:
+        data = [steps.loc[steps["stage"] == s, "speed_um_s"].to_numpy() for s in present]
+        # matplotlib >= 3.10 says orientation=, older ones vert=
+        horizontal = (
+            {"orientation": "horizontal"}
+            if "orientation" in inspect.signature(ax.boxplot).parameters
+            else {"vert": False}
+        )
+        boxes = ax.boxplot(
+            data,
+            **horizontal,
+            whis=(5, 95),
+            showfliers=False,
+            patch_artist=True,
+            widths=0.6,
+            medianprops={"color": "k"},
+        )
+        for box, stage in zip(boxes["boxes"], present, strict=True):
+            box.set_facecolor(STAGE_COLORS[stage])
+        ax.set_yticks(
+            range(1, len(present) + 1),
+            [f"{s} ({len(d)})" for s, d in zip(present, data, strict=True)],
+            fontsize=7,
+        )
+        ax.invert_yaxis()
         ax.set_xscale("log")
-        ax.legend(fontsize=7, frameon=False)
     else:
         ax.text(0.5, 0.5, "no steps", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("step speed (µm/s)")
-    ax.set_ylabel("density")
-    ax.set_title("Frame-to-frame speed by delivery stage", fontsize=9)
+    ax.set_title("Step speed by delivery stage (n steps)", fontsize=9)
     fig.tight_layout()
 
 
@@ -76,7 +87,7 @@ def draw_track(
     pixel_size_um: float,
     frame_interval_s: float,
 ) -> None:
-    """One track: its MSD with each segment's fit, and its step speeds over time by segment.
+    """One track: MSD of the track and of each segment, and step speeds over time.
 
     Parameters
     ----------
@@ -91,9 +102,10 @@ def draw_track(
 
     Notes
     -----
-    The MSD is time-averaged over the whole track and gap-aware (:func:`spt.msd.track_msd`);
-    each segment's line is its fitted ``4 D t^alpha`` (Michalet 2010), so a stop-and-go track
-    shows why one power law cannot describe it.
+    MSDs are time-averaged and gap-aware (:func:`spt.msd.track_msd`), up to a quarter of the
+    span; each segment's MSD is drawn in the colour of its motion state with its fitted
+    ``4 D t^alpha`` dashed (Michalet 2010). A stop-and-go track shows why one power law over the
+    whole track cannot describe it. The step-speed panel is shaded by the segments' stages.
     """
     fig.clear()
     ax_msd, ax_speed = fig.subplots(2, 1)
@@ -102,49 +114,55 @@ def draw_track(
         fig.tight_layout()
         return
     particle = int(track["particle"].iloc[0])
-    frames = track["frame"].to_numpy()
-    span = int(frames[-1] - frames[0])
-    max_lag = max(1, int(span * MSD_MAX_LAG_FRACTION))
-    lags, msd, _ = track_msd(frames, track["x"].to_numpy(), track["y"].to_numpy(), max_lag)
-    t = lags * frame_interval_s
-    ax_msd.loglog(t, msd * pixel_size_um**2, "o", ms=3, color="k", label="track")
+
+    def msd_of(points: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        frames = points["frame"].to_numpy()
+        max_lag = max(1, int((frames[-1] - frames[0]) * MSD_MAX_LAG_FRACTION))
+        lags, msd, _ = track_msd(frames, points["x"].to_numpy(), points["y"].to_numpy(), max_lag)
+        return lags * frame_interval_s, msd * pixel_size_um**2
+
+    t, msd = msd_of(track)
+    shown = [msd[msd > 0]]
+    ax_msd.loglog(t, msd, "o-", ms=3, lw=1, color="k", label="whole track")
+    labelled: set[str] = set()
     for seg in segments.itertuples(index=False):
-        if not (np.isfinite(seg.D_um2_s) and seg.D_um2_s > 0 and len(t)):
+        points = track[track["frame"].between(seg.start_frame, seg.end_frame)]
+        if len(points) < 3:
             continue
+        ts, ms = msd_of(points)
         color = STATE_COLORS.get(seg.state, UNASSIGNED_COLOR)
-        ax_msd.loglog(
-            t,
-            4 * seg.D_um2_s * t**seg.alpha,
-            "--",
-            color=color,
-            lw=1,
-            label=f"seg {seg.segment} {seg.state}: α={seg.alpha:.2f}",
-        )
+        label = None if seg.state in labelled else seg.state
+        labelled.add(seg.state)
+        ax_msd.loglog(ts, ms, "o", ms=2.5, color=color, label=label)
+        shown.append(ms[ms > 0])
+        if np.isfinite(seg.D_um2_s) and seg.D_um2_s > 0 and len(ts):
+            ax_msd.loglog(ts, 4 * seg.D_um2_s * ts**seg.alpha, "--", lw=1, color=color)
+    values = np.concatenate(shown)
+    if values.size:
+        ax_msd.set_ylim(values.min() / 3, values.max() * 3)
     ax_msd.set_xlabel("lag (s)")
     ax_msd.set_ylabel("MSD (µm²)")
-    ax_msd.set_title(f"particle {particle}: MSD", fontsize=9)
+    ax_msd.set_title(f"particle {particle}: MSD (segments by state, fits dashed)", fontsize=9)
     ax_msd.legend(fontsize=6, frameon=False)
 
-    t_track = track.assign(stage=track["stage"] if "stage" in track else "")
+    t_track = track if "stage" in track else track.assign(stage="")
     steps = step_speeds(t_track, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s)
+    stages_shown: set[str] = set()
     for seg in segments.itertuples(index=False):
+        label = None if seg.stage in stages_shown else seg.stage
+        stages_shown.add(seg.stage)
         ax_speed.axvspan(
             seg.start_frame * frame_interval_s,
             (seg.end_frame + 1) * frame_interval_s,
             color=STAGE_COLORS.get(seg.stage, UNASSIGNED_COLOR),
-            alpha=0.25,
+            alpha=0.3,
             lw=0,
-        )
-        ax_speed.text(
-            (seg.start_frame + 0.5) * frame_interval_s,
-            1.0,
-            f"{seg.stage}\n{seg.state}",
-            transform=ax_speed.get_xaxis_transform(),
-            fontsize=6,
-            va="top",
+            label=label,
         )
     ax_speed.plot(steps["frame"] * frame_interval_s, steps["speed_um_s"], "-", color="k", lw=1)
     ax_speed.set_xlabel("time (s)")
     ax_speed.set_ylabel("step speed (µm/s)")
-    ax_speed.set_title("step speeds, shaded by segment stage", fontsize=9)
+    ax_speed.set_title("step speeds, shaded by delivery stage", fontsize=9)
+    if stages_shown:
+        ax_speed.legend(fontsize=6, frameon=False, loc="upper right")
     fig.tight_layout()

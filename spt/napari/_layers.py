@@ -288,7 +288,7 @@ def spots_layer(
         "name": name,
         "features": features,
         "symbol": "ring",
-        "size": 5,
+        "size": 4,
         "border_width": 0,
         "face_color": UNASSIGNED_COLOR,
         "blending": "translucent",

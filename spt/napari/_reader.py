@@ -177,12 +177,14 @@ def _read_table(path: Path, kind: str, _path: object = None) -> list[LayerDataTu
         spots = tracks[[c for c in SPOT_COLUMNS if c in tracks]]
     else:
         spots = _read_csv(path, SPOT_COLUMNS)
-        tracks = pd.DataFrame({"frame": pd.Series(dtype="int64"), "x": [], "y": [], "particle": []})
+        tracks = empty_table(("frame", "x", "y", "particle"))
     run = Run(tracks=tracks, spots=spots, pixel_size_um=px, frame_interval_s=dt)
-    name = path.stem if path.stem not in ("tracks", "spots") else f"{path.parent.name} {path.stem}"
-    layers = [spots_layer(run, f"{name} spots" if kind == "tracks" else name)]
-    if kind == "tracks" and len(tracks):
-        layers.append(tracks_layer(run, name))
+    name = path.stem if path.stem not in ("tracks", "spots") else path.parent.name
+    if kind == "spots":
+        return [spots_layer(run, name)]
+    layers = [spots_layer(run, f"{name} spots")]
+    if len(tracks):
+        layers.append(tracks_layer(run, f"{name} tracks"))
     return layers
 
 
