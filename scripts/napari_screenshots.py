@@ -72,6 +72,7 @@ def main() -> None:
         f"{time.perf_counter() - t0:.1f} s: {track.status.text()}"
     )
     viewer.layers["sample masks"].opacity = 0.25
+    viewer.scale_bar.visible = True
     viewer.dims.set_current_step(0, args.frame)
     viewer.reset_view()
     for widget in QApplication.allWidgets():  # start-up notifications would hide the canvas
@@ -97,7 +98,8 @@ def main() -> None:
     settle(app)
     results.grab().save(str(args.out / "napari_results_track.png"))
 
-    viewer.camera.zoom *= 1.3
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari 0.9
+    camera.zoom *= 1.3
     for color_by, name in (("stage", "stage"), ("state", "state")):
         track.color_by.setCurrentText(color_by)
         settle(app)

@@ -65,6 +65,44 @@ def show_result(viewer, result):
     return widget
 
 
+class _PersistedEvent:
+    """What napari's canvas hands to drag callbacks: a wrapper re-pointed at each new event."""
+
+    def __init__(self, event):
+        self.__wrapped__ = event
+
+    def __getattr__(self, name):
+        return getattr(self.__wrapped__, name)
+
+
+def click(viewer, world_position, drag_to=None):
+    """A left click (or drag) on the canvas, through napari's mouse-callback machinery."""
+    from types import SimpleNamespace
+
+    from napari.utils.interactions import (
+        mouse_move_callbacks,
+        mouse_press_callbacks,
+        mouse_release_callbacks,
+    )
+
+    def event(kind, position):
+        return SimpleNamespace(
+            type=kind,
+            position=position,
+            button=1,
+            modifiers=(),
+            is_dragging=kind == "mouse_move",
+            handled=False,
+            view_direction=None,
+            dims_displayed=[1, 2],
+        )
+
+    mouse_press_callbacks(viewer, _PersistedEvent(event("mouse_press", world_position)))
+    if drag_to is not None:
+        mouse_move_callbacks(viewer, event("mouse_move", drag_to))
+    mouse_release_callbacks(viewer, event("mouse_release", drag_to or world_position))
+
+
 def open_sample(viewer):
     viewer.open_sample("spt", "sample")
     return viewer.layers["sample"], viewer.layers["sample masks"]
@@ -200,6 +238,10 @@ def test_results_widget_tables_track_details_and_export(viewer, sample_result, t
     tracks = viewer.layers["sample tracks"]
     result = tracks.metadata[META_KEY].result
     assert results.tracks_combo.currentText() == "sample tracks"
+    some = result.analysis.tracks.iloc[0]
+    start = tuple(tracks.data_to_world((some["frame"], some["y"], some["x"])))
+    click(viewer, start, drag_to=(start[0], start[1] + 5, start[2] + 5))  # panning
+    assert results.particle is None
 
     table = results.stage_table
     assert table.rowCount() == len(result.analysis.stage_velocities) > 0
@@ -216,8 +258,10 @@ def test_results_widget_tables_track_details_and_export(viewer, sample_result, t
     longest = result.analysis.tracks.groupby("particle").size().idxmax()
     point = result.analysis.tracks[result.analysis.tracks["particle"] == longest].iloc[5]
     viewer.dims.set_current_step(0, int(point["frame"]))
-    world = tracks.data_to_world((point["frame"], point["y"] + 1, point["x"] - 1))
-    assert results.select_at(tuple(world)) == longest
+    world = tuple(tracks.data_to_world((point["frame"], point["y"] + 1, point["x"] - 1)))
+    click(viewer, world)
+    assert results.particle == longest
+    assert results.particle_combo.currentText() == str(longest)
     ax_msd, ax_speed = results.track_canvas.figure.axes
     assert len(ax_msd.lines[0].get_xdata()) >= 3
     segments = result.analysis.segments

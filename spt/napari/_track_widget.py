@@ -71,8 +71,6 @@ def _calibration(layer: Layer | None) -> tuple[float | None, float | None]:
     meta = layer.metadata.get(META_KEY)
     if isinstance(meta, dict):
         return meta.get("pixel_size_um"), meta.get("frame_interval_s")
-    if isinstance(meta, Run):
-        return meta.pixel_size_um, meta.frame_interval_s
     return None, None
 
 
@@ -98,6 +96,7 @@ class TrackParticlesWidget(QWidget):
         self._signals = _Signals()
         self._signals.progressed.connect(self._on_progress)
         self.last_error: str = ""
+        self._hidden_by_filter: set[str] = set()
 
         layout = QVBoxLayout(self)
         layout.addWidget(self._input_box())
@@ -192,7 +191,7 @@ class TrackParticlesWidget(QWidget):
         self.stage_filter = QComboBox()
         self.stage_filter.addItems([ALL_STAGES, *STAGES])
         self.stage_filter.setToolTip("Show only tracks that pass through this delivery stage")
-        self.tracks_combo.layer_changed.connect(self._on_tracks_changed)
+        self.tracks_combo.layer_changed.connect(lambda _: self.apply_display())
         self.color_by.currentTextChanged.connect(lambda _: self.apply_display())
         self.min_points.valueChanged.connect(lambda _: self.apply_display())
         self.stage_filter.currentTextChanged.connect(lambda _: self.apply_display())
@@ -414,9 +413,6 @@ class TrackParticlesWidget(QWidget):
 
     # ------------------------------------------------------------------ display
 
-    def _on_tracks_changed(self, layer: Tracks | None) -> None:
-        self.apply_display()
-
     def _run_layers(self) -> tuple[Run | None, Tracks | None, list[Points]]:
         tracks = self.tracks_combo.layer()
         if tracks is None:
@@ -441,10 +437,14 @@ class TrackParticlesWidget(QWidget):
         keep = track_filter(run.tracks, min_points=min_points, stage=stage)
         shown = run.tracks[keep].sort_values(["particle", "frame"], kind="stable")
         prop = COLOR_BY[color_by][0]
-        tracks.visible = len(shown) > 0
         if not len(shown):  # napari cannot show an empty Tracks layer: hide it
             self.status.setText("no track passes the display filters")
+            self._hidden_by_filter.add(tracks.name)
+            tracks.visible = False
             shown = run.tracks
+        elif tracks.name in self._hidden_by_filter:
+            self._hidden_by_filter.discard(tracks.name)
+            tracks.visible = True
         features = tracks_features(run, shown)
         with warnings.catch_warnings():
             # napari warns when new data drop the colour-by feature; it is set again below
