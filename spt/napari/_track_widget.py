@@ -287,7 +287,8 @@ class TrackParticlesWidget(QWidget):
                 frame_interval_s=config.movie.frame_interval_s,
                 first_frame=self.first_frame.value(),
                 stop_frame=self.last_frame.value() + 1,
-                masks=None if masks_layer is None else np.asarray(masks_layer.data),
+                # a copy: painting may go on while the worker reads the masks
+                masks=None if masks_layer is None else np.array(masks_layer.data),
             )
             if not (kwargs["pixel_size_um"] and kwargs["frame_interval_s"]):
                 raise SptInputError(
@@ -507,7 +508,7 @@ class TrackParticlesWidget(QWidget):
                     tracks_layer_.name, "enter the pixel size (µm) and frame interval (s)"
                 )
             masks_layer = self.masks_combo.layer()
-            masks = None if masks_layer is None else np.asarray(masks_layer.data)
+            masks = None if masks_layer is None else np.array(masks_layer.data)
             result = run.result
             if result is not None:
                 projection, n_frames, name, source = (
