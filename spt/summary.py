@@ -393,7 +393,7 @@ def stage_summary(movies: Sequence[MovieStages], *, seed: int = 0) -> StageSumma
         segments.append(
             pd.DataFrame(
                 {c: pd.Series(dtype=object) for c in ("movie", "particle", "stage", "state")}
-            ).assign(D_um2_s=pd.Series(dtype=float), alpha=pd.Series(dtype=float))
+            ).assign(**{c: pd.Series(dtype=float) for c in ("D_um2_s", "alpha", "speed_um_s")})
         )
         dwells.append(
             dwell_times(no_tracks, frame_interval_s=1.0).assign(movie=pd.Series(dtype=object))
