@@ -601,14 +601,16 @@ class StageClassifier:
     use_masks : bool
         Train on location features too (then masks are needed to classify).
     max_iter : int
-        Boosting iterations of the histogram gradient-boosting model.
+        Boosting iterations of the histogram gradient-boosting model. Trees are kept small
+        (15 leaves, >= 100 points per leaf) because the points of one track are strongly
+        correlated: deep trees learn individual tracks, not stages.
     random_state : int
         Seed of the model.
     """
 
     FORMAT = "spt-stage-classifier-1"
 
-    def __init__(self, *, use_masks: bool = False, max_iter: int = 200, random_state: int = 0):
+    def __init__(self, *, use_masks: bool = False, max_iter: int = 60, random_state: int = 0):
         self.use_masks = use_masks
         self.max_iter = max_iter
         self.random_state = random_state
@@ -637,6 +639,8 @@ class StageClassifier:
         self.features = self._columns(features)
         self.model = HistGradientBoostingClassifier(
             max_iter=self.max_iter,
+            max_leaf_nodes=15,
+            min_samples_leaf=100,
             learning_rate=0.1,
             class_weight="balanced",
             random_state=self.random_state,
