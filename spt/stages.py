@@ -747,8 +747,9 @@ def classify_stages(
     pixel_size_um : float
         Pixel size, um.
     frame_interval_s : float, optional
-        Frame interval, s. Needed by a trained classifier; without it the rules take the speed
-        of a point from its segment's ``speed_um_s``.
+        Frame interval, s. Always pass it: the rolling-window motion features need it, and a
+        trained classifier requires it. Without it (a warning is issued) the rules fall back
+        to the segments' states and speeds, which is markedly less accurate.
     classifier : StageClassifier, optional
         Trained classifier; defaults to the one at ``config.classifier_path`` if set.
 
@@ -776,6 +777,12 @@ def classify_stages(
         frame_interval_s=frame_interval_s,
         masks=masks,
     )
+    if frame_interval_s is None:
+        warnings.warn(
+            "classify_stages without frame_interval_s: motion comes from the segment states "
+            "only, which is markedly less accurate (see docs/stages.md)",
+            stacklevel=2,
+        )
     if classifier is not None:
         if frame_interval_s is None:
             raise SptInputError("frame_interval_s", "a trained classifier needs the frame interval")
