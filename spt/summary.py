@@ -165,32 +165,42 @@ class StageSummary:
 def step_speeds(
     tracks: pd.DataFrame, *, pixel_size_um: float, frame_interval_s: float
 ) -> pd.DataFrame:
-    """Frame-to-frame speeds: one row per one-frame step with both ends in the same stage.
+    """Speed of every step between consecutive detections of a particle.
 
-    Steps across blinking gaps are left out (a displacement over several frames is not a
-    frame-to-frame speed), and so are steps whose ends lie in different stages.
+    A step across a blinking gap of ``g`` frames is divided by ``g`` frame intervals. The
+    stage tables use only the true frame-to-frame steps: ``gap_frames == 1`` and
+    ``within_stage`` (both ends in the same stage).
 
     Returns
     -------
     DataFrame
-        ``particle, frame`` (end frame), ``stage``, ``state`` (of the end point, if known),
-        ``speed_um_s``.
+        ``particle, frame`` (end frame), ``stage`` and ``state`` (of the end point, when the
+        tracks have them), ``gap_frames``, ``within_stage``, ``speed_um_s``.
     """
     t = tracks.sort_values(["particle", "frame"])
     p, f = t["particle"].to_numpy(), t["frame"].to_numpy()
-    stage = t["stage"].to_numpy()
-    keep = (p[1:] == p[:-1]) & (f[1:] - f[:-1] == 1) & (stage[1:] == stage[:-1])
+    keep = p[1:] == p[:-1]
     d = np.diff(t[["x", "y"]].to_numpy(float), axis=0)[keep]
-    state = t["state"].to_numpy()[1:][keep] if "state" in t else np.full(keep.sum(), None)
+    gap = (f[1:] - f[:-1])[keep]
+    n = int(keep.sum())
+    stage = t["stage"].to_numpy() if "stage" in t else np.full(len(t), None)
+    state = t["state"].to_numpy()[1:][keep] if "state" in t else np.full(n, None)
     return pd.DataFrame(
         {
             "particle": p[1:][keep],
             "frame": f[1:][keep],
             "stage": stage[1:][keep],
             "state": state,
-            "speed_um_s": np.hypot(d[:, 0], d[:, 1]) * pixel_size_um / frame_interval_s,
+            "gap_frames": gap.astype(np.int64),
+            "within_stage": (stage[1:] == stage[:-1])[keep],
+            "speed_um_s": np.hypot(d[:, 0], d[:, 1]) * pixel_size_um / (gap * frame_interval_s),
         }
     )
+
+
+def _frame_to_frame(steps: pd.DataFrame) -> pd.DataFrame:
+    """The steps that measure a frame-to-frame speed within one stage."""
+    return steps[(steps["gap_frames"] == 1) & steps["within_stage"].astype(bool)]
 
 
 def dwell_times(tracks: pd.DataFrame, *, frame_interval_s: float) -> pd.DataFrame:
@@ -357,10 +367,11 @@ def stage_summary(movies: Sequence[MovieStages], *, seed: int = 0) -> StageSumma
     Returns
     -------
     StageSummary
-        ``velocities`` (one row per stage, all six in delivery order, columns
+        ``velocities`` (one row per stage present, in delivery order, columns
         :data:`STAGE_TABLE_COLUMNS`, see :func:`column_descriptions`), ``dwells``
         (:func:`dwell_times` + ``movie``), ``transitions`` (:func:`stage_transitions`) and
-        ``steps`` (:func:`step_speeds` + ``movie, noise_floor_um_s``).
+        ``steps`` (the frame-to-frame steps of :func:`step_speeds` + ``movie,
+        noise_floor_um_s``).
     """
     steps, segments, dwells, points = [], [], [], []
     for k, m in enumerate(movies):
@@ -399,7 +410,8 @@ def stage_summary(movies: Sequence[MovieStages], *, seed: int = 0) -> StageSumma
             dwell_times(no_tracks, frame_interval_s=1.0).assign(movie=pd.Series(dtype=object))
         )
         points.append(no_tracks[["particle", "stage"]].assign(movie=pd.Series(dtype=object)))
-    steps_t, segments_t = pd.concat(steps, ignore_index=True), pd.concat(segments)
+    steps_t = _frame_to_frame(pd.concat(steps, ignore_index=True))
+    segments_t = pd.concat(segments)
     dwells_t, points_t = pd.concat(dwells, ignore_index=True), pd.concat(points)
     for table in (steps_t, segments_t, dwells_t, points_t):
         table["cluster"] = list(zip(table["movie"], table["particle"], strict=True))
@@ -414,6 +426,7 @@ def stage_summary(movies: Sequence[MovieStages], *, seed: int = 0) -> StageSumma
             rng,
         )
         for stage in STAGES
+        if (points_t["stage"] == stage).any()
     ]
     velocities = pd.DataFrame(rows, columns=list(STAGE_TABLE_COLUMNS))
     velocities = velocities.astype({c: "int64" for c in _INT_COLUMNS} | {"noise_dominated": bool})
@@ -450,7 +463,8 @@ def stage_velocities(
     Returns
     -------
     DataFrame
-        One row per stage, columns :data:`STAGE_TABLE_COLUMNS` (DESIGN columns first). Speeds
+        One row per stage present, in delivery order, columns :data:`STAGE_TABLE_COLUMNS`
+        (DESIGN columns first). Speeds
         in um/s: ``*_speed_um_s`` are frame-to-frame speeds, ``*run_speed*`` net speeds of
         directed segments.
     """

@@ -102,8 +102,9 @@ def test_batch_report_pools_movies_and_links_their_reports(results, tmp_path):
     for path in written:
         assert path.stat().st_size > 0
     pooled = pd.read_parquet(tmp_path / "stage_velocities.parquet").set_index("stage")
-    per_movie = [r.analysis.stage_velocities.set_index("stage") for r in results]
-    assert (pooled["n_tracks"] == per_movie[0]["n_tracks"] + per_movie[1]["n_tracks"]).all()
+    per_movie = [r.analysis.stage_velocities.set_index("stage")["n_tracks"] for r in results]
+    expected = per_movie[0].add(per_movie[1], fill_value=0)
+    assert (pooled["n_tracks"] == expected.reindex(pooled.index)).all()
 
 
 def test_write_results_puts_the_report_beside_the_tables(results, tmp_path):
