@@ -155,6 +155,7 @@ def macro_f1(cm: pd.DataFrame) -> float:
 def median_speeds(tracks: pd.DataFrame, stage_column: str, px: float, dt: float) -> pd.Series:
     t = tracks.assign(stage=tracks[stage_column]).dropna(subset=["stage"])
     steps = step_speeds(t, pixel_size_um=px, frame_interval_s=dt)
+    steps = steps[(steps["gap_frames"] == 1) & steps["within_stage"]]  # frame-to-frame
     return steps.groupby("stage")["speed_um_s"].median().reindex(list(STAGES))
 
 
@@ -162,7 +163,7 @@ def true_flow_speed(truth: pd.DataFrame, px: float, dt: float) -> float:
     """Median frame-to-frame speed of the noise-free true positions in circulation."""
     t = truth[truth["stage"] == "circulation"]
     steps = step_speeds(t, pixel_size_um=px, frame_interval_s=dt)
-    return float(steps["speed_um_s"].median())
+    return float(steps.loc[steps["gap_frames"] == 1, "speed_um_s"].median())
 
 
 def evaluate(
