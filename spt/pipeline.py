@@ -169,7 +169,12 @@ def analyze_tracks(
         tracks, config.segment, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
     )
     staged, segments = classify_stages(
-        segmented, segments, config.stages, masks=masks, pixel_size_um=pixel_size_um
+        segmented,
+        segments,
+        config.stages,
+        masks=masks,
+        pixel_size_um=pixel_size_um,
+        frame_interval_s=frame_interval_s,
     )
     velocities = stage_velocities(
         staged, segments, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
