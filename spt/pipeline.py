@@ -21,11 +21,12 @@ from spt.detect import locate_movie
 from spt.errors import SptInputError
 from spt.io import read_masks, read_movie, write_table
 from spt.link import link
-from spt.plot import plot_tracks_by_stage
-from spt.schema import SPOT_COLUMNS, STAGE_VELOCITY_COLUMNS, TRACK_COLUMNS, empty_table
+from spt.report import write_movie_report
+from spt.schema import SPOT_COLUMNS, TRACK_COLUMNS, empty_table
 from spt.segment import segment_tracks
 from spt.stages import classify_stages
-from spt.summary import stage_table, stage_velocities, step_speeds
+from spt.summary import MovieStages, stage_velocities
+from spt.summary import pooled_stage_velocities as pool_stage_velocities
 
 ProgressCallback = Callable[[int, int | None], None]
 MOVIE_SUFFIXES = (".tif", ".tiff")
@@ -168,7 +169,12 @@ def analyze_tracks(
         tracks, config.segment, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
     )
     staged, segments = classify_stages(
-        segmented, segments, config.stages, masks=masks, pixel_size_um=pixel_size_um
+        segmented,
+        segments,
+        config.stages,
+        masks=masks,
+        pixel_size_um=pixel_size_um,
+        frame_interval_s=frame_interval_s,
     )
     velocities = stage_velocities(
         staged, segments, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
@@ -251,14 +257,7 @@ def write_results(result: MovieResult, out_dir: str | os.PathLike, config: Pipel
         write_table(a.tracks, tmp / "tracks.csv")
         write_table(a.segments, tmp / "segments.csv")
         write_table(a.stage_velocities, tmp / "stage_velocities.csv")
-        plot_tracks_by_stage(
-            result.projection,
-            a.tracks,
-            tmp / "tracks_by_stage.png",
-            pixel_size_um=result.pixel_size_um,
-            masks=result.masks,
-            title=f"{result.name}: tracks by delivery stage",
-        )
+        write_movie_report(result, tmp, config_toml=config.to_toml())
         (tmp / "config.toml").write_text(
             f"# spt {spt.__version__} on {result.source}\n"
             f"# pixel_size_um = {result.pixel_size_um}, "
@@ -341,21 +340,16 @@ def run(
 
 
 def pooled_stage_velocities(results: Sequence[MovieResult]) -> pd.DataFrame:
-    """Per-stage table over several movies: step speeds pooled, particles counted per movie."""
-    steps, segments = [], []
-    for k, r in enumerate(results):
-        a = r.analysis
-        if a.tracks.empty:
-            continue
-        s = step_speeds(
-            a.tracks, pixel_size_um=r.pixel_size_um, frame_interval_s=r.frame_interval_s
-        )
-        steps.append(s.assign(particle=list(zip([k] * len(s), s["particle"], strict=True))))
-        segments.append(
-            a.segments.assign(
-                particle=list(zip([k] * len(a.segments), a.segments["particle"], strict=True))
+    """Per-stage table over several movies: steps and tracks pooled, told apart by movie."""
+    return pool_stage_velocities(
+        [
+            MovieStages(
+                r.analysis.tracks,
+                r.analysis.segments,
+                r.pixel_size_um,
+                r.frame_interval_s,
+                name=r.name,
             )
-        )
-    if not steps:
-        return empty_table(STAGE_VELOCITY_COLUMNS)
-    return stage_table(pd.concat(steps, ignore_index=True), pd.concat(segments, ignore_index=True))
+            for r in results
+        ]
+    )
