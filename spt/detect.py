@@ -25,7 +25,7 @@ from spt.errors import SptInputError
 from spt.localize import Fit, fit_groups, fit_spots, pixel_integrals, scatter_windows
 from spt.schema import SPOT_COLUMNS, empty_table
 
-__all__ = ["DetectConfig", "locate", "locate_movie", "estimate_psf_sigma"]
+__all__ = ["DetectConfig", "locate", "locate_movie", "locate_chunks", "estimate_psf_sigma"]
 
 _METHODS = ("mle", "centroid")
 
@@ -884,3 +884,48 @@ def locate_movie(
     return pd.concat(nonempty, ignore_index=True).sort_values(
         ["frame", "x"], kind="stable", ignore_index=True
     )
+
+
+def locate_chunks(
+    chunks: Iterable[tuple[int, np.ndarray]],
+    config: DetectConfig = DetectConfig(),
+    *,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> pd.DataFrame:
+    """:func:`locate_movie` over ``(first frame, frames)`` chunks of one movie (e.g.
+    :func:`spt.pipeline.array_chunks`), as one movie.
+
+    The camera and PSF width are estimated once and temporal support spans the caller's chunk
+    boundaries, so the spots do not depend on how the movie was cut into chunks (calling
+    :func:`locate_movie` per chunk would estimate them per chunk).
+
+    Parameters
+    ----------
+    chunks : iterable of (int, ndarray)
+        Consecutive chunks: first frame index and frames (n, Y, X) in ADU.
+    config : DetectConfig
+        Detection parameters.
+    progress : callable(frames_done, None) or None
+        Called after each internal chunk with the index one past the last frame done.
+
+    Returns
+    -------
+    DataFrame
+        Spots, as :func:`locate_movie`.
+    """
+    it = iter(chunks)
+    first = next(it, None)
+    if first is None:
+        return empty_table(SPOT_COLUMNS)
+    start = int(first[0])
+
+    def frames():
+        expected = start
+        for begin, block in itertools.chain([first], it):
+            if int(begin) != expected:
+                raise SptInputError("chunks", f"chunk starts at frame {begin}, expected {expected}")
+            yield from np.asarray(block)
+            expected += len(block)
+
+    report = None if progress is None else (lambda done, _total: progress(start + done, None))
+    return locate_movie(frames(), config, start_frame=start, progress=report)

@@ -10,7 +10,7 @@ from scipy.special import erf
 
 from spt.camera import estimate_camera
 from spt.config import PipelineConfig
-from spt.detect import DetectConfig, estimate_psf_sigma, locate, locate_movie
+from spt.detect import DetectConfig, estimate_psf_sigma, locate, locate_chunks, locate_movie
 from spt.errors import SptInputError
 from spt.localize import crlb, fit_spots
 from spt.metrics import detection_scores, match_spots
@@ -193,3 +193,13 @@ def test_mle_fit_reaches_the_bound_on_ideal_spots():
     assert rmse / bound == pytest.approx(1.0, abs=0.08)
     assert np.median(fit.x_err) / bound == pytest.approx(1.0, abs=0.05)
     assert np.median(fit.photons) == pytest.approx(photons, rel=0.03)
+
+
+def test_chunked_movie_gives_the_same_spots_however_it_is_cut(sim):
+    cfg = DetectConfig()  # camera and PSF estimated once, temporal support across chunks
+    whole = locate_movie(sim.movie[:40], cfg)
+    for size in (16, 40):
+        chunks = ((i, sim.movie[i : min(i + size, 40)]) for i in range(0, 40, size))
+        pd.testing.assert_frame_equal(locate_chunks(chunks, cfg), whole)
+    with pytest.raises(SptInputError, match="expected 16"):
+        locate_chunks([(0, sim.movie[:16]), (20, sim.movie[20:30])], cfg)
