@@ -17,12 +17,12 @@ import pandas as pd
 
 import spt
 from spt.config import PipelineConfig
-from spt.detect import locate_movie
+from spt.detect import locate_chunks
 from spt.errors import SptInputError
 from spt.io import read_masks, read_movie, write_table
 from spt.link import link
 from spt.report import write_movie_report
-from spt.schema import SPOT_COLUMNS, TRACK_COLUMNS, empty_table
+from spt.schema import TRACK_COLUMNS
 from spt.segment import segment_tracks
 from spt.stages import classify_stages
 from spt.summary import MovieStages, stage_velocities
@@ -144,12 +144,10 @@ def track_frames(
     -------
     spots, tracks : DataFrame
     """
-    tables = []
-    for start, frames in chunks:
-        tables.append(locate_movie(frames, config.detect, start_frame=start))
-        if progress is not None:
-            progress(start + len(frames), n_frames)
-    spots = pd.concat(tables, ignore_index=True) if tables else empty_table(SPOT_COLUMNS)
+    # One detection pass over all chunks: camera, PSF and temporal estimates do not depend on
+    # how the movie was cut into chunks.
+    report = None if progress is None else (lambda done, _total: progress(done, n_frames))
+    spots = locate_chunks(chunks, config.detect, progress=report)
     tracks = link(
         spots, config.link, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
     )
