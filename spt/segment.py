@@ -1,0 +1,590 @@
+"""Motion-state segmentation: change points and a motion state per point and per segment.
+
+Owns :func:`segment_tracks`, which cuts each track where its local motion model changes
+(penalised likelihood of the step vectors) and labels every segment ``immobile``, ``confined``,
+``free`` or ``directed`` with its D, alpha, net speed and confinement radius; and
+:func:`run_stop_summary`, the per-track stop-and-go summary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from spt.errors import SptInputError
+from spt.msd import fit_msd, msd_curve
+from spt.schema import STATES
+
+__all__ = [
+    "RUN_STOP_COLUMNS",
+    "SEGMENT_TABLE_COLUMNS",
+    "SegmentConfig",
+    "changepoints",
+    "run_stop_summary",
+    "segment_tracks",
+]
+
+#: Columns of the segments table returned by :func:`segment_tracks`, in order.
+SEGMENT_TABLE_COLUMNS: tuple[str, ...] = (
+    "particle",
+    "segment",
+    "start_frame",
+    "end_frame",
+    "n_points",
+    "state",
+    "D_um2_s",
+    "alpha",
+    "speed_um_s",
+    "confinement_radius_um",
+    "motion",
+    "duration_s",
+    "net_displacement_um",
+    "drift_chi2",
+)
+#: Columns of :func:`run_stop_summary`.
+RUN_STOP_COLUMNS: tuple[str, ...] = (
+    "particle",
+    "n_runs",
+    "n_stops",
+    "run_time_s",
+    "stop_time_s",
+    "run_fraction",
+    "mean_run_duration_s",
+    "mean_stop_duration_s",
+    "mean_run_speed_um_s",
+    "median_run_speed_um_s",
+    "max_run_speed_um_s",
+)
+_INT_COLUMNS = ("particle", "segment", "start_frame", "end_frame", "n_points", "n_runs", "n_stops")
+_STR_COLUMNS = ("state", "motion")
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """Parameters of motion-state segmentation (:func:`segment_tracks`).
+
+    Attributes
+    ----------
+    min_segment_frames : int
+        Shortest segment, in localisations. Shorter stretches are not split off.
+    changepoint_penalty : float
+        Multiplier of the BIC penalty ``5 log(2 m)`` (m steps) that a split must beat in -2 log
+        likelihood. Larger gives fewer change points.
+    directed_min_chi2 : float
+        A segment is ``directed`` when its net displacement is this many times (chi^2 with 2
+        degrees of freedom) the variance expected from its own diffusion and localisation noise...
+    directed_min_speed_um_s : float
+        ...and its net speed is at least this (um/s).
+    directed_min_alpha : float
+        A segment whose MSD exponent is at least this is also ``directed`` (ballistic motion
+        without a constant drift, as in the AnDi "directed" state).
+    immobile_max_radius_um : float
+        A non-directed segment whose noise-corrected spread (disk radius sqrt(2) * radius of
+        gyration, um) is at most this is ``immobile``.
+    immobile_max_D_um2_s : float
+        ...or whose short-time D (um^2/s) is at most this.
+    confined_max_spread_ratio : float
+        A non-directed, non-immobile segment is ``confined`` when its noise-corrected squared
+        radius of gyration is below this fraction of the value free diffusion with its short-time D
+        would reach over the same duration (``2 D T / 3``); otherwise ``free``.
+    blur_r : float
+        Motion-blur coefficient R of the camera (1/6: exposure over the whole frame; 0: very
+        short exposure). Used to separate localisation noise from diffusion.
+    max_alpha_lag_fraction : float
+        Fraction of a segment's length used as the longest MSD lag for its alpha.
+    """
+
+    min_segment_frames: int = 10
+    changepoint_penalty: float = 1.0
+    directed_min_chi2: float = 30.0
+    directed_min_speed_um_s: float = 0.05
+    directed_min_alpha: float = 1.8
+    immobile_max_radius_um: float = 0.05
+    immobile_max_D_um2_s: float = 0.0
+    confined_max_spread_ratio: float = 0.3
+    blur_r: float = 1 / 6
+    max_alpha_lag_fraction: float = 0.3
+
+    def __post_init__(self) -> None:
+        if int(self.min_segment_frames) != self.min_segment_frames or self.min_segment_frames < 3:
+            raise ValueError(
+                f"min_segment_frames must be an integer >= 3, got {self.min_segment_frames!r}"
+            )
+        for name in (
+            "changepoint_penalty",
+            "directed_min_chi2",
+            "directed_min_speed_um_s",
+            "immobile_max_radius_um",
+            "immobile_max_D_um2_s",
+            "confined_max_spread_ratio",
+        ):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.blur_r <= 1 / 6:
+            raise ValueError(f"blur_r must be in [0, 1/6], got {self.blur_r!r}")
+        if not 0 < self.max_alpha_lag_fraction <= 1:
+            raise ValueError(
+                f"max_alpha_lag_fraction must be in (0, 1], got {self.max_alpha_lag_fraction!r}"
+            )
+
+
+# --------------------------------------------------------------------------- change points
+
+
+class _Increments:
+    """The steps of one track, with the likelihood of any stretch of them under an MA(1) model."""
+
+    def __init__(self, frames: np.ndarray, xy: np.ndarray):
+        d = np.diff(xy, axis=0)
+        n = np.diff(frames).astype(float)
+        self.d, self.n, self.m = d, n, len(n)
+        self.c_d = np.concatenate([np.zeros((1, 2)), np.cumsum(d, axis=0)])
+        self.c_n = np.concatenate([[0.0], np.cumsum(n)])
+        scale = float(np.mean(np.sum(d * d, axis=1) / n)) / 2 if self.m else 1.0
+        # floor on the per-axis step variance (px^2) so that noiseless input stays finite
+        self.floor = max(scale * 1e-6, 1e-12)
+
+    def drift(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Drift per frame (K, 2) of each stretch [a, b): net displacement over frames spanned."""
+        N = self.c_n[b] - self.c_n[a]
+        return (self.c_d[b] - self.c_d[a]) / N[:, None]
+
+    def fit(
+        self, a: np.ndarray, b: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Maximum-likelihood MA(1) model of the steps of each stretch [a_k, b_k).
+
+        Steps over ``n`` frames have mean ``mu n``, per-axis variance ``s2 (n + 2 rho (n - 1))``
+        and covariance ``rho s2`` with the next step: the exact law of a diffusing, drifting
+        particle seen with static localisation noise and motion blur (Berglund, PRE 2010), for
+        which ``s2 = 2 D dt (1 - 2R) + 2 sigma^2`` and ``rho s2 = 2 D dt R - sigma^2``; a free
+        ``rho`` also absorbs confinement and fBm (either sign) to first order. ``mu`` is the net
+        displacement over the frames spanned (the exact GLS estimate when noise dominates), ``s2``
+        is profiled out in closed form and ``rho`` is chosen on a grid; the likelihood is evaluated
+        with a vectorised LDL^T (Thomas) recursion over all stretches and grid values at once.
+
+        Returns
+        -------
+        mu : (K, 2) drift per frame; s2 : (K,); rho : (K,); cost : (K,) -2 log likelihood.
+        """
+        a = np.asarray(a, np.int64)
+        b = np.asarray(b, np.int64)
+        mu = self.drift(a, b)
+        rho = _RHO_GRID[None, :]
+        K, G = a.size, _RHO_GRID.size
+        length = b - a
+        dprev = np.ones((K, G))
+        zprev = np.zeros((K, G, 2))
+        logdet = np.zeros((K, G))
+        quad = np.zeros((K, G))
+        for j in range(int(length.max(initial=0))):
+            active = j < length
+            i = np.minimum(a + j, self.m - 1)
+            ni = self.n[i][:, None]
+            di = ni + 2 * rho * (ni - 1)
+            e = self.d[i] - mu * self.n[i][:, None]  # (K, 2)
+            lk = rho / dprev if j else np.zeros((K, G))
+            dk = np.maximum(di - lk * rho, 1e-9)
+            z = e[:, None, :] - lk[:, :, None] * zprev
+            act = active[:, None]
+            logdet += np.where(act, np.log(dk), 0.0)
+            quad += np.where(act, np.sum(z * z, axis=2) / dk, 0.0)
+            dprev = np.where(act, dk, dprev)
+            zprev = np.where(act[:, :, None], z, zprev)
+        m = np.maximum(length, 1).astype(float)[:, None]
+        s2 = np.maximum(quad / (2 * m), self.floor)
+        cost = 2 * logdet + 2 * m * np.log(s2) + 2 * m * (1 + np.log(2 * np.pi))
+        best = np.argmin(cost, axis=1)
+        k = np.arange(K)
+        return mu, s2[k, best], _RHO_GRID[best], cost[k, best]
+
+    def cost(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """-2 log likelihood of each stretch [a_k, b_k) under its own MA(1) model (see :meth:`fit`)."""
+        return self.fit(a, b)[3]
+
+
+# Lag-1 step correlations tried; dense near -1/2, where static noise dominates the steps.
+_RHO_GRID = np.array(
+    [
+        -0.499,
+        -0.497,
+        -0.493,
+        -0.487,
+        -0.477,
+        -0.46,
+        -0.44,
+        -0.41,
+        -0.37,
+        -0.31,
+        -0.23,
+        -0.12,
+        0.0,
+        0.15,
+        0.3,
+        0.45,
+    ]
+)
+
+
+def changepoints(
+    frames: np.ndarray, xy: np.ndarray, config: SegmentConfig = SegmentConfig()
+) -> np.ndarray:
+    """Change points of one track, as indices of the localisations that start a new segment.
+
+    Penalised-likelihood segmentation of the step vectors with the cost of
+    :meth:`_Increments.cost`: candidate change points are the local maxima of a multi-scale
+    moving-window likelihood-ratio scan (MOSUM; Eichinger & Kirch, Bernoulli 2018), the best
+    subset is chosen by optimal partitioning with a BIC penalty (dynamic programming; Jackson et
+    al. 2005, Killick et al. 2012), and each chosen change point is finally re-optimised between
+    its neighbours.
+
+    Parameters
+    ----------
+    frames : ndarray of int
+        Frame numbers, ascending.
+    xy : ndarray, shape (n, 2)
+        Positions (pixels).
+    config : SegmentConfig
+
+    Returns
+    -------
+    ndarray of int
+        Sorted indices into ``frames`` (each in ``[1, n-1]``); empty when the track is one segment.
+    """
+    inc = _Increments(np.asarray(frames), np.asarray(xy, float))
+    m = inc.m
+    L = max(int(config.min_segment_frames) - 1, 2)
+    if m < 2 * L:
+        return np.zeros(0, np.int64)
+    pen = config.changepoint_penalty * 5 * np.log(2 * m)
+
+    # 1. candidates: local maxima of the windowed split gain at several window sizes
+    cand: set[int] = set()
+    h = L
+    while h <= max(L, m // 2):
+        ks = np.arange(h, m - h + 1)
+        a, b = ks - h, ks + h
+        gain = inc.cost(a, b) - inc.cost(a, ks) - inc.cost(ks, b)
+        for j in np.flatnonzero(gain > 0.25 * pen):
+            lo, hi = max(0, j - L // 2), min(gain.size, j + L // 2 + 1)
+            if gain[j] == gain[lo:hi].max():
+                cand.add(int(ks[j]))
+        h *= 2
+    if not cand:
+        return np.zeros(0, np.int64)
+    # 2. optimal partitioning over the candidates (min length L between change points)
+    P = np.array([0, *sorted(cand), m])
+    ii, jj = np.triu_indices(P.size, k=1)
+    ok = P[jj] - P[ii] >= L
+    ii, jj = ii[ok], jj[ok]
+    cost = np.full((P.size, P.size), np.inf)
+    cost[ii, jj] = inc.cost(P[ii], P[jj])
+    F = np.full(P.size, np.inf)
+    F[0] = -pen
+    prev = np.zeros(P.size, np.int64)
+    for j in range(1, P.size):
+        tot = F[:j] + cost[:j, j] + pen
+        prev[j] = int(np.argmin(tot))
+        F[j] = tot[prev[j]]
+    cps: list[int] = []
+    j = P.size - 1
+    while j > 0:
+        j = int(prev[j])
+        if j > 0:
+            cps.append(int(P[j]))
+    cps.sort()
+    # 3. refinement: each change point re-optimised with its neighbours fixed
+    for j in range(len(cps)):
+        a = cps[j - 1] if j > 0 else 0
+        b = cps[j + 1] if j + 1 < len(cps) else m
+        ks = np.arange(a + L, b - L + 1)
+        if ks.size:
+            tot = inc.cost(np.full(ks.size, a), ks) + inc.cost(ks, np.full(ks.size, b))
+            cps[j] = int(ks[int(np.argmin(tot))])
+    # Increment k joins localisations k and k+1; the new motion starts at localisation k.
+    return np.asarray(cps, np.int64)
+
+
+# --------------------------------------------------------------------------- segment description
+
+
+@dataclass(frozen=True)
+class _Units:
+    pixel_size_um: float
+    frame_interval_s: float
+
+
+def _describe(
+    frames: np.ndarray, xy: np.ndarray, sigma2_px: float | None, cfg: SegmentConfig, u: _Units
+) -> dict:
+    """Physical parameters and motion state of one segment (positions in px)."""
+    px, dt = u.pixel_size_um, u.frame_interval_s
+    n = len(frames)
+    out = {
+        "n_points": n,
+        "duration_s": float(frames[-1] - frames[0]) * dt,
+        "net_displacement_um": float(np.hypot(*(xy[-1] - xy[0]))) * px,
+        "D_um2_s": np.nan,
+        "alpha": np.nan,
+        "speed_um_s": 0.0,
+        "confinement_radius_um": np.nan,
+        "drift_chi2": 0.0,
+    }
+    if n < 3:
+        if n == 2:
+            out["speed_um_s"] = out["net_displacement_um"] / max(out["duration_s"], dt)
+        state = (
+            "directed"
+            if out["speed_um_s"] >= max(cfg.directed_min_speed_um_s, 1e-300)
+            else "immobile"
+        )
+        if state == "immobile":
+            out["D_um2_s"], out["alpha"] = 0.0, 0.0
+        return {**out, "state": state}
+    inc = _Increments(frames, xy)
+    mu, s2, rho, _ = (v[0] for v in inc.fit(np.array([0]), np.array([inc.m])))
+    c = rho * s2
+    N = float(frames[-1] - frames[0])
+    q = max(s2 + 2 * c, 0.0)  # 2 D dt per axis (covariance-based estimator, Vestergaard 2014)
+    if sigma2_px is None:
+        sigma2_px = max(cfg.blur_r * q - c, 0.0)
+    D = q / (2 * dt) * px**2
+    # Net speed: least-squares line through the positions (robust to the end points' noise).
+    t = frames - frames.mean()
+    v = (t @ (xy - xy.mean(axis=0))) / max(float(t @ t), 1e-300)  # px / frame
+    speed = float(np.hypot(*v)) * px / dt
+    var_net = N * q + 2 * sigma2_px + inc.floor
+    chi2 = float(np.sum((mu * N) ** 2) / var_net)
+    # Spread: radius of gyration around the mean, noise-corrected; disk radius = sqrt(2) Rg.
+    rg2 = float(np.mean(np.sum((xy - xy.mean(axis=0)) ** 2, axis=1))) - 2 * sigma2_px
+    rg2 = max(rg2, 0.0)
+    radius_um = float(np.sqrt(2 * rg2)) * px
+    lags, msd, _ = msd_curve(
+        frames, xy[:, 0], xy[:, 1], max(3, int(cfg.max_alpha_lag_fraction * n))
+    )
+    alpha = np.nan
+    if lags.size >= 4:
+        fit = fit_msd(
+            lags * dt,
+            msd * px**2,
+            "anomalous",
+            n_points=n,
+            frame_interval_s=dt,
+            blur_r=cfg.blur_r,
+            lags=lags,
+        )
+        alpha = float(np.clip(fit.alpha, 0.0, 2.0)) if np.isfinite(fit.alpha) else np.nan
+    directed = (chi2 >= cfg.directed_min_chi2 and speed >= cfg.directed_min_speed_um_s) or (
+        np.isfinite(alpha) and alpha >= cfg.directed_min_alpha and chi2 >= cfg.directed_min_chi2 / 3
+    )
+    if directed:
+        state = "directed"
+    elif radius_um <= cfg.immobile_max_radius_um or D <= cfg.immobile_max_D_um2_s:
+        state = "immobile"
+    elif rg2 < cfg.confined_max_spread_ratio * (q * N / 3):
+        state = "confined"
+    else:
+        state = "free"
+    out.update(
+        D_um2_s=D, alpha=alpha if np.isfinite(alpha) else 1.0, speed_um_s=speed, drift_chi2=chi2
+    )
+    if state == "immobile":
+        out.update(D_um2_s=0.0, alpha=0.0, confinement_radius_um=radius_um)
+    elif state == "confined":
+        out["confinement_radius_um"] = radius_um
+    return {**out, "state": state}
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _empty(columns: tuple[str, ...]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            c: pd.Series(
+                dtype="int64" if c in _INT_COLUMNS else object if c in _STR_COLUMNS else float
+            )
+            for c in columns
+        }
+    )
+
+
+def _validate(tracks: pd.DataFrame, pixel_size_um: float, frame_interval_s: float) -> None:
+    if not isinstance(tracks, pd.DataFrame):
+        raise SptInputError("tracks", f"expected a pandas DataFrame, got {type(tracks).__name__}")
+    missing = [c for c in ("frame", "x", "y", "particle") if c not in tracks.columns]
+    if missing:
+        raise SptInputError("tracks", f"missing column(s) {', '.join(missing)}")
+    for col in ("frame", "x", "y", "particle"):
+        if not pd.api.types.is_numeric_dtype(tracks[col]):
+            raise SptInputError("tracks", f"column {col!r} is not numeric")
+    if len(tracks) and not np.all(
+        np.isfinite(tracks[["frame", "x", "y", "particle"]].to_numpy(float))
+    ):
+        raise SptInputError("tracks", "NaN or infinite values in frame, x, y or particle")
+    if len(tracks) and tracks.duplicated(["particle", "frame"]).any():
+        raise SptInputError("tracks", "a particle has two localisations in the same frame")
+    for label, value in (("pixel_size_um", pixel_size_um), ("frame_interval_s", frame_interval_s)):
+        if not (isinstance(value, (int, float, np.floating)) and np.isfinite(value) and value > 0):
+            raise SptInputError(label, f"must be a positive number, got {value!r}")
+
+
+def _merge_same_state(bounds: list[int], descs: list[dict]) -> list[int]:
+    keep = [0]
+    for j in range(1, len(descs)):
+        if descs[j]["state"] != descs[j - 1]["state"]:
+            keep.append(j)
+    return [bounds[j] for j in keep]
+
+
+def _segment_one(
+    frames: np.ndarray, xy: np.ndarray, sigma2_px: float | None, cfg: SegmentConfig, u: _Units
+) -> tuple[np.ndarray, list[dict]]:
+    """Segment start indices and descriptions of one track (positions sorted by frame)."""
+    starts = [0, *changepoints(frames, xy, cfg).tolist()] if len(frames) > 2 else [0]
+    for _ in range(len(starts)):
+        ends = [*starts[1:], len(frames)]
+        # Each segment is described with the shared boundary point before it (its first step).
+        descs = [
+            _describe(frames[max(s - 1, 0) : e], xy[max(s - 1, 0) : e], sigma2_px, cfg, u)
+            for s, e in zip(starts, ends)
+        ]
+        merged = _merge_same_state(starts, descs)
+        if merged == starts:
+            break
+        starts = merged
+    ends = [*starts[1:], len(frames)]
+    for d, s, e in zip(descs, starts, ends):
+        d.update(start=s, end=e)
+    return np.asarray(starts), descs
+
+
+def segment_tracks(
+    tracks: pd.DataFrame,
+    config: SegmentConfig = SegmentConfig(),
+    *,
+    pixel_size_um: float,
+    frame_interval_s: float,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split every track into motion segments and label points and segments with a motion state.
+
+    Change points come from a penalised likelihood of the step vectors (:func:`changepoints`);
+    each segment is then classified (``directed`` if its net displacement is significant for its
+    own noise and diffusion, else ``immobile`` / ``confined`` / ``free`` from its noise-corrected
+    spread) and neighbours with the same state are merged.
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        trackpy-style table: ``frame`` (int), ``x, y`` (px), ``particle`` (int); frames may have
+        gaps; optional ``x_err, y_err`` (px) give the localisation error, otherwise it is estimated
+        from the steps. Other columns are kept.
+    config : SegmentConfig
+        Segmentation parameters.
+    pixel_size_um : float
+        Pixel size (um).
+    frame_interval_s : float
+        Frame interval (s).
+
+    Returns
+    -------
+    tracks_out : DataFrame
+        The input rows (sorted by particle, frame) plus ``segment`` (int, 0, 1, ... within each
+        particle) and ``state`` (one of :data:`spt.schema.STATES`).
+    segments : DataFrame
+        One row per (particle, segment), columns :data:`SEGMENT_TABLE_COLUMNS`: frames, number of
+        points, ``state``, ``D_um2_s`` (short-time D; 0 when immobile), ``alpha`` (MSD exponent;
+        0 when immobile), ``speed_um_s`` (net speed from a straight-line fit of position against
+        time), ``confinement_radius_um`` (immobile and confined segments; NaN otherwise),
+        ``motion`` (``"go"`` for directed/free, ``"stop"`` for immobile/confined), ``duration_s``,
+        ``net_displacement_um`` and ``drift_chi2`` (significance of the net displacement).
+    """
+    _validate(tracks, pixel_size_um, frame_interval_s)
+    u = _Units(float(pixel_size_um), float(frame_interval_s))
+    if len(tracks) == 0:
+        out = tracks.copy()
+        out["segment"] = pd.Series(dtype="int64")
+        out["state"] = pd.Series(dtype=object)
+        return out, _empty(SEGMENT_TABLE_COLUMNS)
+    out = tracks.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)
+    seg_col = np.zeros(len(out), np.int64)
+    state_col = np.empty(len(out), dtype=object)
+    rows = []
+    has_err = "x_err" in out.columns and "y_err" in out.columns
+    pos = 0
+    for pid, g in out.groupby("particle", sort=True):
+        frames = g["frame"].to_numpy(np.int64)
+        xy = g[["x", "y"]].to_numpy(float)
+        sigma2 = None
+        if has_err:
+            err = g[["x_err", "y_err"]].to_numpy(float)
+            err = err[np.isfinite(err)]
+            sigma2 = float(np.mean(err**2)) if err.size else None
+        starts, descs = _segment_one(frames, xy, sigma2, config, u)
+        for k, d in enumerate(descs):
+            sl = slice(pos + d["start"], pos + d["end"])
+            seg_col[sl] = k
+            state_col[sl] = d["state"]
+            rows.append(
+                {
+                    "particle": int(pid),
+                    "segment": k,
+                    "start_frame": int(frames[d["start"]]),
+                    "end_frame": int(frames[d["end"] - 1]),
+                    **{c: d[c] for c in SEGMENT_TABLE_COLUMNS if c in d and c != "n_points"},
+                    "n_points": int(d["end"] - d["start"]),
+                    "motion": "go" if d["state"] in ("directed", "free") else "stop",
+                }
+            )
+        pos += len(g)
+    out["segment"] = seg_col
+    out["state"] = state_col
+    segments = pd.DataFrame(rows, columns=list(SEGMENT_TABLE_COLUMNS))
+    assert set(segments["state"]) <= set(STATES)
+    return out, segments.astype({c: "int64" for c in _INT_COLUMNS if c in segments.columns})
+
+
+def run_stop_summary(segments: pd.DataFrame) -> pd.DataFrame:
+    """Per-track stop-and-go summary of a segments table from :func:`segment_tracks`.
+
+    Runs are ``go`` segments (directed or free), stops are ``stop`` segments (immobile or
+    confined). Run speeds are the segments' net speeds.
+
+    Returns
+    -------
+    DataFrame
+        One row per particle, columns :data:`RUN_STOP_COLUMNS` (times in s, speeds in um/s;
+        run statistics are NaN for a track without runs, stop statistics for one without stops).
+    """
+    missing = [
+        c for c in ("particle", "motion", "duration_s", "speed_um_s") if c not in segments.columns
+    ]
+    if missing:
+        raise SptInputError("segments", f"missing column(s) {', '.join(missing)}")
+    if segments.empty:
+        return _empty(RUN_STOP_COLUMNS)
+    rows = []
+    for pid, g in segments.groupby("particle", sort=True):
+        runs, stops = g[g["motion"] == "go"], g[g["motion"] == "stop"]
+        run_t, stop_t = float(runs["duration_s"].sum()), float(stops["duration_s"].sum())
+        total = run_t + stop_t
+        rows.append(
+            {
+                "particle": int(pid),
+                "n_runs": len(runs),
+                "n_stops": len(stops),
+                "run_time_s": run_t,
+                "stop_time_s": stop_t,
+                "run_fraction": run_t / total if total > 0 else float(len(stops) == 0),
+                "mean_run_duration_s": float(runs["duration_s"].mean()) if len(runs) else np.nan,
+                "mean_stop_duration_s": float(stops["duration_s"].mean()) if len(stops) else np.nan,
+                "mean_run_speed_um_s": float(runs["speed_um_s"].mean()) if len(runs) else np.nan,
+                "median_run_speed_um_s": float(runs["speed_um_s"].median())
+                if len(runs)
+                else np.nan,
+                "max_run_speed_um_s": float(runs["speed_um_s"].max()) if len(runs) else np.nan,
+            }
+        )
+    return pd.DataFrame(rows, columns=list(RUN_STOP_COLUMNS))
