@@ -431,31 +431,17 @@ def _validate(tracks: pd.DataFrame, pixel_size_um: float, frame_interval_s: floa
             raise SptInputError(label, f"must be a positive number, got {value!r}")
 
 
-def _merge_same_state(bounds: list[int], descs: list[dict]) -> list[int]:
-    keep = [0]
-    for j in range(1, len(descs)):
-        if descs[j]["state"] != descs[j - 1]["state"]:
-            keep.append(j)
-    return [bounds[j] for j in keep]
-
-
 def _segment_one(
     frames: np.ndarray, xy: np.ndarray, sigma2_px: float | None, cfg: SegmentConfig, u: _Units
 ) -> tuple[np.ndarray, list[dict]]:
     """Segment start indices and descriptions of one track (positions sorted by frame)."""
     starts = [0, *changepoints(frames, xy, cfg).tolist()] if len(frames) > 2 else [0]
-    for _ in range(len(starts)):
-        ends = [*starts[1:], len(frames)]
-        # Each segment is described with the shared boundary point before it (its first step).
-        descs = [
-            _describe(frames[max(s - 1, 0) : e], xy[max(s - 1, 0) : e], sigma2_px, cfg, u)
-            for s, e in zip(starts, ends)
-        ]
-        merged = _merge_same_state(starts, descs)
-        if merged == starts:
-            break
-        starts = merged
     ends = [*starts[1:], len(frames)]
+    # Each segment is described with the boundary point before it, so that its first step counts.
+    descs = [
+        _describe(frames[max(s - 1, 0) : e], xy[max(s - 1, 0) : e], sigma2_px, cfg, u)
+        for s, e in zip(starts, ends)
+    ]
     for d, s, e in zip(descs, starts, ends):
         d.update(start=s, end=e)
     return np.asarray(starts), descs
