@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from spt.errors import SptInputError
-from spt.msd import fit_msd, msd_curve
+from spt.msd import fit_fbm
 from spt.schema import STATES
 
 __all__ = [
@@ -92,8 +92,6 @@ class SegmentConfig:
     blur_r : float
         Motion-blur coefficient R of the camera (1/6: exposure over the whole frame; 0: very
         short exposure). Used to separate localisation noise from diffusion.
-    max_alpha_lag_fraction : float
-        Fraction of a segment's length used as the longest MSD lag for its alpha.
     """
 
     min_segment_frames: int = 10
@@ -105,7 +103,6 @@ class SegmentConfig:
     immobile_max_D_um2_s: float = 0.0
     confined_max_spread_ratio: float = 0.3
     blur_r: float = 1 / 6
-    max_alpha_lag_fraction: float = 0.3
 
     def __post_init__(self) -> None:
         if int(self.min_segment_frames) != self.min_segment_frames or self.min_segment_frames < 3:
@@ -124,10 +121,6 @@ class SegmentConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.blur_r <= 1 / 6:
             raise ValueError(f"blur_r must be in [0, 1/6], got {self.blur_r!r}")
-        if not 0 < self.max_alpha_lag_fraction <= 1:
-            raise ValueError(
-                f"max_alpha_lag_fraction must be in (0, 1], got {self.max_alpha_lag_fraction!r}"
-            )
 
 
 # --------------------------------------------------------------------------- change points
@@ -361,23 +354,11 @@ def _describe(
     rg2 = float(np.mean(np.sum((xy - xy.mean(axis=0)) ** 2, axis=1))) - 2 * sigma2_px
     rg2 = max(rg2, 0.0)
     radius_um = float(np.sqrt(2 * rg2)) * px
-    lags, msd, _ = msd_curve(
-        frames, xy[:, 0], xy[:, 1], max(3, int(cfg.max_alpha_lag_fraction * n))
-    )
-    alpha = np.nan
-    if lags.size >= 4:
-        fit = fit_msd(
-            lags * dt,
-            msd * px**2,
-            "anomalous",
-            n_points=n,
-            frame_interval_s=dt,
-            blur_r=cfg.blur_r,
-            lags=lags,
-        )
-        alpha = float(np.clip(fit.alpha, 0.0, 2.0)) if np.isfinite(fit.alpha) else np.nan
-    directed = (chi2 >= cfg.directed_min_chi2 and speed >= cfg.directed_min_speed_um_s) or (
-        np.isfinite(alpha) and alpha >= cfg.directed_min_alpha and chi2 >= cfg.directed_min_chi2 / 3
+    # alpha: exact likelihood of fBm + localisation noise (far less variable than an MSD fit)
+    _, alpha, _ = fit_fbm(frames, xy[:, 0], xy[:, 1])
+    directed = speed >= cfg.directed_min_speed_um_s and (
+        chi2 >= cfg.directed_min_chi2
+        or (np.isfinite(alpha) and alpha >= cfg.directed_min_alpha and chi2 >= cfg.directed_min_chi2 / 3)
     )
     if directed:
         state = "directed"
@@ -437,9 +418,9 @@ def _segment_one(
     """Segment start indices and descriptions of one track (positions sorted by frame)."""
     starts = [0, *changepoints(frames, xy, cfg).tolist()] if len(frames) > 2 else [0]
     ends = [*starts[1:], len(frames)]
-    # Each segment is described with the boundary point before it, so that its first step counts.
+    # A segment's steps run from its first point to the first point of the next segment.
     descs = [
-        _describe(frames[max(s - 1, 0) : e], xy[max(s - 1, 0) : e], sigma2_px, cfg, u)
+        _describe(frames[s : e + 1], xy[s : e + 1], sigma2_px, cfg, u)
         for s, e in zip(starts, ends)
     ]
     for d, s, e in zip(descs, starts, ends):
