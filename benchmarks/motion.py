@@ -67,8 +67,12 @@ def reference_segments(
 
 def andi_dataset(n_per_model: int, T: int, seed: int):
     """Trajectories (list of (T, 2) arrays, px) and labels (list of (T, 3): alpha, D, state)."""
+    import stochastic.random
     from andi_datasets.models_phenom import models_phenom
 
+    # andi-datasets draws fBm through the `stochastic` package, whose default generator is
+    # unseeded: point it at numpy's global RandomState so that the seed makes the data repeatable.
+    stochastic.random.use_randomstate()
     np.random.seed(seed)
     rng = np.random.default_rng(seed)
     L = 1.8 * 128  # as andi_datasets.datasets_challenge._defaults_andi2

@@ -19,6 +19,7 @@ __all__ = [
     "MSD_MODELS",
     "MSDFit",
     "emsd",
+    "fit_fbm",
     "fit_msd",
     "fit_msd_models",
     "imsd",
@@ -461,6 +462,11 @@ def fit_msd_models(
         for mdl in models
     }
     best = min(fits.values(), key=lambda f: f.bic)
+    if best.model == "confined" and "immobile" in fits and not (
+        best.confinement_radius_um > 2 * np.nan_to_num(best.sigma_um)
+    ):
+        # a confinement radius below the localisation error cannot be resolved: call it immobile
+        best = fits["immobile"]
     if best.model == "free":
         short = fit_msd(
             lags[:p_free] * frame_interval_s,
@@ -533,7 +539,7 @@ def track_msd_fits(
 
 
 def fit_fbm(
-    frames: np.ndarray, x: np.ndarray, y: np.ndarray, *, max_points: int = 200
+    frames: np.ndarray, x: np.ndarray, y: np.ndarray, *, max_points: int = 150
 ) -> tuple[float, float, float]:
     """Maximum-likelihood fit of fractional Brownian motion plus static noise to one track.
 
@@ -562,7 +568,7 @@ def fit_fbm(
     sigma : float
         Static localisation error, unit.
     """
-    from scipy.linalg import cho_factor, cho_solve
+    from scipy.linalg import cho_factor, cho_solve, toeplitz
     from scipy.optimize import minimize
 
     t = np.asarray(frames, float)[:max_points]
@@ -570,18 +576,29 @@ def fit_fbm(
     m = len(d)
     if m < 3:
         return np.nan, np.nan, np.nan
-    t0, t1 = t[:-1], t[1:]
-    # noise covariance of the steps: 2 on the diagonal, -1 between consecutive steps
-    noise = 2 * np.eye(m) - np.eye(m, k=1) - np.eye(m, k=-1)
+    noise = 2 * np.eye(m) - np.eye(m, k=1) - np.eye(m, k=-1)  # of the steps, per unit sigma^2
     scale = float(np.mean(d * d)) or 1.0
     d = d / np.sqrt(scale)
+    if np.all(np.diff(t) == 1):
+        # no gaps: the step covariance is Toeplitz, built from its first row
+        k = np.arange(m, dtype=float)
 
-    def cov(alpha: float) -> np.ndarray:
-        def p(a: np.ndarray) -> np.ndarray:
-            return np.abs(a) ** alpha
+        def cov(alpha: float) -> np.ndarray:
+            row = 0.5 * ((k + 1) ** alpha + np.abs(k - 1) ** alpha - 2 * k**alpha)
+            return toeplitz(row)
 
-        return 0.5 * (p(t1[None, :] - t0[:, None]) + p(t0[None, :] - t1[:, None])
-                      - p(t1[None, :] - t1[:, None]) - p(t0[None, :] - t0[:, None]))
+    else:
+        t0, t1 = t[:-1], t[1:]
+        # |time differences| between step end points, as logs (0 where equal)
+        pairs = [t1[None, :] - t0[:, None], t0[None, :] - t1[:, None],
+                 t1[None, :] - t1[:, None], t0[None, :] - t0[:, None]]
+        logs = [np.log(np.where(p == 0, 1.0, np.abs(p))) for p in pairs]
+        zero = [p == 0 for p in pairs]
+        sign = (1, 1, -1, -1)
+
+        def cov(alpha: float) -> np.ndarray:
+            return 0.5 * sum(sg * np.where(z, 0.0, np.exp(alpha * lg))
+                             for sg, lg, z in zip(sign, logs, zero, strict=True))
 
     def nll(theta: np.ndarray) -> float:
         alpha, log_lam = theta
