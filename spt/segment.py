@@ -193,10 +193,76 @@ class _Increments:
         k = np.arange(K)
         return mu, s2[k, best], _RHO_GRID[best], cost[k, best]
 
+    def noise_variance(self, window: int, blur_r: float) -> float:
+        """Localisation variance sigma^2 (px^2, per axis) of the track: the median over windows of
+        the covariance-based estimate ``sigma^2 = R q - c`` (Vestergaard et al., PRE 2014), with
+        ``q = g0 + 2 g1`` and ``c = g1`` from one-frame steps (gaps skipped), drift removed."""
+        unit = self.n == 1
+        w = max(int(window), 20)
+        ests = []
+        for start in range(0, max(self.m - w // 2, 1), w):
+            sl = slice(start, min(start + w, self.m))
+            d, n, u = self.d[sl], self.n[sl], unit[sl]
+            pair = u[1:] & u[:-1]
+            if pair.sum() < 5:
+                continue
+            e = d - (d.sum(axis=0) / n.sum()) * n[:, None]
+            g0 = float(np.mean(e[u] ** 2))
+            g1 = float(np.mean((e[1:] * e[:-1])[pair]))
+            ests.append(blur_r * (g0 + 2 * g1) - g1)
+        if not ests:
+            return self.floor
+        return max(float(np.median(ests)), self.floor)
+
+    def fit_noise(
+        self, a: np.ndarray, b: np.ndarray, sigma2: float, blur_r: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Like :meth:`fit` with the localisation variance fixed to the track's ``sigma2``.
+
+        Steps over ``n`` frames: mean ``mu n``, per-axis variance ``q (n - 2R) + 2 sigma^2`` and
+        covariance ``q R - sigma^2`` with the next step (Berglund, PRE 82, 011917, 2010), with
+        ``q = 2 D dt`` chosen on a grid. Returns mu (K, 2), q (K,), cost (K,).
+        """
+        a = np.asarray(a, np.int64)
+        b = np.asarray(b, np.int64)
+        mu = self.drift(a, b)
+        r = _Q_GRID[None, :]
+        K, G = a.size, _Q_GRID.size
+        length = b - a
+        off = sigma2 * (r * blur_r - 1)
+        dprev = np.ones((K, G))
+        zprev = np.zeros((K, G, 2))
+        logdet = np.zeros((K, G))
+        quad = np.zeros((K, G))
+        for j in range(int(length.max(initial=0))):
+            active = j < length
+            i = np.minimum(a + j, self.m - 1)
+            ni = self.n[i][:, None]
+            di = sigma2 * (2 + r * (ni - 2 * blur_r))
+            e = self.d[i] - mu * self.n[i][:, None]
+            lk = off / dprev if j else np.zeros((K, G))
+            dk = np.maximum(di - lk * off, 1e-12)
+            z = e[:, None, :] - lk[:, :, None] * zprev
+            act = active[:, None]
+            logdet += np.where(act, np.log(dk), 0.0)
+            quad += np.where(act, np.sum(z * z, axis=2) / dk, 0.0)
+            dprev = np.where(act, dk, dprev)
+            zprev = np.where(act[:, :, None], z, zprev)
+        cost = 2 * logdet + quad + 2 * length[:, None] * np.log(2 * np.pi)
+        best = np.argmin(cost, axis=1)
+        k = np.arange(K)
+        return mu, _Q_GRID[best] * sigma2, cost[k, best]
+
     def cost(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """-2 log likelihood of each stretch [a_k, b_k) under its own MA(1) model (see :meth:`fit`)."""
         return self.fit(a, b)[3]
 
+
+# Ratios q / sigma^2 = 2 D dt / sigma^2 tried by fit_noise (0: immobile).
+_MODE = "rho"
+_PASS2 = True
+_DESC_S2 = False
+_Q_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 1e4, 36)])
 
 # Lag-1 step correlations tried; dense near -1/2, where static noise dominates the steps.
 _RHO_GRID = np.array(
@@ -222,7 +288,11 @@ _RHO_GRID = np.array(
 
 
 def changepoints(
-    frames: np.ndarray, xy: np.ndarray, config: SegmentConfig = SegmentConfig()
+    frames: np.ndarray,
+    xy: np.ndarray,
+    config: SegmentConfig = SegmentConfig(),
+    *,
+    sigma2_px: float | None = None,
 ) -> np.ndarray:
     """Change points of one track, as indices of the localisations that start a new segment.
 
@@ -252,6 +322,13 @@ def changepoints(
     if m < 2 * L:
         return np.zeros(0, np.int64)
     pen = config.changepoint_penalty * 5 * np.log(2 * m)
+    if _MODE == "noise":
+        s2 = inc.noise_variance(L, config.blur_r) if sigma2_px is None else max(sigma2_px, inc.floor)
+
+        def cost(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return inc.fit_noise(a, b, s2, config.blur_r)[2]
+    else:
+        cost = inc.cost
 
     # 1. candidates: local maxima of the windowed split gain at several window sizes
     cand: set[int] = set()
@@ -259,7 +336,7 @@ def changepoints(
     while h <= max(L, m // 2):
         ks = np.arange(h, m - h + 1)
         a, b = ks - h, ks + h
-        gain = inc.cost(a, b) - inc.cost(a, ks) - inc.cost(ks, b)
+        gain = cost(a, b) - cost(a, ks) - cost(ks, b)
         for j in np.flatnonzero(gain > 0.25 * pen):
             lo, hi = max(0, j - L // 2), min(gain.size, j + L // 2 + 1)
             if gain[j] == gain[lo:hi].max():
@@ -272,13 +349,13 @@ def changepoints(
     ii, jj = np.triu_indices(P.size, k=1)
     ok = P[jj] - P[ii] >= L
     ii, jj = ii[ok], jj[ok]
-    cost = np.full((P.size, P.size), np.inf)
-    cost[ii, jj] = inc.cost(P[ii], P[jj])
+    pair_cost = np.full((P.size, P.size), np.inf)
+    pair_cost[ii, jj] = cost(P[ii], P[jj])
     F = np.full(P.size, np.inf)
     F[0] = -pen
     prev = np.zeros(P.size, np.int64)
     for j in range(1, P.size):
-        tot = F[:j] + cost[:j, j] + pen
+        tot = F[:j] + pair_cost[:j, j] + pen
         prev[j] = int(np.argmin(tot))
         F[j] = tot[prev[j]]
     cps: list[int] = []
@@ -294,10 +371,78 @@ def changepoints(
         b = cps[j + 1] if j + 1 < len(cps) else m
         ks = np.arange(a + L, b - L + 1)
         if ks.size:
-            tot = inc.cost(np.full(ks.size, a), ks) + inc.cost(ks, np.full(ks.size, b))
+            tot = cost(np.full(ks.size, a), ks) + cost(ks, np.full(ks.size, b))
             cps[j] = int(ks[int(np.argmin(tot))])
     # Increment k joins localisations k and k+1; the new motion starts at localisation k.
     return np.asarray(cps, np.int64)
+
+
+def _linear_changepoints(
+    t: np.ndarray, xy: np.ndarray, sigma2: float, L: int, pen: float
+) -> tuple[list[int], float]:
+    """Best partition of a path into straight pieces (constant velocity, no diffusion) in noise.
+
+    Optimal partitioning (dynamic programming) with each piece fitted by least squares; with the
+    localisation variance ``sigma2`` known, a piece of ``k`` points costs
+    ``2 (k - 1) log(2 pi sigma2) + 2 log k + RSS / sigma2``, its -2 log likelihood written for
+    its ``k - 1`` steps, so that it compares with :meth:`_Increments.fit_noise` (the step joining
+    two pieces is charged as one step of pure noise). This is the exact model of stop-and-go
+    motion: it resolves slow runs that a model with diffusion absorbs as a slightly larger D.
+
+    Returns
+    -------
+    starts : list of int
+        Indices of the points that start a new piece (each piece has >= L points).
+    cost : float
+        -2 log likelihood of the steps plus ``pen`` per change point.
+    """
+    n = len(t)
+    t = t - t[0]
+
+    def cum(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([[0.0], np.cumsum(a)])
+
+    S1, St, Stt = cum(np.ones(n)), cum(t), cum(t * t)
+    i, j = np.triu_indices(n + 1, k=min(L, n))  # piece = points [i, j)
+    cnt = S1[j] - S1[i]
+    ctt = Stt[j] - Stt[i] - (St[j] - St[i]) ** 2 / cnt
+    rss = np.zeros(i.size)
+    for k in range(2):
+        x = xy[:, k]
+        Sx, Stx, Sxx = cum(x), cum(t * x), cum(x * x)
+        cxx = Sxx[j] - Sxx[i] - (Sx[j] - Sx[i]) ** 2 / cnt
+        ctx = Stx[j] - Stx[i] - (St[j] - St[i]) * (Sx[j] - Sx[i]) / cnt
+        rss += cxx - np.where(ctt > 0, ctx**2 / np.where(ctt > 0, ctt, 1.0), 0.0)
+    log2pis = np.log(2 * np.pi * sigma2)
+    cost = np.full((n + 1, n + 1), np.inf)
+    cost[i, j] = np.maximum(rss, 0.0) / sigma2 + 2 * (cnt - 1) * log2pis + 2 * np.log(cnt)
+    # a later piece also pays for the step that joins it to the previous one (pure noise)
+    join = pen + 2 * (np.log(4 * np.pi * sigma2) + 1)
+    F = np.full(n + 1, np.inf)
+    F[0] = -join
+    prev = np.zeros(n + 1, np.int64)
+    for e in range(min(L, n), n + 1):
+        tot = F[: e - min(L, n) + 1] + cost[: e - min(L, n) + 1, e] + join
+        prev[e] = int(np.argmin(tot))
+        F[e] = tot[prev[e]]
+    cps, e = [], n
+    while e > 0:
+        e = int(prev[e])
+        if e > 0:
+            cps.append(e)
+    return sorted(cps), float(F[n])
+
+
+def _stops_and_runs(frames: np.ndarray, xy: np.ndarray, bounds: list[int], sigma2: float, chi2_min: float) -> bool:
+    """True when the straight pieces ``bounds`` include both a stop and a run: the slope of a
+    piece is significant (chi^2, 2 dof, >= chi2_min) for a run and not for a stop."""
+    chi2 = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        t = frames[a:b] - frames[a:b].mean()
+        ctt = float(t @ t)
+        v = t @ (xy[a:b] - xy[a:b].mean(axis=0)) / ctt
+        chi2.append(float(v @ v) * ctt / sigma2)
+    return min(chi2) < chi2_min <= max(chi2)
 
 
 # --------------------------------------------------------------------------- segment description
@@ -414,18 +559,45 @@ def _validate(tracks: pd.DataFrame, pixel_size_um: float, frame_interval_s: floa
 
 def _segment_one(
     frames: np.ndarray, xy: np.ndarray, sigma2_px: float | None, cfg: SegmentConfig, u: _Units
-) -> tuple[np.ndarray, list[dict]]:
-    """Segment start indices and descriptions of one track (positions sorted by frame)."""
-    starts = [0, *changepoints(frames, xy, cfg).tolist()] if len(frames) > 2 else [0]
-    ends = [*starts[1:], len(frames)]
+) -> list[dict]:
+    """Segments of one track (positions sorted by frame), each described by :func:`_describe`."""
+    n = len(frames)
+    if n <= 2:
+        return [{**_describe(frames, xy, sigma2_px, cfg, u), "start": 0, "end": n}]
+    inc = _Increments(frames, xy)
+    L = max(int(cfg.min_segment_frames) - 1, 2)
+    s2 = inc.noise_variance(L, cfg.blur_r) if sigma2_px is None else max(sigma2_px, inc.floor)
+    starts = [0, *changepoints(frames, xy, cfg, sigma2_px=s2).tolist()]
+    # Pass 2: each stretch is also cut with the piecewise-linear model (stops and constant-
+    # velocity runs, no diffusion); that explanation replaces the diffusive one when it is
+    # more likely after penalties (the diffusive model pays log(2m) for its D).
+    ends = [*starts[1:], n]
+    refined = []
+    for s, e in zip(starts, ends, strict=True):
+        refined.append(s)
+        if 2 * cfg.min_segment_frames <= e - s <= 2000:
+            pen = cfg.changepoint_penalty * 3 * np.log(2 * (e - s))
+            cps, cost_lin = _linear_changepoints(
+                frames[s:e].astype(float), xy[s:e], s2, cfg.min_segment_frames, pen
+            )
+            cost_diff = inc.fit_noise(np.array([s]), np.array([e - 1]), s2, cfg.blur_r)[2][0]
+            if _PASS2 and cps and cost_lin < cost_diff + np.log(2 * (e - s)):
+                cuts = [s + k for k in cps]
+                if _stops_and_runs(frames, xy, [s, *cuts, e], s2, cfg.directed_min_chi2):
+                    refined += cuts
+    starts = refined
+    ends = [*starts[1:], n]
     # A segment's steps run from its first point to the first point of the next segment.
-    descs = [
-        _describe(frames[s : e + 1], xy[s : e + 1], sigma2_px, cfg, u)
-        for s, e in zip(starts, ends)
-    ]
-    for d, s, e in zip(descs, starts, ends):
-        d.update(start=s, end=e)
-    return np.asarray(starts), descs
+    descs = [_describe(frames[s : e + 1], xy[s : e + 1], s2 if _DESC_S2 else sigma2_px, cfg, u) for s, e in zip(starts, ends, strict=True)]
+    # neighbouring stops are one stop
+    out: list[dict] = []
+    for d, s, e in zip(descs, starts, ends, strict=True):
+        if out and d["state"] == "immobile" and out[-1]["state"] == "immobile":
+            s0 = out[-1]["start"]
+            out[-1] = {**_describe(frames[s0 : e + 1], xy[s0 : e + 1], s2, cfg, u), "start": s0, "end": e}
+        else:
+            out.append({**d, "start": s, "end": e})
+    return out
 
 
 def segment_tracks(
@@ -489,8 +661,7 @@ def segment_tracks(
             err = g[["x_err", "y_err"]].to_numpy(float)
             err = err[np.isfinite(err)]
             sigma2 = float(np.mean(err**2)) if err.size else None
-        starts, descs = _segment_one(frames, xy, sigma2, config, u)
-        for k, d in enumerate(descs):
+        for k, d in enumerate(_segment_one(frames, xy, sigma2, config, u)):
             sl = slice(pos + d["start"], pos + d["end"])
             seg_col[sl] = k
             state_col[sl] = d["state"]
