@@ -4,8 +4,8 @@ The pipeline is a straight line of pure stages (``io -> detect -> link -> msd/se
 -> summary``); :mod:`spt.pipeline` strings them together for the CLI, batch runs and napari.
 """
 
-from spt.schema import MASK_LABELS, STAGES, STATES
 from spt.errors import SptInputError
+from spt.schema import MASK_LABELS, STAGES, STATES
 
 __version__ = "0.1.0"
 

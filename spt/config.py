@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from spt import _toml
 from spt.detect import DetectConfig
 from spt.errors import SptInputError
 from spt.link import LinkConfig
@@ -54,22 +55,16 @@ class PipelineConfig:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Return the configuration as nested plain dictionaries (``None`` values omitted)."""
-        return {
-            f.name: {k: v for k, v in dataclasses.asdict(getattr(self, f.name)).items() if v is not None}
-            for f in fields(self)
-        }
+        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self)}
 
     def to_toml(self) -> str:
         """Return the configuration as TOML text."""
-        lines: list[str] = []
-        for section, values in self.to_dict().items():
-            lines.append(f"[{section}]")
-            lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
-            lines.append("")
-        return "\n".join(lines)
+        return _toml.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str | os.PathLike | None = None) -> PipelineConfig:
+    def from_dict(
+        cls, data: dict[str, Any], source: str | os.PathLike | None = None
+    ) -> PipelineConfig:
         """Build a configuration from nested dictionaries, refusing unknown sections and keys."""
         kwargs = {}
         sections = {f.name: f for f in fields(cls)}
@@ -115,17 +110,3 @@ def _build_section(section_cls: type, name: str, values: Any, source: Any) -> An
         return section_cls(**converted)
     except (TypeError, ValueError) as err:
         raise SptInputError(source, f"invalid value in [{name}]: {err}") from None
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")

@@ -23,7 +23,16 @@ STATES: tuple[str, ...] = ("immobile", "confined", "free", "directed")
 #: Label values in a mask image.
 MASK_LABELS: dict[str, int] = {"background": 0, "vessel": 1, "cell": 2, "nucleus": 3}
 
-SPOT_COLUMNS: tuple[str, ...] = ("frame", "x", "y", "signal", "background", "sigma", "x_err", "y_err")
+SPOT_COLUMNS: tuple[str, ...] = (
+    "frame",
+    "x",
+    "y",
+    "signal",
+    "background",
+    "sigma",
+    "x_err",
+    "y_err",
+)
 TRACK_COLUMNS: tuple[str, ...] = (*SPOT_COLUMNS, "particle", "segment", "state", "stage")
 SEGMENT_COLUMNS: tuple[str, ...] = (
     "particle",

@@ -1,0 +1,271 @@
+"""Command line: ``spt run``, ``spt classify``, ``spt simulate``.
+
+Bad input ends with one line on standard error naming the file and the problem, and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import spt
+from spt.errors import SptInputError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _add_calibration(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--pixel-size",
+        type=_positive_float,
+        metavar="UM",
+        help="pixel size in micrometres (overrides the file's metadata)",
+    )
+    p.add_argument(
+        "--frame-interval",
+        type=_positive_float,
+        metavar="S",
+        help="time between frames in seconds, e.g. 0.0333 for 30 frames/s (overrides metadata)",
+    )
+    p.add_argument("--config", metavar="FILE.toml", help="pipeline configuration (see docs/cli.md)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spt",
+        description="Single-particle tracking of fluorescent probes (e.g. quantum dots): from TIFF "
+        "movies to tracks, motion states and per-stage delivery velocities.",
+    )
+    parser.add_argument("--version", action="version", version=f"spt {spt.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="track particles in TIFF movies and write per-stage velocity tables",
+        description="Detect, link and analyse particles in TIFF/OME-TIFF movies. For each movie "
+        "writes OUT/<movie>/{spots,tracks,segments,stage_velocities}.csv, a figure of the tracks "
+        "coloured by delivery stage and the configuration used; plus OUT/stage_velocities.csv "
+        "pooled over all movies and OUT/batch_summary.csv.",
+    )
+    run.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="TIFF/OME-TIFF files or folders of them"
+    )
+    run.add_argument("--out", required=True, metavar="DIR", help="folder for the results")
+    run.add_argument(
+        "--masks",
+        metavar="MASKS.tif",
+        help="label image: 0 interstitium, 1 vessel, 2 cell, 3 nucleus (one plane, or one per "
+        "frame). Default: <movie>_masks.tif beside the movie if present; otherwise stages come "
+        "from motion alone",
+    )
+    run.add_argument(
+        "--channel", type=int, metavar="C", help="channel to track in a multi-channel movie"
+    )
+    run.add_argument(
+        "--z", type=int, metavar="Z", help="z-plane to track in a movie with several planes"
+    )
+    _add_calibration(run)
+
+    classify = sub.add_parser(
+        "classify",
+        help="motion states and delivery stages for an existing track table",
+        description="Segment the tracks of a trackpy- or TrackMate-style CSV into motion states "
+        "and classify delivery stages; writes tracks.csv, segments.csv and stage_velocities.csv.",
+    )
+    classify.add_argument(
+        "tracks", metavar="TRACKS.csv", help="track table (frame, x, y, particle in pixels)"
+    )
+    classify.add_argument("--out", required=True, metavar="DIR", help="folder for the results")
+    classify.add_argument("--masks", metavar="MASKS.tif", help="label image (see `spt run --help`)")
+    _add_calibration(classify)
+
+    simulate = sub.add_parser(
+        "simulate",
+        help="write a simulated movie with masks and ground truth",
+        description="Simulate quantum dots through the six delivery stages (vessel flow, "
+        "extravasation, extracellular diffusion, membrane binding, stop-and-go internalisation, "
+        "perinuclear confinement) with blinking and EM-CCD noise. Writes <name>.ome.tif, "
+        "<name>_masks.tif, <name>_truth.csv and <name>_simulation.toml.",
+    )
+    simulate.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    simulate.add_argument("--name", default="sim", help="file name prefix (default: sim)")
+    simulate.add_argument("--preset", default="default", help="sample, default, benchmark or large")
+    simulate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    simulate.add_argument("--frames", type=int, help="number of frames")
+    simulate.add_argument(
+        "--size", type=int, nargs=2, metavar=("Y", "X"), help="frame size, pixels"
+    )
+    simulate.add_argument("--particles", type=int, help="number of particles")
+    simulate.add_argument("--photons", type=float, help="mean photons per spot per frame")
+    simulate.add_argument("--background", type=float, help="background photons per pixel")
+    return parser
+
+
+def _config(args: argparse.Namespace):
+    from spt.config import PipelineConfig
+
+    config = PipelineConfig.from_toml(args.config) if args.config else PipelineConfig()
+    movie = replace(
+        config.movie,
+        **{
+            k: v
+            for k, v in dict(
+                pixel_size_um=args.pixel_size,
+                frame_interval_s=args.frame_interval,
+                channel=getattr(args, "channel", None),
+                z=getattr(args, "z", None),
+            ).items()
+            if v is not None
+        },
+    )
+    return replace(config, movie=movie)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from spt.pipeline import run
+    from spt.progress import Progress
+
+    config = _config(args)
+
+    def progress_factory(name: str, total: int):
+        return Progress(total, name, enabled=not args.quiet)
+
+    def on_error(path: Path, err: Exception) -> None:
+        print(f"spt: error: {err}", file=sys.stderr)
+
+    outcome = run(
+        args.inputs,
+        args.out,
+        config,
+        masks_path=args.masks,
+        progress_factory=progress_factory,
+        on_error=on_error,
+    )
+    if not args.quiet:
+        for result in outcome.results:
+            print(f"{result.name}: results in {Path(args.out) / result.name}")
+        if outcome.results:
+            print(f"per-stage velocities: {Path(args.out) / 'stage_velocities.csv'}")
+            print(
+                outcome.results[0].analysis.stage_velocities.to_string(index=False)
+                if len(outcome.results) == 1
+                else ""
+            )
+    if outcome.n_failed:
+        print(f"spt: {outcome.n_failed} of {len(outcome.summary)} movie(s) failed", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from spt.io import read_track_table, write_table
+    from spt.pipeline import analyze_tracks
+
+    config = _config(args)
+    px, dt = config.movie.pixel_size_um, config.movie.frame_interval_s
+    if px is None or dt is None:
+        missing = [
+            flag for flag, v in (("--pixel-size", px), ("--frame-interval", dt)) if v is None
+        ]
+        raise SptInputError(
+            args.tracks, f"a track table carries no calibration: pass {' and '.join(missing)}"
+        )
+    tracks = read_track_table(args.tracks, pixel_size_um=px, frame_interval_s=dt)
+    masks = _masks_for_table(args.masks, tracks) if args.masks else None
+    analysis = analyze_tracks(tracks, config, pixel_size_um=px, frame_interval_s=dt, masks=masks)
+    out = Path(args.out)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_table(analysis.tracks, out / "tracks.csv")
+        write_table(analysis.segments, out / "segments.csv")
+        write_table(analysis.stage_velocities, out / "stage_velocities.csv")
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    if not args.quiet:
+        print(f"results in {out}")
+        print(analysis.stage_velocities.to_string(index=False))
+    return EXIT_OK
+
+
+def _masks_for_table(path: str, tracks):
+    """Read a mask for a track table: its own shape must cover every track point."""
+    import tifffile
+
+    from spt.io import read_masks
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            shape = tuple(tif.series[0].shape[-2:])
+    except FileNotFoundError:
+        raise SptInputError(path, "no such file") from None
+    except Exception as err:  # noqa: BLE001 - any reader failure is bad input here
+        raise SptInputError(path, f"cannot read mask image ({err})") from None
+    masks = read_masks(path, shape=shape, n_frames=None)
+    if len(tracks) and (tracks["x"].max() > shape[1] - 0.5 or tracks["y"].max() > shape[0] - 0.5):
+        raise SptInputError(
+            path, f"mask of shape {shape} (Y, X) does not cover the tracks' x, y range"
+        )
+    return masks
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from spt.simulate import PRESETS, SimulationConfig, simulate, write_simulation
+
+    if args.preset not in PRESETS:
+        raise SptInputError(
+            None, f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}"
+        )
+    overrides = dict(PRESETS[args.preset], seed=args.seed)
+    for key, value in (
+        ("n_frames", args.frames),
+        ("shape", tuple(args.size) if args.size else None),
+        ("n_particles", args.particles),
+        ("photons", args.photons),
+        ("background", args.background),
+    ):
+        if value is not None:
+            overrides[key] = value
+    try:
+        cfg = SimulationConfig(**overrides)
+    except ValueError as err:
+        raise SptInputError(None, f"invalid simulation parameters: {err}") from None
+    sim = simulate(cfg)
+    paths = write_simulation(sim, args.out, args.name)
+    print(f"movie: {paths['movie']}\nmasks: {paths['masks']}\nground truth: {paths['truth']}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``spt`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    handler = {"run": _cmd_run, "classify": _cmd_classify, "simulate": _cmd_simulate}[args.command]
+    try:
+        return handler(args)
+    except SptInputError as err:
+        print(f"spt: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("spt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
