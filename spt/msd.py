@@ -362,7 +362,7 @@ def fit_msd(
         )
         params = sol.x * unit
         if model == "anomalous":
-            # reparametrised as 4 D' tau (t/tau)^alpha with tau = first lag: report D in um^2/s^alpha
+            # fitted as 4 D' tau (t/tau)^alpha, tau = first lag; report D in um^2/s^alpha
             params = np.array([params[0] * scale_t ** (1 - params[1]), params[1], params[2]])
     pred = msd_model(model, t, params, frame_interval_s=frame_interval_s, blur_r=blur_r)
     rss = float(np.sum(((pred - m) * w) ** 2))
@@ -462,8 +462,10 @@ def fit_msd_models(
         for mdl in models
     }
     best = min(fits.values(), key=lambda f: f.bic)
-    if best.model == "confined" and "immobile" in fits and not (
-        best.confinement_radius_um > 2 * np.nan_to_num(best.sigma_um)
+    if (
+        best.model == "confined"
+        and "immobile" in fits
+        and not (best.confinement_radius_um > 2 * np.nan_to_num(best.sigma_um))
     ):
         # a confinement radius below the localisation error cannot be resolved: call it immobile
         best = fits["immobile"]
@@ -572,7 +574,9 @@ def fit_fbm(
     from scipy.optimize import minimize
 
     t = np.asarray(frames, float)[:max_points]
-    d = np.column_stack([np.diff(np.asarray(x, float)[:max_points]), np.diff(np.asarray(y, float)[:max_points])])
+    d = np.column_stack(
+        [np.diff(np.asarray(x, float)[:max_points]), np.diff(np.asarray(y, float)[:max_points])]
+    )
     m = len(d)
     if m < 3:
         return np.nan, np.nan, np.nan
@@ -590,15 +594,21 @@ def fit_fbm(
     else:
         t0, t1 = t[:-1], t[1:]
         # |time differences| between step end points, as logs (0 where equal)
-        pairs = [t1[None, :] - t0[:, None], t0[None, :] - t1[:, None],
-                 t1[None, :] - t1[:, None], t0[None, :] - t0[:, None]]
+        pairs = [
+            t1[None, :] - t0[:, None],
+            t0[None, :] - t1[:, None],
+            t1[None, :] - t1[:, None],
+            t0[None, :] - t0[:, None],
+        ]
         logs = [np.log(np.where(p == 0, 1.0, np.abs(p))) for p in pairs]
         zero = [p == 0 for p in pairs]
         sign = (1, 1, -1, -1)
 
         def cov(alpha: float) -> np.ndarray:
-            return 0.5 * sum(sg * np.where(z, 0.0, np.exp(alpha * lg))
-                             for sg, lg, z in zip(sign, logs, zero, strict=True))
+            return 0.5 * sum(
+                sg * np.where(z, 0.0, np.exp(alpha * lg))
+                for sg, lg, z in zip(sign, logs, zero, strict=True)
+            )
 
     def nll(theta: np.ndarray) -> float:
         alpha, log_lam = theta
@@ -611,11 +621,16 @@ def fit_fbm(
         K = max(q / (2 * m), 1e-300)
         return 2 * np.sum(np.log(np.diag(c))) + m * np.log(K)  # per axis, up to constants / 2
 
-    best = minimize(nll, np.array([1.0, np.log(0.1)]), method="L-BFGS-B",
-                    bounds=[(0.01, 1.99), (-12.0, 6.0)], options={"ftol": 1e-7})
+    best = minimize(
+        nll,
+        np.array([1.0, np.log(0.1)]),
+        method="L-BFGS-B",
+        bounds=[(0.01, 1.99), (-12.0, 6.0)],
+        options={"ftol": 1e-7},
+    )
     alpha, log_lam = best.x
     S = cov(alpha) + np.exp(log_lam) * noise
     c, low = cho_factor(S, lower=True, check_finite=False)
     K = float(np.sum(d * cho_solve((c, low), d, check_finite=False))) / (2 * m) * scale
-    # cov(alpha) is in units of K (per-axis step variance at lag 1 = K); MSD_axis(1) = 2 K' with K' = K / 2
+    # cov(alpha) is in units of the per-axis step variance K; MSD_axis(1) = 2 K' with K' = K / 2
     return K / 2, float(alpha), float(np.sqrt(np.exp(log_lam) * K))

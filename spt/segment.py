@@ -88,20 +88,28 @@ class SegmentConfig:
     confined_max_spread_ratio : float
         A non-directed, non-immobile segment is ``confined`` when its noise-corrected squared
         radius of gyration is below this fraction of the value free diffusion with its short-time D
-        would reach over the same duration (``2 D T / 3``); otherwise ``free``.
+        would reach over the same duration (``2 D T / 3``)...
+    confined_weak_spread_ratio : float
+        ...or below this fraction while its alpha is below ``confined_max_alpha``; otherwise
+        ``free``.
+    confined_max_alpha : float
+        See ``confined_weak_spread_ratio``; 0 turns that rule off (e.g. for data where
+        sub-diffusion without walls counts as free, as in AnDi).
     blur_r : float
         Motion-blur coefficient R of the camera (1/6: exposure over the whole frame; 0: very
         short exposure). Used to separate localisation noise from diffusion.
     """
 
-    min_segment_frames: int = 10
+    min_segment_frames: int = 6
     changepoint_penalty: float = 1.0
     directed_min_chi2: float = 30.0
     directed_min_speed_um_s: float = 0.05
     directed_min_alpha: float = 1.8
     immobile_max_radius_um: float = 0.05
-    immobile_max_D_um2_s: float = 0.0
+    immobile_max_D_um2_s: float = 0.003
     confined_max_spread_ratio: float = 0.3
+    confined_weak_spread_ratio: float = 0.7
+    confined_max_alpha: float = 0.8
     blur_r: float = 1 / 6
 
     def __post_init__(self) -> None:
@@ -116,6 +124,8 @@ class SegmentConfig:
             "immobile_max_radius_um",
             "immobile_max_D_um2_s",
             "confined_max_spread_ratio",
+            "confined_weak_spread_ratio",
+            "confined_max_alpha",
         ):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
@@ -254,14 +264,11 @@ class _Increments:
         return mu, _Q_GRID[best] * sigma2, cost[k, best]
 
     def cost(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """-2 log likelihood of each stretch [a_k, b_k) under its own MA(1) model (see :meth:`fit`)."""
+        """-2 log likelihood of each stretch [a_k, b_k) under its own MA(1) model (:meth:`fit`)."""
         return self.fit(a, b)[3]
 
 
 # Ratios q / sigma^2 = 2 D dt / sigma^2 tried by fit_noise (0: immobile).
-_MODE = "rho"
-_PASS2 = True
-_DESC_S2 = False
 _Q_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 1e4, 36)])
 
 # Lag-1 step correlations tried; dense near -1/2, where static noise dominates the steps.
@@ -291,8 +298,6 @@ def changepoints(
     frames: np.ndarray,
     xy: np.ndarray,
     config: SegmentConfig = SegmentConfig(),
-    *,
-    sigma2_px: float | None = None,
 ) -> np.ndarray:
     """Change points of one track, as indices of the localisations that start a new segment.
 
@@ -322,13 +327,7 @@ def changepoints(
     if m < 2 * L:
         return np.zeros(0, np.int64)
     pen = config.changepoint_penalty * 5 * np.log(2 * m)
-    if _MODE == "noise":
-        s2 = inc.noise_variance(L, config.blur_r) if sigma2_px is None else max(sigma2_px, inc.floor)
-
-        def cost(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            return inc.fit_noise(a, b, s2, config.blur_r)[2]
-    else:
-        cost = inc.cost
+    cost = inc.cost
 
     # 1. candidates: local maxima of the windowed split gain at several window sizes
     cand: set[int] = set()
@@ -433,7 +432,9 @@ def _linear_changepoints(
     return sorted(cps), float(F[n])
 
 
-def _stops_and_runs(frames: np.ndarray, xy: np.ndarray, bounds: list[int], sigma2: float, chi2_min: float) -> bool:
+def _stops_and_runs(
+    frames: np.ndarray, xy: np.ndarray, bounds: list[int], sigma2: float, chi2_min: float
+) -> bool:
     """True when the straight pieces ``bounds`` include both a stop and a run: the slope of a
     piece is significant (chi^2, 2 dof, >= chi2_min) for a run and not for a stop."""
     chi2 = []
@@ -503,13 +504,17 @@ def _describe(
     _, alpha, _ = fit_fbm(frames, xy[:, 0], xy[:, 1])
     directed = speed >= cfg.directed_min_speed_um_s and (
         chi2 >= cfg.directed_min_chi2
-        or (np.isfinite(alpha) and alpha >= cfg.directed_min_alpha and chi2 >= cfg.directed_min_chi2 / 3)
+        or (
+            np.isfinite(alpha)
+            and alpha >= cfg.directed_min_alpha
+            and chi2 >= cfg.directed_min_chi2 / 3
+        )
     )
     if directed:
         state = "directed"
     elif radius_um <= cfg.immobile_max_radius_um or D <= cfg.immobile_max_D_um2_s:
         state = "immobile"
-    elif rg2 < cfg.confined_max_spread_ratio * (q * N / 3):
+    elif _confined(rg2, q, N, alpha, cfg):
         state = "confined"
     else:
         state = "free"
@@ -521,6 +526,16 @@ def _describe(
     elif state == "confined":
         out["confinement_radius_um"] = radius_um
     return {**out, "state": state}
+
+
+def _confined(rg2: float, q: float, N: float, alpha: float, cfg: SegmentConfig) -> bool:
+    """Confined rather than free: the noise-corrected spread ``rg2`` stays well below the
+    ``q N / 3`` (px^2) that free diffusion with the segment's short-time D reaches in ``N``
+    frames, or moderately below it together with a sub-diffusive alpha."""
+    free_rg2 = q * N / 3
+    return rg2 < cfg.confined_max_spread_ratio * free_rg2 or (
+        rg2 < cfg.confined_weak_spread_ratio * free_rg2 and alpha < cfg.confined_max_alpha
+    )
 
 
 # --------------------------------------------------------------------------- public API
@@ -567,7 +582,7 @@ def _segment_one(
     inc = _Increments(frames, xy)
     L = max(int(cfg.min_segment_frames) - 1, 2)
     s2 = inc.noise_variance(L, cfg.blur_r) if sigma2_px is None else max(sigma2_px, inc.floor)
-    starts = [0, *changepoints(frames, xy, cfg, sigma2_px=s2).tolist()]
+    starts = [0, *changepoints(frames, xy, cfg).tolist()]
     # Pass 2: each stretch is also cut with the piecewise-linear model (stops and constant-
     # velocity runs, no diffusion); that explanation replaces the diffusive one when it is
     # more likely after penalties (the diffusive model pays log(2m) for its D).
@@ -581,20 +596,27 @@ def _segment_one(
                 frames[s:e].astype(float), xy[s:e], s2, cfg.min_segment_frames, pen
             )
             cost_diff = inc.fit_noise(np.array([s]), np.array([e - 1]), s2, cfg.blur_r)[2][0]
-            if _PASS2 and cps and cost_lin < cost_diff + np.log(2 * (e - s)):
+            if cps and cost_lin < cost_diff + np.log(2 * (e - s)):
                 cuts = [s + k for k in cps]
                 if _stops_and_runs(frames, xy, [s, *cuts, e], s2, cfg.directed_min_chi2):
                     refined += cuts
     starts = refined
     ends = [*starts[1:], n]
     # A segment's steps run from its first point to the first point of the next segment.
-    descs = [_describe(frames[s : e + 1], xy[s : e + 1], s2 if _DESC_S2 else sigma2_px, cfg, u) for s, e in zip(starts, ends, strict=True)]
+    descs = [
+        _describe(frames[s : e + 1], xy[s : e + 1], sigma2_px, cfg, u)
+        for s, e in zip(starts, ends, strict=True)
+    ]
     # neighbouring stops are one stop
     out: list[dict] = []
     for d, s, e in zip(descs, starts, ends, strict=True):
         if out and d["state"] == "immobile" and out[-1]["state"] == "immobile":
             s0 = out[-1]["start"]
-            out[-1] = {**_describe(frames[s0 : e + 1], xy[s0 : e + 1], s2, cfg, u), "start": s0, "end": e}
+            out[-1] = {
+                **_describe(frames[s0 : e + 1], xy[s0 : e + 1], sigma2_px, cfg, u),
+                "start": s0,
+                "end": e,
+            }
         else:
             out.append({**d, "start": s, "end": e})
     return out

@@ -65,10 +65,10 @@ def step_table(
     Returns
     -------
     DataFrame
-        ``particle, frame`` (frame where the step ends), ``n_frames`` (frames spanned, > 1 across a
+        ``particle, frame`` (frame where the step ends), ``n_frames`` (frames spanned, > 1 over a
         blinking gap), ``dx_um, dy_um, step_um``, ``speed_um_s = step_um / (n_frames dt)`` and
-        ``turn_angle_rad`` (signed angle in (-pi, pi] between this step and the previous one; NaN for
-        the first step of a track and after a zero-length step).
+        ``turn_angle_rad`` (signed angle in (-pi, pi] between this step and the previous one;
+        NaN for the first step of a track and after a zero-length step).
     """
     _check_tracks(tracks)
     _check_units(pixel_size_um, frame_interval_s)

@@ -91,7 +91,9 @@ def test_free_fit_recovers_D_and_noise():
     for _ in range(20):
         xy = brownian(rng, 200, D * DT / PX**2, sigma / PX)
         lags, msd, _ = msd_curve(np.arange(200), xy[:, 0], xy[:, 1], 10)
-        f = fit_msd(lags[:4] * DT, msd[:4] * PX**2, "free", n_points=200, frame_interval_s=DT, lags=lags[:4])
+        f = fit_msd(
+            lags[:4] * DT, msd[:4] * PX**2, "free", n_points=200, frame_interval_s=DT, lags=lags[:4]
+        )
         Ds.append(f.D_um2_s)
         sigmas.append(f.sigma_um)
     assert np.median(Ds) == pytest.approx(D, rel=0.1)
@@ -104,8 +106,10 @@ def test_directed_and_confined_fits_recover_v_and_radius():
     run = directed(rng, 300, (v * DT / PX, 0.0), 0.01 * DT / PX**2, 0.1)
     assert _fit(run, "directed").speed_um_s == pytest.approx(v, rel=0.1)
     r = 0.3  # um
-    radii = [_fit(confined(rng, 400, r / PX, 0.1 * DT / PX**2, 0.1), "confined").confinement_radius_um
-             for _ in range(5)]
+    radii = [
+        _fit(confined(rng, 400, r / PX, 0.1 * DT / PX**2, 0.1), "confined").confinement_radius_um
+        for _ in range(5)
+    ]
     assert np.median(radii) == pytest.approx(r, rel=0.2)
 
 

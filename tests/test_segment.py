@@ -46,7 +46,7 @@ def test_stop_and_go_states_change_points_and_run_speeds(drop):
     assert np.mean(out["state"].to_numpy() == true_state) >= 0.9
     # change points: true ones every 35 / 25 frames, found within 3 frames
     found = total = 0
-    for pid, g in out.groupby("particle"):
+    for _, g in out.groupby("particle"):
         st = true_state[g.index]
         true_cp = g["frame"].to_numpy()[1:][st[1:] != st[:-1]]
         pred_cp = g["frame"].to_numpy()[1:][np.diff(g["segment"].to_numpy()) != 0]
@@ -110,10 +110,16 @@ def test_output_contract_keeps_columns_and_orders_rows():
 
 
 def test_degenerate_input_gives_headed_tables_without_warnings():
-    empty = pd.DataFrame({"frame": pd.Series(dtype=int), "x": [], "y": [], "particle": pd.Series(dtype=int)})
+    empty = pd.DataFrame(
+        {"frame": pd.Series(dtype=int), "x": [], "y": [], "particle": pd.Series(dtype=int)}
+    )
     tiny = pd.DataFrame(
-        {"frame": [0, 3, 0, 1, 2], "x": [1.0, 1.0, 5.0, 5.5, 6.0], "y": [2.0, 2.0, 1.0, 1.0, 1.0],
-         "particle": [0, 0, 1, 1, 1]}
+        {
+            "frame": [0, 3, 0, 1, 2],
+            "x": [1.0, 1.0, 5.0, 5.5, 6.0],
+            "y": [2.0, 2.0, 1.0, 1.0, 1.0],
+            "particle": [0, 0, 1, 1, 1],
+        }
     )
     one = pd.DataFrame({"frame": [4], "x": [1.0], "y": [1.0], "particle": [9]})
     with warnings.catch_warnings():
@@ -142,7 +148,9 @@ def test_bad_input_is_refused_with_a_clear_message():
 
 def test_config_is_validated_and_toml_friendly():
     for f in dataclasses.fields(SegmentConfig):
-        assert isinstance(getattr(SegmentConfig(), f.name), (int, float, str, bool, tuple, type(None)))
+        assert isinstance(
+            getattr(SegmentConfig(), f.name), (int, float, str, bool, tuple, type(None))
+        )
     with pytest.raises(ValueError, match="min_segment_frames"):
         SegmentConfig(min_segment_frames=1)
     with pytest.raises(ValueError, match="blur_r"):
@@ -150,6 +158,9 @@ def test_config_is_validated_and_toml_friendly():
     # a larger minimum segment length merges the stop-and-go into fewer pieces
     tracks, _, _ = _stop_and_go_set(seed=14, n_tracks=1)
     n_default = len(segment_tracks(tracks, pixel_size_um=PX, frame_interval_s=DT)[1])
-    n_long = len(segment_tracks(tracks, SegmentConfig(min_segment_frames=60), pixel_size_um=PX,
-                                frame_interval_s=DT)[1])
+    n_long = len(
+        segment_tracks(
+            tracks, SegmentConfig(min_segment_frames=60), pixel_size_um=PX, frame_interval_s=DT
+        )[1]
+    )
     assert n_long < n_default

@@ -62,9 +62,12 @@ def test_mixture_recovers_two_populations():
     D = np.array([0.02, 0.4])  # um^2/s
     n = np.array([3000, 7000])
     sigma = 0.02  # um
-    steps = np.concatenate([
-        np.hypot(*rng.normal(0, np.sqrt(2 * d * DT + 2 * sigma**2), (2, k))) for d, k in zip(D, n)
-    ])
+    steps = np.concatenate(
+        [
+            np.hypot(*rng.normal(0, np.sqrt(2 * d * DT + 2 * sigma**2), (2, k)))
+            for d, k in zip(D, n, strict=True)
+        ]
+    )
     mix = fit_step_mixture(steps, frame_interval_s=DT, sigma_um=sigma)
     assert mix.n_components == 2
     np.testing.assert_allclose(mix.D_um2_s, D, rtol=0.15)
