@@ -15,7 +15,6 @@ import pandas as pd
 
 from spt.errors import SptInputError
 from spt.msd import fit_fbm
-from spt.schema import STATES
 
 __all__ = [
     "RUN_STOP_COLUMNS",
@@ -702,7 +701,6 @@ def segment_tracks(
     out["segment"] = seg_col
     out["state"] = state_col
     segments = pd.DataFrame(rows, columns=list(SEGMENT_TABLE_COLUMNS))
-    assert set(segments["state"]) <= set(STATES)
     return out, segments.astype({c: "int64" for c in _INT_COLUMNS if c in segments.columns})
 
 

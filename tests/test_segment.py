@@ -164,3 +164,26 @@ def test_config_is_validated_and_toml_friendly():
         )[1]
     )
     assert n_long < n_default
+
+
+def test_states_on_the_project_simulator():
+    """Free diffusion, binding and stop-and-go internalisation from spt.simulate (30 nm noise,
+    blinking gaps kept): most points get their true state (benchmarks/motion.py measures more)."""
+    from spt.simulate import SimulationConfig, simulate_tracks
+
+    cfg = SimulationConfig(
+        n_frames=200, n_particles=8, seed=3, stage_weights=(0, 0, 0.3, 0, 0.7, 0)
+    )
+    truth, _ = simulate_tracks(cfg)
+    rng = np.random.default_rng(0)
+    obs = truth[truth["visible"]].sort_values(["particle", "frame"], ignore_index=True)
+    obs["x"] += rng.normal(0, SIGMA_PX, len(obs))
+    obs["y"] += rng.normal(0, SIGMA_PX, len(obs))
+    assert set(obs["state"]) == set(STATES)
+    out, _ = segment_tracks(
+        obs[["frame", "x", "y", "particle"]],
+        SegmentConfig(blur_r=cfg.exposure_fraction / 6),
+        pixel_size_um=cfg.pixel_size_um,
+        frame_interval_s=cfg.frame_interval_s,
+    )
+    assert np.mean(out["state"].to_numpy() == obs["state"].to_numpy()) >= 0.8
