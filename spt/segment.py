@@ -8,10 +8,12 @@ Owns :func:`segment_tracks`, which cuts each track where its local motion model 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numba import njit
 
 from spt.errors import SptInputError
 from spt.msd import fit_fbm
@@ -128,6 +130,9 @@ class SegmentConfig:
         ):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if 1 / 6 < self.blur_r <= 0.1675:
+            # 0.167 typed in a form or a TOML file means 1/6.
+            object.__setattr__(self, "blur_r", 1 / 6)
         if not 0 <= self.blur_r <= 1 / 6:
             raise ValueError(f"blur_r must be in [0, 1/6], got {self.blur_r!r}")
 
@@ -174,33 +179,8 @@ class _Increments:
         a = np.asarray(a, np.int64)
         b = np.asarray(b, np.int64)
         mu = self.drift(a, b)
-        rho = _RHO_GRID[None, :]
-        K, G = a.size, _RHO_GRID.size
-        length = b - a
-        dprev = np.ones((K, G))
-        zprev = np.zeros((K, G, 2))
-        logdet = np.zeros((K, G))
-        quad = np.zeros((K, G))
-        for j in range(int(length.max(initial=0))):
-            active = j < length
-            i = np.minimum(a + j, self.m - 1)
-            ni = self.n[i][:, None]
-            di = ni + 2 * rho * (ni - 1)
-            e = self.d[i] - mu * self.n[i][:, None]  # (K, 2)
-            lk = rho / dprev if j else np.zeros((K, G))
-            dk = np.maximum(di - lk * rho, 1e-9)
-            z = e[:, None, :] - lk[:, :, None] * zprev
-            act = active[:, None]
-            logdet += np.where(act, np.log(dk), 0.0)
-            quad += np.where(act, np.sum(z * z, axis=2) / dk, 0.0)
-            dprev = np.where(act, dk, dprev)
-            zprev = np.where(act[:, :, None], z, zprev)
-        m = np.maximum(length, 1).astype(float)[:, None]
-        s2 = np.maximum(quad / (2 * m), self.floor)
-        cost = 2 * logdet + 2 * m * np.log(s2) + 2 * m * (1 + np.log(2 * np.pi))
-        best = np.argmin(cost, axis=1)
-        k = np.arange(K)
-        return mu, s2[k, best], _RHO_GRID[best], cost[k, best]
+        s2, rho, cost = _ma1_profile(self.d, self.n, a, b, mu, _RHO_GRID, self.floor)
+        return mu, s2, rho, cost
 
     def noise_variance(self, window: int, blur_r: float) -> float:
         """Localisation variance sigma^2 (px^2, per axis) of the track: the median over windows of
@@ -235,36 +215,86 @@ class _Increments:
         a = np.asarray(a, np.int64)
         b = np.asarray(b, np.int64)
         mu = self.drift(a, b)
-        r = _Q_GRID[None, :]
-        K, G = a.size, _Q_GRID.size
-        length = b - a
-        off = sigma2 * (r * blur_r - 1)
-        dprev = np.ones((K, G))
-        zprev = np.zeros((K, G, 2))
-        logdet = np.zeros((K, G))
-        quad = np.zeros((K, G))
-        for j in range(int(length.max(initial=0))):
-            active = j < length
-            i = np.minimum(a + j, self.m - 1)
-            ni = self.n[i][:, None]
-            di = sigma2 * (2 + r * (ni - 2 * blur_r))
-            e = self.d[i] - mu * self.n[i][:, None]
-            lk = off / dprev if j else np.zeros((K, G))
-            dk = np.maximum(di - lk * off, 1e-12)
-            z = e[:, None, :] - lk[:, :, None] * zprev
-            act = active[:, None]
-            logdet += np.where(act, np.log(dk), 0.0)
-            quad += np.where(act, np.sum(z * z, axis=2) / dk, 0.0)
-            dprev = np.where(act, dk, dprev)
-            zprev = np.where(act[:, :, None], z, zprev)
-        cost = 2 * logdet + quad + 2 * length[:, None] * np.log(2 * np.pi)
-        best = np.argmin(cost, axis=1)
-        k = np.arange(K)
-        return mu, _Q_GRID[best] * sigma2, cost[k, best]
+        q_ratio, cost = _ma1_fixed_noise(self.d, self.n, a, b, mu, _Q_GRID, sigma2, blur_r)
+        return mu, q_ratio * sigma2, cost
 
     def cost(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """-2 log likelihood of each stretch [a_k, b_k) under its own MA(1) model (:meth:`fit`)."""
         return self.fit(a, b)[3]
+
+
+# The two likelihoods below evaluate, for each stretch [a_k, b_k) and each grid value, the exact
+# Gaussian likelihood of a tridiagonal (MA(1)) step covariance by an LDL^T (Thomas) recursion,
+# and keep the best grid value. Compiled: this is the hot loop of segmentation.
+
+
+@njit(cache=True)
+def _ma1_profile(d, n, a, b, mu, rho_grid, floor):  # pragma: no cover - compiled
+    """Free-rho MA(1) fit: returns s2 (K,), rho (K,), cost (K,) (see ``_StepModel.fit``)."""
+    K, G, M = a.size, rho_grid.size, n.size
+    s2_out = np.empty(K)
+    rho_out = np.empty(K)
+    cost_out = np.empty(K)
+    const = 1.0 + math.log(2.0 * math.pi)
+    for k in range(K):
+        length = b[k] - a[k]
+        m = float(max(length, 1))
+        best = np.inf
+        for g in range(G):
+            rho = rho_grid[g]
+            dprev, z0, z1, logdet, quad = 1.0, 0.0, 0.0, 0.0, 0.0
+            for j in range(length):
+                i = min(a[k] + j, M - 1)
+                ni = n[i]
+                di = ni + 2.0 * rho * (ni - 1.0)
+                lk = rho / dprev if j > 0 else 0.0
+                dk = max(di - lk * rho, 1e-9)
+                nz0 = d[i, 0] - mu[k, 0] * ni - lk * z0
+                nz1 = d[i, 1] - mu[k, 1] * ni - lk * z1
+                logdet += math.log(dk)
+                quad += (nz0 * nz0 + nz1 * nz1) / dk
+                dprev, z0, z1 = dk, nz0, nz1
+            s2 = max(quad / (2.0 * m), floor)
+            cost = 2.0 * logdet + 2.0 * m * math.log(s2) + 2.0 * m * const
+            if cost < best:
+                best = cost
+                s2_out[k] = s2
+                rho_out[k] = rho
+        cost_out[k] = best
+    return s2_out, rho_out, cost_out
+
+
+@njit(cache=True)
+def _ma1_fixed_noise(d, n, a, b, mu, q_grid, sigma2, blur_r):  # pragma: no cover - compiled
+    """MA(1) fit with fixed localisation variance: returns q/sigma2 (K,), cost (K,)."""
+    K, G, M = a.size, q_grid.size, n.size
+    q_out = np.empty(K)
+    cost_out = np.empty(K)
+    log2pi = math.log(2.0 * math.pi)
+    for k in range(K):
+        length = b[k] - a[k]
+        best = np.inf
+        for g in range(G):
+            r = q_grid[g]
+            off = sigma2 * (r * blur_r - 1.0)
+            dprev, z0, z1, logdet, quad = 1.0, 0.0, 0.0, 0.0, 0.0
+            for j in range(length):
+                i = min(a[k] + j, M - 1)
+                ni = n[i]
+                di = sigma2 * (2.0 + r * (ni - 2.0 * blur_r))
+                lk = off / dprev if j > 0 else 0.0
+                dk = max(di - lk * off, 1e-12)
+                nz0 = d[i, 0] - mu[k, 0] * ni - lk * z0
+                nz1 = d[i, 1] - mu[k, 1] * ni - lk * z1
+                logdet += math.log(dk)
+                quad += (nz0 * nz0 + nz1 * nz1) / dk
+                dprev, z0, z1 = dk, nz0, nz1
+            cost = 2.0 * logdet + quad + 2.0 * length * log2pi
+            if cost < best:
+                best = cost
+                q_out[k] = r
+        cost_out[k] = best
+    return q_out, cost_out
 
 
 # Ratios q / sigma^2 = 2 D dt / sigma^2 tried by fit_noise (0: immobile).
