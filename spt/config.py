@@ -25,7 +25,7 @@ from spt.link import LinkConfig
 from spt.segment import SegmentConfig
 from spt.stages import StageConfig
 
-__all__ = ["MovieConfig", "OutputConfig", "PipelineConfig", "TABLE_FORMATS"]
+__all__ = ["MovieConfig", "OutputConfig", "PipelineConfig", "TABLE_FORMATS", "build_dataclass"]
 
 #: Table formats ``spt run`` can write.
 TABLE_FORMATS: tuple[str, ...] = ("csv", "parquet")
@@ -142,7 +142,7 @@ class PipelineConfig:
         SptInputError
             Unknown section or key, a value of the wrong type, or a value the section refuses.
         """
-        return _build(cls, "", data, source)
+        return build_dataclass(cls, "", data, source)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> PipelineConfig:
@@ -183,7 +183,7 @@ class PipelineConfig:
                     "--set", f"unknown config section [{'.'.join(path)}] in {text!r}"
                 )
             table[key] = value
-        return _build(type(self), "", data, "--set")
+        return build_dataclass(type(self), "", data, "--set")
 
 
 def _parse_value(text: str) -> Any:
@@ -196,8 +196,29 @@ def _parse_value(text: str) -> Any:
 # ----------------------------------------------------------------------------- building
 
 
-def _build(cls: type, name: str, values: Any, source: Any) -> Any:
-    """Instantiate dataclass ``cls`` from a dict, converting and checking each value's type."""
+def build_dataclass(cls: type, name: str, values: Any, source: Any) -> Any:
+    """Instantiate dataclass ``cls`` from a dict (as read from TOML), checking every value.
+
+    Handles any frozen-dataclass fields generically by their type hints: ``int``, ``float``
+    (TOML integers accepted), ``bool``, ``str``, ``tuple[...]`` (from lists), ``X | None``,
+    ``Literal[...]`` and nested dataclasses (sub-tables). Missing keys keep their defaults.
+
+    Parameters
+    ----------
+    cls : type
+        The dataclass.
+    name : str
+        Its table name in messages, e.g. ``"detect"`` (empty for the top level).
+    values : dict
+        Key -> value.
+    source : str or path-like or None
+        The file (or option) the values come from, named in error messages.
+
+    Raises
+    ------
+    SptInputError
+        Unknown keys, values of the wrong type, or values the dataclass refuses.
+    """
     where = f"[{name}]" if name else "the config"
     if not isinstance(values, dict):
         raise SptInputError(source, f"{where} must be a table of key = value")
@@ -253,7 +274,7 @@ def _convert(value: Any, hint: Any, key: str, source: Any) -> Any:
             source, f"{key} must be one of {', '.join(map(repr, args))}, got {value!r}"
         )
     if is_dataclass(hint):
-        return _build(hint, key, value, source)
+        return build_dataclass(hint, key, value, source)
     if origin in (tuple, list) or hint in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise SptInputError(source, f"{key} must be a list, got {value!r}")
