@@ -569,6 +569,11 @@ def _result_or_failure(future: Any, job: MovieJob, out: Path) -> dict[str, Any]:
         }
 
 
+#: One movie at a time per process: parts of the pipeline keep module-level state (trackpy's
+#: linker numbers particles with class-level counters; pyplot), so threads would mix them up.
+_MOVIE_LOCK = threading.Lock()
+
+
 def _dask_task(job: MovieJob, out: Path, config: PipelineConfig, topic: str) -> dict[str, Any]:
     from distributed import get_worker
 
@@ -577,7 +582,8 @@ def _dask_task(job: MovieJob, out: Path, config: PipelineConfig, topic: str) -> 
     def report(movie: str, done: int, total: int | None) -> None:
         worker.log_event(topic, (movie, done, total))
 
-    return process_one(job, out, config, report=report)
+    with _MOVIE_LOCK:
+        return process_one(job, out, config, report=report)
 
 
 def _run_dask(jobs, out, config, workers, scheduler, progress, done) -> None:
@@ -611,7 +617,7 @@ def _run_dask(jobs, out, config, workers, scheduler, progress, done) -> None:
                 ): k
                 for k, job in enumerate(jobs)
             }
-            for future in dask_as_completed(futures):
+            for future in dask_as_completed(futures, loop=client.loop):
                 k = futures[future]
                 done(k, _result_or_failure(future, jobs[k], out))
     finally:
