@@ -354,7 +354,7 @@ def run_batch(
     force : bool
         Recompute movies whose results are already complete and up to date.
     progress : BatchProgress, optional
-        Progress display.
+        Progress display (its movie count is set to the batch's).
     on_error : callable, optional
         Called with the message of each failed movie.
 
@@ -366,11 +366,20 @@ def run_batch(
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if config.output.table_format == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise SptInputError(
+                "--format", "parquet tables need pyarrow: pip install 'spt[parquet]'"
+            ) from None
     jobs = find_movies(inputs, masks_path=masks_path)
     out = Path(out_dir)
     if out.exists():
         remove_stale_temporaries(out)
-    progress = progress or BatchProgress(len(jobs), enabled=False)
+    if progress is None:
+        progress = BatchProgress(len(jobs), enabled=False)
+    progress.n_movies = len(jobs)
     digest = config.digest()
     rows: list[dict[str, Any] | None] = [None] * len(jobs)
     todo: list[int] = []
@@ -599,6 +608,12 @@ def _run_dask(jobs, out, config, workers, scheduler, progress, done) -> None:
         client = Client(scheduler, timeout="20s", set_as_default=False)
     except OSError as err:
         raise SptInputError(scheduler, f"cannot reach the Dask scheduler ({err})") from None
+    # Workers may run elsewhere, in another working directory: send absolute paths.
+    out = out.resolve()
+    jobs = [
+        MovieJob(j.path.resolve(), j.folder, None if j.masks is None else j.masks.resolve())
+        for j in jobs
+    ]
     run_id = uuid.uuid4().hex[:8]
     topic = f"spt-progress-{run_id}"
     client.subscribe_topic(topic, lambda event: progress.frames(*event[1]))

@@ -208,7 +208,7 @@ def _config(args: argparse.Namespace):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from spt.batch import find_movies, run_batch
+    from spt.batch import run_batch
     from spt.progress import BatchProgress
 
     config = _config(args)
@@ -216,8 +216,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise SptInputError(
             "--workers", "give either --workers (this machine) or --scheduler (a Dask cluster)"
         )
-    n_movies = len(find_movies(args.inputs, masks_path=args.masks))
-    progress = BatchProgress(n_movies, enabled=not args.quiet)
+    progress = BatchProgress(0, enabled=not args.quiet)
 
     def on_error(message: str) -> None:
         progress.close()
