@@ -39,13 +39,17 @@ def spt_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "spt.cli", *args]
 
 
-def timed_run(args: list[str]) -> float:
-    """Wall time (s) of one ``spt`` command; fails loudly on a non-zero exit."""
+def timed_run(args: list[str]) -> tuple[float, float]:
+    """Wall time and CPU time (s) of one ``spt`` command and the processes it waited for."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     res = subprocess.run(spt_command(*args), capture_output=True, text=True)
+    wall = time.perf_counter() - t0
     if res.returncode != 0:
         raise RuntimeError(f"spt {' '.join(args)} failed:\n{res.stderr}")
-    return time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return wall, cpu
 
 
 def make_movies(folder: Path, n: int, *, shape=(256, 256), n_frames=300, particles=40) -> Path:
@@ -177,6 +181,11 @@ def peak_memory_run(movie: Path, out: Path, *extra: str) -> tuple[float, dict[st
 # ----------------------------------------------------------------------------- main
 
 
+def load() -> str:
+    """The machine's load average: timings on a shared machine are only meaningful with it."""
+    return "load average {:.1f} / {:.1f} / {:.1f}".format(*os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="/tmp/spt-bench-batch", help="scratch folder")
@@ -186,7 +195,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    print(f"spt batch benchmark on {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}\n")
+    print(f"spt batch benchmark on {os.cpu_count()} CPUs, {load()}\n")
 
     # 1. one 256x256 movie, read to report
     one = work / "one"
@@ -194,31 +203,34 @@ def main() -> None:
     make_movies(one, 1, shape=preset["shape"], n_frames=preset["n_frames"])
     movie = one / "movie_00.ome.tif"
     n_frames = preset["n_frames"]
-    print("| whole `spt run`, one 256x256 movie | frames | wall s | frames/s | in-run s |")
-    print("|---|---|---|---|---|")
+    print("| whole `spt run`, one 256x256 movie | frames | wall s | frames/s | CPU s | in-run s |")
+    print("|---|---|---|---|---|---|")
     for workers in (1, 2):
         out = work / f"out_one_w{workers}"
         shutil.rmtree(out, ignore_errors=True)
-        wall = timed_run(["run", str(movie), "--out", str(out), "--workers", str(workers)])
+        wall, cpu = timed_run(["run", str(movie), "--out", str(out), "--workers", str(workers)])
         inner = provenance_seconds(out)
         print(
-            f"| --workers {workers} | {n_frames} | {wall:.1f} | {n_frames / wall:.0f} "
+            f"| --workers {workers} | {n_frames} | {wall:.1f} | {n_frames / wall:.0f} | {cpu:.1f} "
             f"| {inner:.1f} ({n_frames / inner:.0f} frames/s) |"
         )
 
+    print(f"({load()})")
     # 2. eight movies, 1 and 2 local workers
     many = make_movies(work / "many", args.movies)
-    print(f"\n| {args.movies} movies (256x256 x 300 frames) | wall s | speed-up |")
-    print("|---|---|---|")
+    print(f"\n| {args.movies} movies (256x256 x 300 frames) | wall s | speed-up | CPU s |")
+    print("|---|---|---|---|")
     walls = {}
     for workers in (1, 2):
         out = work / f"out_many_w{workers}"
         shutil.rmtree(out, ignore_errors=True)
-        walls[workers] = timed_run(
+        walls[workers], cpu = timed_run(
             ["run", str(many), "--out", str(out), "--workers", str(workers), "--quiet"]
         )
-        print(f"| --workers {workers} | {walls[workers]:.1f} | {walls[1] / walls[workers]:.2f}x |")
+        speedup = walls[1] / walls[workers]
+        print(f"| --workers {workers} | {walls[workers]:.1f} | {speedup:.2f}x | {cpu:.0f} |")
 
+    print(f"({load()})")
     # 3. the same through a Dask LocalCluster (2 processes, 1 thread each, loopback)
     from distributed import LocalCluster
 
@@ -230,16 +242,20 @@ def main() -> None:
         out = work / "out_many_dask"
         shutil.rmtree(out, ignore_errors=True)
         address = cluster.scheduler_address
-        wall = timed_run(["run", str(many), "--out", str(out), "--scheduler", address, "--quiet"])
+        wall, _ = timed_run(
+            ["run", str(many), "--out", str(out), "--scheduler", address, "--quiet"]
+        )
     print(
-        f"| Dask LocalCluster, 2 processes | {wall:.1f} | {walls[1] / wall:.2f}x "
-        f"(cluster start {started:.1f} s not included) |"
+        f"| Dask LocalCluster, 2 processes (start {started:.1f} s not included) | {wall:.1f} "
+        f"| {walls[1] / wall:.2f}x | (in the workers) |"
     )
+    print(f"({load()})")
     for other in ("out_many_w2", "out_many_dask"):
         diff = differing_tables(work / "out_many_w1", work / other)
         shown = ", ".join(f"{table} {n}/{args.movies}" for table, n in diff.items())
         print(f"Movies whose tables differ, --workers 1 vs {other}: {shown}")
 
+    print(f"({load()})")
     # 4. peak memory on a big movie
     if args.skip_big:
         return
