@@ -29,7 +29,7 @@ class BatchProgress:
     Notes
     -----
     On a terminal one status line is redrawn in place, e.g.
-    ``[2/8 movies] cell_03 320/600 | cell_04 64/600``, and a permanent line is printed per
+    ``[2/8 movies] | cell_03 320/600 24 frames/s | cell_04 64/600``, and a permanent line per
     finished movie. Otherwise (log files) plain lines are written: one per movie at each quarter
     of its frames, and one per finished movie.
     """
@@ -97,8 +97,11 @@ class BatchProgress:
         parts = [f"[{self.n_done}/{self.n_movies} movies]"]
         for movie, (done, total) in list(self._active.items())[:4]:
             elapsed = time.perf_counter() - self._start.get(movie, time.perf_counter())
-            rate = f" {done / elapsed:.0f} fr/s" if elapsed > 0.5 else ""
-            parts.append(f"{movie} {done}/{total}{rate}")
+            if total and done >= total:
+                state = " linking + analysis"
+            else:
+                state = f" {done / elapsed:.0f} frames/s" if elapsed > 0.5 else ""
+            parts.append(f"{movie} {done}/{total}{state}")
         if len(self._active) > 4:
             parts.append(f"+{len(self._active) - 4} more")
         text = " | ".join(parts)

@@ -347,3 +347,10 @@ def test_movies_are_read_once_in_blocks_of_at_most_chunk_frames(movies):
     np.testing.assert_array_equal(
         result.projection, read_movie(movies / "m3.ome.tif").max_projection()
     )
+
+
+def test_workers_and_scheduler_together_are_refused(movies, tmp_path, capsys):
+    args = ["run", str(movies), "--out", str(tmp_path / "o"), "--workers", "2"]
+    assert main([*args, "--scheduler", "tcp://127.0.0.1:1"]) == 1
+    assert "--scheduler" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
