@@ -29,9 +29,9 @@ class BatchProgress:
     Notes
     -----
     On a terminal one status line is redrawn in place, e.g.
-    ``[2/8 movies] | cell_03 320/600 24 frames/s | cell_04 64/600``, and a permanent line per
-    finished movie. Otherwise (log files) plain lines are written: one per movie at each quarter
-    of its frames, and one per finished movie.
+    ``[2/8 movies] | cell_03 320/600 24 frames/s | cell_04 64/600``, and a permanent line is
+    written per finished movie. Otherwise (log files) plain lines are written: one per movie at
+    each quarter of its frames, and one per finished movie.
     """
 
     def __init__(self, n_movies: int, *, stream: TextIO | None = None, enabled: bool = True):
