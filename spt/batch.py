@@ -504,6 +504,13 @@ def _run_serial(jobs, out, config, workers, scheduler, progress, done) -> None:
 
 
 _WORKER_QUEUE: Any = None
+#: Environment variables that set the thread count of numerical libraries in worker processes.
+_THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+)
 
 
 def _init_worker(queue: Any) -> None:
@@ -526,6 +533,11 @@ def _run_pool(jobs, out, config, workers, scheduler, progress, done) -> None:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["spt.batch"])
     queue = ctx.Queue()
+    # N single-threaded workers on N cores, as Dask's nanny does: numerical libraries that
+    # start one thread per core in every worker would oversubscribe the machine.
+    saved = dict(os.environ)
+    for name in _THREAD_VARIABLES:
+        os.environ.setdefault(name, "1")
 
     def relay() -> None:
         while (msg := queue.get()) is not None:
@@ -560,6 +572,8 @@ def _run_pool(jobs, out, config, workers, scheduler, progress, done) -> None:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
     finally:
+        os.environ.clear()
+        os.environ.update(saved)
         queue.put(None)
         reader.join(timeout=5)
         queue.close()
