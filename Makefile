@@ -36,11 +36,11 @@ system-deps:
 	fi
 
 test: setup system-deps
-	$(BIN)/ruff check spt tests benchmarks
+	$(BIN)/ruff check spt tests $(wildcard benchmarks)
 	xvfb-run -a -s "-screen 0 1280x1024x24" $(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check spt tests benchmarks
+	$(BIN)/ruff check spt tests $(wildcard benchmarks)
 
 # Regenerate the bundled sample movie (fixed seed).
 sample: setup

@@ -184,7 +184,7 @@ def _positive_int(text: str) -> int:
 
 
 def _config(args: argparse.Namespace):
-    from spt.config import OutputConfig, PipelineConfig
+    from spt.config import PipelineConfig
 
     config = PipelineConfig.from_toml(args.config) if args.config else PipelineConfig()
     config = config.with_overrides(args.set) if args.set else config
@@ -203,7 +203,7 @@ def _config(args: argparse.Namespace):
     )
     config = replace(config, movie=movie)
     if getattr(args, "format", None):
-        config = replace(config, output=OutputConfig(table_format=args.format))
+        config = replace(config, output=replace(config.output, table_format=args.format))
     return config
 
 
