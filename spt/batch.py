@@ -435,12 +435,12 @@ def run_batch(
         progress.movie_done(jobs[i].folder, message)
 
     todo_jobs = [jobs[i] for i in todo]
-    if scheduler is not None:
-        runner = _run_dask
-    elif workers > 1 and todo_jobs:
-        runner = _run_pool
-    else:
+    if not todo_jobs or (scheduler is None and workers == 1):
         runner = functools.partial(_run_serial, keep=keep_results)
+    elif scheduler is not None:
+        runner = _run_dask
+    else:
+        runner = _run_pool
     try:
         runner(
             todo_jobs, out, config, workers, scheduler, progress, lambda k, r: finished(todo[k], r)
