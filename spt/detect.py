@@ -750,7 +750,14 @@ def estimate_psf_sigma(
     return sigma
 
 
-def _resolve(frames: np.ndarray, config: DetectConfig) -> tuple[Camera, float]:
+def resolve_camera_and_psf(frames: np.ndarray, config: DetectConfig) -> tuple[Camera, float]:
+    """The camera model and PSF s.d. (px) detection will use: from ``config``, else estimated.
+
+    :func:`locate_movie` estimates them from its first ``config.chunk_frames`` frames; pass the
+    result as ``resolved=`` to detect parts of one movie separately (e.g. in parallel) with
+    exactly the parameters of a single pass.
+    """
+    frames = _check_frames(frames, "frames")
     camera = config.calibrated_camera() or estimate_camera(frames, config.camera)
     sigma = config.psf_sigma_px or estimate_psf_sigma(frames, camera)
     return camera, sigma
@@ -811,6 +818,7 @@ def locate_movie(
     *,
     start_frame: int = 0,
     progress: Callable[[int, int | None], None] | None = None,
+    resolved: tuple[Camera, float] | None = None,
 ) -> pd.DataFrame:
     """Detect and localise spots in every frame of a movie.
 
@@ -830,6 +838,8 @@ def locate_movie(
         Frame number of the first frame.
     progress : callable(n_done, n_total) or None
         Called after each chunk with the number of frames done and the total (None if unknown).
+    resolved : (Camera, float), optional
+        Camera and PSF s.d. from :func:`resolve_camera_and_psf`, instead of estimating them here.
 
     Returns
     -------
@@ -841,8 +851,7 @@ def locate_movie(
     first = next(chunks, None)
     if first is None:
         return empty_table(SPOT_COLUMNS)
-    first_arr = _check_frames(first[1], "frames")
-    camera, sigma = _resolve(first_arr, config)
+    camera, sigma = resolved or resolve_camera_and_psf(first[1], config)
     threads = config.n_threads or (
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     )
@@ -891,6 +900,7 @@ def locate_chunks(
     config: DetectConfig = DetectConfig(),
     *,
     progress: Callable[[int, int | None], None] | None = None,
+    resolved: tuple[Camera, float] | None = None,
 ) -> pd.DataFrame:
     """:func:`locate_movie` over ``(first frame, frames)`` chunks of one movie (e.g.
     :func:`spt.pipeline.array_chunks`), as one movie.
@@ -928,4 +938,4 @@ def locate_chunks(
             expected += len(block)
 
     report = None if progress is None else (lambda done, _total: progress(start + done, None))
-    return locate_movie(frames(), config, start_frame=start, progress=report)
+    return locate_movie(frames(), config, start_frame=start, progress=report, resolved=resolved)
