@@ -4,7 +4,7 @@ Run by hand (not in CI), from the repository root::
 
     python benchmarks/detect_link.py                 # full run (~10-20 min on 2 cores)
     python benchmarks/detect_link.py --quick         # one seed, 256x256 only
-    python benchmarks/detect_link.py --out docs/benchmarks_detect_link.md
+    python benchmarks/detect_link.py --out docs/benchmarks.md
 
 Every movie comes from :func:`spt.simulate.simulate` (blinking QDs, 20-60 um/s flow in a vessel,
 stop-and-go transport, EM-CCD noise). spt and trackpy are scored in the same run with the same
