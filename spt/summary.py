@@ -281,8 +281,11 @@ def _cluster_bootstrap_ci(
     order = np.argsort(values, kind="stable")
     sorted_values, sorted_codes = values[order], codes[order]
     estimates = []
-    for start in range(0, _N_BOOT, 100):
-        b = min(100, _N_BOOT - start)
+    # Resamples are weighted in blocks of at most ~4 million (resample, step) weights, so memory
+    # stays bounded however many steps a batch has.
+    block = int(np.clip(4_000_000 // max(values.size, 1), 1, 100))
+    for start in range(0, _N_BOOT, block):
+        b = min(block, _N_BOOT - start)
         draws = rng.integers(0, k, size=(b, k))
         weights = np.zeros((b, k))
         np.add.at(weights, (np.repeat(np.arange(b), k), draws.ravel()), 1.0)
