@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import tomllib
@@ -305,11 +306,15 @@ def _convert(value: Any, hint: Any, key: str, source: Any) -> Any:
             return value
         raise SptInputError(source, f"{key} must be a whole number, got {value!r}")
     if hint is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and value.strip().lower() in _NON_FINITE:
-            return float(value)  # as written in JSON, e.g. a provenance file
-        raise SptInputError(source, f"{key} must be a number, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str) and value.strip().lower() in _NON_FINITE:
+            number = float(value)  # as written in JSON, e.g. a provenance file
+        if number is None or math.isnan(number):
+            # inf is meaningful for some keys (e.g. a forbidden transition); NaN never is.
+            raise SptInputError(source, f"{key} must be a number, got {value!r}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value

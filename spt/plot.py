@@ -167,7 +167,8 @@ def figure_speed_distributions(steps: pd.DataFrame, velocities: pd.DataFrame) ->
         ax.set_xscale("log")
         ax.set_ylabel(stage.replace("_", "\n"), rotation=0, ha="right", va="center", fontsize=8)
         ax.tick_params(labelsize=7)
-    axes[0].legend(fontsize=7, loc="upper right")
+    if axes[0].get_legend_handles_labels()[0]:  # nothing to label for a movie without tracks
+        axes[0].legend(fontsize=7, loc="upper right")
     axes[-1].set_xlabel("frame-to-frame speed (um/s)")
     fig.suptitle(
         "Speeds per stage: median (black), localisation-noise floor (dashed), "
