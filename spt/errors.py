@@ -24,3 +24,7 @@ class SptInputError(ValueError):
         self.source = None if source is None else os.fspath(source)
         self.problem = problem
         super().__init__(f"{self.source}: {problem}" if self.source else problem)
+
+    def __reduce__(self):
+        # Rebuild from (source, problem), so the error survives pickling between processes.
+        return type(self), (self.source, self.problem)
