@@ -103,10 +103,21 @@ def bandpass_snr(
         ``(smooth - mean) / scale`` and ``scale = sqrt(max(mean, 0) + read_var)``.
     """
     radius = int(3.0 * sigma + 0.5)
+    eff = np.ascontiguousarray(eff, dtype=np.float32)
+    # Frames smaller than the filters (a few-pixel crop) are mirrored out to the filter size.
+    need = max(2 * radius + 1, int(box))
+    pad_y, pad_x = max(0, need - eff.shape[1]), max(0, need - eff.shape[2])
+    if pad_y or pad_x:
+        h, w = eff.shape[1:]
+        padded = np.pad(eff, ((0, 0), (pad_y, pad_y), (pad_x, pad_x)), mode="symmetric")
+        snr, scale = bandpass_snr(padded, sigma, box, read_var)
+        return (
+            np.ascontiguousarray(snr[:, pad_y : pad_y + h, pad_x : pad_x + w]),
+            np.ascontiguousarray(scale[:, pad_y : pad_y + h, pad_x : pad_x + w]),
+        )
     k = np.arange(-radius, radius + 1, dtype=np.float64)
     kern = np.exp(-0.5 * (k / sigma) ** 2)
     kern /= kern.sum()
-    eff = np.ascontiguousarray(eff, dtype=np.float32)
     snr = np.empty(eff.shape, np.float32)
     scale = np.empty(eff.shape, np.float32)
     _bandpass_kernel(eff, kern, int(box), float(read_var), snr, scale)
