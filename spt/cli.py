@@ -1,4 +1,4 @@
-"""Command line: ``spt run``, ``spt classify``, ``spt simulate``.
+"""Command line: ``spt run``, ``spt classify``, ``spt simulate``, ``spt config``.
 
 Bad input ends with one line on standard error naming the file and the problem, and exit code 1.
 """
@@ -6,6 +6,7 @@ Bad input ends with one line on standard error naming the file and the problem, 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -41,8 +42,23 @@ def _add_calibration(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="time between frames in seconds, e.g. 0.0333 for 30 frames/s (overrides metadata)",
     )
-    p.add_argument("--config", metavar="FILE.toml", help="pipeline configuration (see docs/cli.md)")
+    _add_config(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="pipeline configuration (see `spt config --show` and pipelines/*.toml)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one configuration value, e.g. --set detect.threshold=4 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,13 +75,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="track particles in TIFF movies and write per-stage velocity tables",
         description="Detect, link and analyse particles in TIFF/OME-TIFF movies. For each movie "
         "writes OUT/<movie>/{spots,tracks,segments,stage_velocities}.csv, a figure of the tracks "
-        "coloured by delivery stage and the configuration used; plus OUT/stage_velocities.csv "
-        "pooled over all movies and OUT/batch_summary.csv.",
+        "coloured by delivery stage, the configuration used and provenance.json; plus "
+        "OUT/stage_velocities.csv pooled over all movies and OUT/batch_summary.csv. Movies whose "
+        "results are complete for the same input and configuration are skipped on a re-run.",
     )
     run.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="TIFF/OME-TIFF files or folders of them"
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="TIFF/OME-TIFF files, folders of them (searched recursively), quoted glob patterns "
+        "('data/**/*.tif') or list files (.txt, one input per line)",
     )
     run.add_argument("--out", required=True, metavar="DIR", help="folder for the results")
+    run.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes on this machine (default 1); with fewer movies than workers, "
+        "the frames of each movie are split between them",
+    )
+    run.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="send the work to a running Dask distributed scheduler, e.g. tcp://host:8786 "
+        "(workers need spt installed and the same paths)",
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="recompute movies whose results are complete and up to date (default: skip them)",
+    )
+    run.add_argument(
+        "--format",
+        choices=["csv", "parquet"],
+        help="table format (default csv, or [output] table_format of the config)",
+    )
     run.add_argument(
         "--masks",
         metavar="MASKS.tif",
@@ -94,6 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--masks", metavar="MASKS.tif", help="label image (see `spt run --help`)")
     _add_calibration(classify)
 
+    config = sub.add_parser(
+        "config",
+        help="print or write a pipeline configuration (TOML)",
+        description="Print (--show) or write (--write FILE) the configuration: the defaults, or "
+        "a --config file with --set overrides applied, with every parameter documented.",
+    )
+    action = config.add_mutually_exclusive_group(required=True)
+    action.add_argument("--show", action="store_true", help="print the configuration")
+    action.add_argument("--write", metavar="FILE.toml", help="write the configuration to a file")
+    config.add_argument("--force", action="store_true", help="overwrite an existing --write file")
+    _add_config(config)
+
     simulate = sub.add_parser(
         "simulate",
         help="write a simulated movie with masks and ground truth",
@@ -116,59 +173,100 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
 def _config(args: argparse.Namespace):
-    from spt.config import PipelineConfig
+    from spt.config import OutputConfig, PipelineConfig
 
     config = PipelineConfig.from_toml(args.config) if args.config else PipelineConfig()
+    config = config.with_overrides(args.set) if args.set else config
     movie = replace(
         config.movie,
         **{
             k: v
             for k, v in dict(
-                pixel_size_um=args.pixel_size,
-                frame_interval_s=args.frame_interval,
+                pixel_size_um=getattr(args, "pixel_size", None),
+                frame_interval_s=getattr(args, "frame_interval", None),
                 channel=getattr(args, "channel", None),
                 z=getattr(args, "z", None),
             ).items()
             if v is not None
         },
     )
-    return replace(config, movie=movie)
+    config = replace(config, movie=movie)
+    if getattr(args, "format", None):
+        config = replace(config, output=OutputConfig(table_format=args.format))
+    return config
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from spt.pipeline import run
-    from spt.progress import Progress
+    from spt.batch import run_batch
+    from spt.progress import BatchProgress
 
     config = _config(args)
+    if args.scheduler and args.workers > 1:
+        raise SptInputError(
+            "--workers", "give either --workers (this machine) or --scheduler (a Dask cluster)"
+        )
+    progress = BatchProgress(0, enabled=not args.quiet)
 
-    def progress_factory(name: str, total: int):
-        return Progress(total, name, enabled=not args.quiet)
+    def on_error(message: str) -> None:
+        progress.close()
+        print(f"spt: error: {message}", file=sys.stderr)
 
-    def on_error(path: Path, err: Exception) -> None:
-        print(f"spt: error: {err}", file=sys.stderr)
-
-    outcome = run(
+    outcome = run_batch(
         args.inputs,
         args.out,
         config,
         masks_path=args.masks,
-        progress_factory=progress_factory,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        force=args.force,
+        progress=progress,
         on_error=on_error,
     )
+    out = Path(args.out)
     if not args.quiet:
-        for result in outcome.results:
-            print(f"{result.name}: results in {Path(args.out) / result.name}")
-        if outcome.results:
-            print(f"per-stage velocities: {Path(args.out) / 'stage_velocities.csv'}")
-            print(
-                outcome.results[0].analysis.stage_velocities.to_string(index=False)
-                if len(outcome.results) == 1
-                else ""
-            )
+        counts = outcome.summary["status"].value_counts()
+        print(", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "skipped", "failed")), "movie(s)")
+    if not args.quiet and outcome.folders:
+        fmt = config.output.table_format
+        print(f"results in {out}/<movie>/; batch summary: {out / 'batch_summary.csv'}")
+        print(f"per-stage velocities, all movies: {out / f'stage_velocities.{fmt}'}")
+        if len(outcome.summary) == 1:
+            print(outcome.read_table(outcome.folders[0], "stage_velocities").to_string(index=False))
     if outcome.n_failed:
         print(f"spt: {outcome.n_failed} of {len(outcome.summary)} movie(s) failed", file=sys.stderr)
         return EXIT_FAILED
+    return EXIT_OK
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    config = _config(args)
+    text = config.to_toml(comments=True)
+    header = (
+        f"# spt {spt.__version__} pipeline configuration. Use with: spt run ... --config FILE\n"
+        "# Every key is optional: missing keys take the default shown here.\n\n"
+    )
+    if args.show:
+        sys.stdout.write(header + text)
+        return EXIT_OK
+    path = Path(args.write)
+    if path.exists() and not args.force:
+        raise SptInputError(path, "file exists; pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(header + text, encoding="utf-8")
+    os.replace(tmp, path)
+    print(f"configuration written to {path}")
     return EXIT_OK
 
 
@@ -256,7 +354,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``spt`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    handler = {"run": _cmd_run, "classify": _cmd_classify, "simulate": _cmd_simulate}[args.command]
+    handler = {
+        "run": _cmd_run,
+        "classify": _cmd_classify,
+        "simulate": _cmd_simulate,
+        "config": _cmd_config,
+    }[args.command]
     try:
         return handler(args)
     except SptInputError as err:

@@ -1,34 +1,38 @@
 """The straight line from movie to results: read -> detect -> link -> segment -> classify -> export.
 
-The CLI, the batch runner and the napari widget all call these functions.
+The CLI, the batch runner (:mod:`spt.batch`) and the napari widget all call these functions.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import mmap
 import os
 import shutil
+import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-import spt
 from spt.config import PipelineConfig
 from spt.detect import locate_movie
 from spt.errors import SptInputError
-from spt.io import read_masks, read_movie, write_table
+from spt.io import Movie, read_masks, read_movie, write_table
 from spt.link import link
 from spt.plot import plot_tracks_by_stage
-from spt.schema import SPOT_COLUMNS, STAGE_VELOCITY_COLUMNS, TRACK_COLUMNS, empty_table
+from spt.provenance import PROVENANCE_FILE, environment, file_record, now_utc
+from spt.schema import SPOT_COLUMNS, TRACK_COLUMNS, empty_table
 from spt.segment import segment_tracks
 from spt.stages import classify_stages
-from spt.summary import stage_table, stage_velocities, step_speeds
+from spt.summary import stage_velocities
 
 ProgressCallback = Callable[[int, int | None], None]
-MOVIE_SUFFIXES = (".tif", ".tiff")
 
 
 @dataclass
@@ -54,6 +58,8 @@ class MovieResult:
     projection: np.ndarray
     masks: np.ndarray | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    masks_path: Path | None = None
+    metadata_source: dict[str, str] = field(default_factory=dict)
 
 
 def movie_name(path: str | os.PathLike) -> str:
@@ -63,43 +69,6 @@ def movie_name(path: str | os.PathLike) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(path).stem
-
-
-def find_movies(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand files and folders (searched recursively) into a sorted list of TIFF movies.
-
-    Mask files (``*_masks.tif``) inside folders are not movies and are skipped.
-    """
-    movies: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.suffix.lower() in MOVIE_SUFFIXES
-                and not movie_name(p).endswith("_masks")
-                and p.is_file()
-            )
-            if not found:
-                raise SptInputError(path, "folder contains no .tif/.tiff movies")
-            movies.extend(found)
-        elif path.exists():
-            movies.append(path)
-        else:
-            raise SptInputError(path, "no such file or folder")
-    return list(dict.fromkeys(movies))
-
-
-def masks_for(movie_path: Path, masks_path: str | os.PathLike | None) -> Path | None:
-    """The mask file for a movie: the one given, else ``<name>_masks.tif`` beside it, if any."""
-    if masks_path is not None:
-        return Path(masks_path)
-    for suffix in (".tif", ".tiff"):
-        candidate = movie_path.with_name(f"{movie_name(movie_path)}_masks{suffix}")
-        if candidate.exists():
-            return candidate
-    return None
 
 
 def array_chunks(frames: np.ndarray, chunk_frames: int = 64) -> Iterator[tuple[int, np.ndarray]]:
@@ -112,6 +81,23 @@ def array_chunks(frames: np.ndarray, chunk_frames: int = 64) -> Iterator[tuple[i
         if np.issubdtype(chunk.dtype, np.floating) and not np.isfinite(chunk).all():
             raise SptInputError(None, f"frames {start}-{start + len(chunk) - 1} contain NaN or inf")
         yield start, chunk
+
+
+def detect_chunks(
+    chunks: Iterable[tuple[int, np.ndarray]],
+    config: PipelineConfig,
+    *,
+    n_frames: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> pd.DataFrame:
+    """Detect spots in ``(first frame, frames)`` chunks; the spots table in frame order."""
+    tables = []
+    for start, frames in chunks:
+        tables.append(locate_movie(frames, config.detect, start_frame=start))
+        if progress is not None:
+            progress(start + len(frames), n_frames)
+    tables = [t for t in tables if len(t)]
+    return pd.concat(tables, ignore_index=True) if tables else empty_table(SPOT_COLUMNS)
 
 
 def track_frames(
@@ -143,12 +129,7 @@ def track_frames(
     -------
     spots, tracks : DataFrame
     """
-    tables = []
-    for start, frames in chunks:
-        tables.append(locate_movie(frames, config.detect, start_frame=start))
-        if progress is not None:
-            progress(start + len(frames), n_frames)
-    spots = pd.concat(tables, ignore_index=True) if tables else empty_table(SPOT_COLUMNS)
+    spots = detect_chunks(chunks, config, n_frames=n_frames, progress=progress)
     tracks = link(
         spots, config.link, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
     )
@@ -179,37 +160,74 @@ def analyze_tracks(
     return Analysis(staged[columns], segments, velocities)
 
 
-def process_movie(
-    path: str | os.PathLike,
-    config: PipelineConfig = PipelineConfig(),
-    *,
-    masks_path: str | os.PathLike | None = None,
-    progress: ProgressCallback | None = None,
-) -> MovieResult:
-    """Run the whole pipeline on one movie file and return its results (nothing is written)."""
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+def open_movie(path: str | os.PathLike, config: PipelineConfig) -> Movie:
+    """Open a movie lazily with the calibration overrides and channel/plane of ``config.movie``."""
     mc = config.movie
-    movie = read_movie(
+    return read_movie(
         path,
         pixel_size_um=mc.pixel_size_um,
         frame_interval_s=mc.frame_interval_s,
         channel=mc.channel,
         z=mc.z,
     )
+
+
+def process_movie(
+    path: str | os.PathLike,
+    config: PipelineConfig = PipelineConfig(),
+    *,
+    masks_path: str | os.PathLike | None = None,
+    progress: ProgressCallback | None = None,
+    executor: Any = None,
+    n_parts: int | None = None,
+) -> MovieResult:
+    """Run the whole pipeline on one movie file and return its results (nothing is written).
+
+    The movie is read once, ``config.movie.chunk_frames`` frames at a time, so memory stays
+    bounded however long it is.
+
+    Parameters
+    ----------
+    path : path-like
+        TIFF / OME-TIFF movie.
+    config : PipelineConfig
+        All parameters.
+    masks_path : path-like, optional
+        Label image (see :func:`spt.io.read_masks`); stages then follow location.
+    progress : callable, optional
+        ``progress(frames_done, n_frames)`` after each block of frames.
+    executor : concurrent.futures.Executor or dask.distributed.Client, optional
+        Detect frame ranges of this movie in parallel on it (anything with ``submit(fn, *args)``
+        returning futures with ``result()``). Ranges follow the same chunk boundaries as a serial
+        run, so the spots are identical; linking and analysis then run here.
+    n_parts : int, optional
+        Number of frame ranges for ``executor`` (default: 4 per CPU of this machine).
+    """
+    t0 = time.perf_counter()
+    movie = open_movie(path, config)
     masks = None
     if masks_path is not None:
         masks = read_masks(masks_path, shape=movie.shape, n_frames=movie.n_frames)
     t1 = time.perf_counter()
-    spots, tracks = track_frames(
-        movie.iter_chunks(),
-        config,
-        n_frames=movie.n_frames,
+    if executor is None:
+        projection = np.full(movie.shape, -np.inf, dtype=np.float32)
+        spots = detect_chunks(
+            _stream(movie, config.movie.chunk_frames, projection),
+            config,
+            n_frames=movie.n_frames,
+            progress=progress,
+        )
+    else:
+        parts = n_parts or 4 * (os.cpu_count() or 1)
+        spots, projection = _detect_parallel(movie, config, executor, parts, progress)
+    t2 = time.perf_counter()
+    tracks = link(
+        spots,
+        config.link,
         pixel_size_um=movie.pixel_size_um,
         frame_interval_s=movie.frame_interval_s,
-        progress=progress,
     )
-    t2 = time.perf_counter()
+    t3 = time.perf_counter()
     analysis = analyze_tracks(
         tracks,
         config,
@@ -217,8 +235,7 @@ def process_movie(
         frame_interval_s=movie.frame_interval_s,
         masks=masks,
     )
-    t3 = time.perf_counter()
-    timings.update(read=t1 - t0, detect_link=t2 - t1, analyze=t3 - t2)
+    t4 = time.perf_counter()
     return MovieResult(
         name=movie_name(path),
         source=Path(path),
@@ -227,30 +244,158 @@ def process_movie(
         pixel_size_um=movie.pixel_size_um,
         frame_interval_s=movie.frame_interval_s,
         n_frames=movie.n_frames,
-        projection=movie.max_projection(),
+        projection=projection,
         masks=masks,
-        timings_s=timings,
+        timings_s=dict(read=t1 - t0, detect=t2 - t1, link=t3 - t2, analyze=t4 - t3),
+        masks_path=None if masks_path is None else Path(masks_path),
+        metadata_source=dict(movie.metadata_source),
     )
 
 
-def write_results(result: MovieResult, out_dir: str | os.PathLike, config: PipelineConfig) -> Path:
-    """Write one movie's tables, figure and config to ``out_dir/<name>/``, all or nothing.
+def frame_ranges(n_frames: int, chunk_frames: int, n_parts: int) -> list[tuple[int, int]]:
+    """Split ``n_frames`` into at most ``n_parts`` ranges ``[start, stop)`` of whole chunks."""
+    n_chunks = -(-n_frames // chunk_frames)
+    n_parts = max(1, min(n_parts, n_chunks))
+    bounds = np.linspace(0, n_chunks, n_parts + 1).round().astype(int) * chunk_frames
+    bounds[-1] = n_frames
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def _stream(movie: Movie, chunk_frames: int, projection: np.ndarray):
+    """Yield the movie's chunks, updating the max ``projection`` and releasing mapped pages."""
+    for start, block in movie.iter_chunks(chunk_frames):
+        np.maximum(projection, block.max(axis=0), out=projection)
+        yield start, block
+        _release_mapped_pages(movie.frames)
+
+
+def _release_mapped_pages(frames: Any) -> None:
+    """Unmap pages of a memory-mapped movie that have been read.
+
+    Read pages of a file mapping stay in the process (and count in its resident memory) until
+    unmapped; dropping them after each chunk keeps a movie larger than RAM within bounded memory.
+    They remain in the OS page cache, so nothing is read twice from disk.
+    """
+    mapping = getattr(frames, "_mmap", None)
+    if isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mapping.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
+
+
+class _FrameRange:
+    """Frames ``[start, stop)`` of a lazy ``(T, Y, X)`` array, still lazy."""
+
+    ndim = 3
+
+    def __init__(self, frames: Any, start: int, stop: int):
+        self._frames, self._start = frames, start
+        self.dtype = frames.dtype
+        self.shape = (stop - start, *frames.shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        a, b, step = key.indices(self.shape[0])
+        return self._frames[self._start + a : self._start + b : step]
+
+
+@dataclass(frozen=True)
+class _RangeFailure:
+    """An input error raised in a worker, returned as a value (it pickles reliably)."""
+
+    source: str | None
+    problem: str
+
+
+def _detect_range(
+    path: str | os.PathLike, config: PipelineConfig, start: int, stop: int
+) -> tuple[pd.DataFrame, np.ndarray] | _RangeFailure:
+    """Spots and max projection of frames ``[start, stop)`` of a movie (a worker task)."""
+    try:
+        movie = open_movie(path, config)
+        part = dataclasses.replace(movie, frames=_FrameRange(movie.frames, start, stop))
+        projection = np.full(movie.shape, -np.inf, dtype=np.float32)
+        chunks = (
+            (start + s, block) for s, block in _stream(part, config.movie.chunk_frames, projection)
+        )
+        spots = detect_chunks(chunks, config)
+        _release_mapped_pages(movie.frames)
+    except SptInputError as err:
+        return _RangeFailure(err.source, err.problem)
+    return spots, projection
+
+
+def _detect_parallel(
+    movie: Movie,
+    config: PipelineConfig,
+    executor: Any,
+    n_parts: int,
+    progress: ProgressCallback | None,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    ranges = frame_ranges(movie.n_frames, config.movie.chunk_frames, n_parts)
+    futures = [executor.submit(_detect_range, movie.path, config, a, b) for a, b in ranges]
+    tables, projection = [], np.full(movie.shape, -np.inf, dtype=np.float32)
+    for (_, stop), future in zip(ranges, futures, strict=True):
+        outcome = future.result()
+        if isinstance(outcome, _RangeFailure):
+            raise SptInputError(outcome.source, outcome.problem)
+        spots, part = outcome
+        tables.append(spots)
+        np.maximum(projection, part, out=projection)
+        if progress is not None:
+            progress(stop, movie.n_frames)
+    tables = [t for t in tables if len(t)]
+    spots = pd.concat(tables, ignore_index=True) if tables else empty_table(SPOT_COLUMNS)
+    return spots, projection
+
+
+def write_results(
+    result: MovieResult,
+    out_dir: str | os.PathLike,
+    config: PipelineConfig,
+    *,
+    timings_s: dict[str, float] | None = None,
+) -> Path:
+    """Write one movie's tables, figure, config and provenance to ``out_dir/<name>/``, atomically.
 
     Everything is written into a hidden temporary folder that is renamed into place when
-    complete, so an interrupted run never leaves a partial result folder.
+    complete, so an interrupted run never leaves a partial result folder. ``provenance.json``
+    (input size and hash, configuration, versions, timings, outputs) is written last.
+
+    Parameters
+    ----------
+    result : MovieResult
+        What :func:`process_movie` returned.
+    out_dir : path-like
+        Parent folder; the results go to ``out_dir/<result.name>/``.
+    config : PipelineConfig
+        The configuration used (tables are written as ``config.output.table_format``).
+    timings_s : dict, optional
+        Extra timings (s) to record besides ``result.timings_s``.
     """
+    t0 = time.perf_counter()
+    inputs = {
+        "movie": file_record(result.source),
+        "masks": None if result.masks_path is None else file_record(result.masks_path),
+    }
+    t_hash = time.perf_counter() - t0
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     final = out / result.name
-    tmp = out / f".{result.name}.partial-{os.getpid()}"
+    tmp = out / f".{result.name}{TEMP_MARK}{socket.gethostname()}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
+        ext = "." + config.output.table_format
         a = result.analysis
-        write_table(result.spots, tmp / "spots.csv")
-        write_table(a.tracks, tmp / "tracks.csv")
-        write_table(a.segments, tmp / "segments.csv")
-        write_table(a.stage_velocities, tmp / "stage_velocities.csv")
+        write_table(result.spots, tmp / f"spots{ext}")
+        write_table(a.tracks, tmp / f"tracks{ext}")
+        write_table(a.segments, tmp / f"segments{ext}")
+        write_table(a.stage_velocities, tmp / f"stage_velocities{ext}")
+
         plot_tracks_by_stage(
             result.projection,
             a.tracks,
@@ -259,13 +404,17 @@ def write_results(result: MovieResult, out_dir: str | os.PathLike, config: Pipel
             masks=result.masks,
             title=f"{result.name}: tracks by delivery stage",
         )
+
         (tmp / "config.toml").write_text(
-            f"# spt {spt.__version__} on {result.source}\n"
+            f"# spt {environment()['spt']} on {result.source}\n"
             f"# pixel_size_um = {result.pixel_size_um}, "
             f"frame_interval_s = {result.frame_interval_s}\n" + config.to_toml()
         )
+        timings = {**result.timings_s, **(timings_s or {}), "hash_inputs": t_hash}
+        timings["write"] = time.perf_counter() - t0 - t_hash
+        _write_provenance(tmp, result, config, inputs, timings)
         if final.exists():
-            old = out / f".{result.name}.old-{os.getpid()}"
+            old = out / f".{result.name}{OLD_MARK}{socket.gethostname()}-{os.getpid()}"
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -277,85 +426,42 @@ def write_results(result: MovieResult, out_dir: str | os.PathLike, config: Pipel
     return final
 
 
-@dataclass
-class BatchOutcome:
-    """Per-movie status of a batch run and the results that succeeded."""
-
-    summary: pd.DataFrame
-    results: list[MovieResult]
-
-    @property
-    def n_failed(self) -> int:
-        return int((self.summary["status"] != "ok").sum()) if len(self.summary) else 0
+#: Markers in the names of hidden temporary folders (``.<name><mark><host>-<pid>``).
+TEMP_MARK, OLD_MARK = ".partial-", ".old-"
 
 
-def run(
-    inputs: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    config: PipelineConfig = PipelineConfig(),
-    *,
-    masks_path: str | os.PathLike | None = None,
-    progress_factory: Callable[[str, int], ProgressCallback] | None = None,
-    on_error: Callable[[Path, Exception], None] | None = None,
-) -> BatchOutcome:
-    """Process movies and write their results; one bad movie does not stop the others.
-
-    Writes ``out_dir/<movie>/`` per movie, and when at least one movie succeeded, the batch
-    tables ``out_dir/stage_velocities.csv`` (all movies pooled) and ``out_dir/batch_summary.csv``.
-    """
-    movies = find_movies(inputs)
-    rows, results = [], []
-    for path in movies:
-        t0 = time.perf_counter()
-        try:
-            progress = progress_factory(movie_name(path), 0) if progress_factory else None
-            result = process_movie(
-                path, config, masks_path=masks_for(path, masks_path), progress=progress
-            )
-            folder = write_results(result, out_dir, config)
-        except (SptInputError, OSError) as err:
-            if on_error is not None:
-                on_error(path, err)
-            rows.append(dict(movie=str(path), status="failed", error=str(err)))
-            continue
-        results.append(result)
-        a = result.analysis
-        rows.append(
-            dict(
-                movie=str(path),
-                status="ok",
-                error="",
-                output=str(folder),
-                n_frames=result.n_frames,
-                n_spots=len(result.spots),
-                n_tracks=int(a.tracks["particle"].nunique()) if len(a.tracks) else 0,
-                n_segments=len(a.segments),
-                seconds=round(time.perf_counter() - t0, 3),
-            )
-        )
-    summary = pd.DataFrame(rows)
-    if results:
-        write_table(pooled_stage_velocities(results), Path(out_dir) / "stage_velocities.csv")
-        write_table(summary, Path(out_dir) / "batch_summary.csv")
-    return BatchOutcome(summary, results)
-
-
-def pooled_stage_velocities(results: Sequence[MovieResult]) -> pd.DataFrame:
-    """Per-stage table over several movies: step speeds pooled, particles counted per movie."""
-    steps, segments = [], []
-    for k, r in enumerate(results):
-        a = r.analysis
-        if a.tracks.empty:
-            continue
-        s = step_speeds(
-            a.tracks, pixel_size_um=r.pixel_size_um, frame_interval_s=r.frame_interval_s
-        )
-        steps.append(s.assign(particle=list(zip([k] * len(s), s["particle"], strict=True))))
-        segments.append(
-            a.segments.assign(
-                particle=list(zip([k] * len(a.segments), a.segments["particle"], strict=True))
-            )
-        )
-    if not steps:
-        return empty_table(STAGE_VELOCITY_COLUMNS)
-    return stage_table(pd.concat(steps, ignore_index=True), pd.concat(segments, ignore_index=True))
+def _write_provenance(
+    folder: Path,
+    result: MovieResult,
+    config: PipelineConfig,
+    inputs: dict[str, Any],
+    timings: dict[str, float],
+) -> None:
+    a = result.analysis
+    outputs = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+    record = {
+        "movie": result.name,
+        "created_utc": now_utc(),
+        "inputs": inputs,
+        "calibration": {
+            "pixel_size_um": result.pixel_size_um,
+            "frame_interval_s": result.frame_interval_s,
+            "source": result.metadata_source,
+        },
+        "n_frames": result.n_frames,
+        "frame_shape": list(result.projection.shape),
+        "counts": {
+            "n_spots": len(result.spots),
+            "n_tracks": int(a.tracks["particle"].nunique()) if len(a.tracks) else 0,
+            "n_segments": len(a.segments),
+        },
+        "config_digest": config.digest(),
+        "config": config.to_dict(),
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+        "environment": environment(),
+        "outputs": outputs,
+    }
+    text = json.dumps(record, indent=2, allow_nan=False, default=str)
+    tmp = folder / f".{PROVENANCE_FILE}.tmp"
+    tmp.write_text(text + "\n", encoding="utf-8")
+    os.replace(tmp, folder / PROVENANCE_FILE)

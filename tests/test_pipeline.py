@@ -6,8 +6,9 @@ import pytest
 from conftest import SAMPLE, SAMPLE_MASKS
 from scipy.spatial import cKDTree
 
+from spt.batch import find_movies, run_batch
 from spt.config import PipelineConfig
-from spt.pipeline import find_movies, movie_name, process_movie, run
+from spt.pipeline import movie_name, process_movie
 from spt.schema import (
     SEGMENT_COLUMNS,
     SPOT_COLUMNS,
@@ -21,7 +22,7 @@ from spt.schema import (
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    outcome = run([SAMPLE], out, PipelineConfig(), masks_path=SAMPLE_MASKS)
+    outcome = run_batch([SAMPLE], out, PipelineConfig(), masks_path=SAMPLE_MASKS)
     return out, outcome
 
 
@@ -45,7 +46,7 @@ def test_writes_the_four_tables_with_design_columns(sample_run):
 
 def test_detections_match_ground_truth(sample_run, sample_truth):
     _, outcome = sample_run
-    spots = outcome.results[0].spots
+    spots = outcome.read_table("sample", "spots")
     visible = sample_truth[sample_truth["visible"]]
     # Slow particles (not in flow) should be found and localised well.
     slow = visible[visible["stage"] != "circulation"]
@@ -63,7 +64,7 @@ def test_detections_match_ground_truth(sample_run, sample_truth):
 
 def test_tracks_carry_states_and_stages(sample_run):
     _, outcome = sample_run
-    tracks = outcome.results[0].analysis.tracks
+    tracks = outcome.read_table("sample", "tracks")
     assert set(tracks["state"]) <= set(STATES)
     assert set(tracks["stage"]) <= set(STAGES)
     assert tracks.groupby(["particle", "frame"]).size().max() == 1
@@ -71,7 +72,7 @@ def test_tracks_carry_states_and_stages(sample_run):
 
 def test_stage_table_has_the_stages_of_the_ground_truth(sample_run, sample_truth):
     _, outcome = sample_run
-    table = outcome.results[0].analysis.stage_velocities
+    table = outcome.read_table("sample", "stage_velocities")
     # Every stage that holds at least 5% of the true points must be reported.
     share = sample_truth["stage"].value_counts(normalize=True)
     assert set(share[share > 0.05].index) <= set(table["stage"])
@@ -94,5 +95,7 @@ def test_find_movies_expands_folders_and_skips_masks(tmp_path):
     for name in ("a/m1.tif", "a/m1_masks.tif", "m2.ome.tiff", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
     found = find_movies([tmp_path])
-    assert [p.name for p in found] == ["m1.tif", "m2.ome.tiff"]
+    assert [job.path.name for job in found] == ["m1.tif", "m2.ome.tiff"]
+    assert [job.folder for job in found] == ["a/m1", "m2"]
+    assert found[0].masks == tmp_path / "a" / "m1_masks.tif"
     assert movie_name("x/m2.ome.tiff") == "m2"

@@ -1,0 +1,279 @@
+"""Batch speed and memory benchmark for ``spt run`` (run by hand; results in docs/benchmarks.md).
+
+Prints, on generated movies:
+
+1. whole ``spt run`` (read to report) on one 256x256 movie: frames/s, 1 and 2 workers;
+2. wall time of 8 movies with ``--workers 1`` and ``--workers 2`` (speed-up);
+3. the same 8 movies through a Dask ``LocalCluster`` (2 worker processes on loopback);
+4. peak resident memory of ``spt run`` on a ~2 GB uint16 movie (repeated simulated frames),
+   against a 1/8-length movie of the same frames;
+5. whether the tables of 1 worker, 2 workers and Dask are identical.
+
+Usage::
+
+    python benchmarks/batch.py [--work DIR] [--big-gb 2.0] [--skip-big]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tifffile
+
+from spt.simulate import PRESETS, SimulationConfig, simulate, write_simulation
+
+TABLES = ("spots", "tracks", "segments", "stage_velocities")
+
+
+def spt_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "spt.cli", *args]
+
+
+def timed_run(args: list[str]) -> tuple[float, float]:
+    """Wall time and CPU time (s) of one ``spt`` command and the processes it waited for."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    res = subprocess.run(spt_command(*args), capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise RuntimeError(f"spt {' '.join(args)} failed:\n{res.stderr}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return wall, cpu
+
+
+def make_movies(folder: Path, n: int, *, shape=(256, 256), n_frames=300, particles=40) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        name = f"movie_{k:02d}"
+        if not (folder / f"{name}.ome.tif").exists():
+            cfg = SimulationConfig(
+                shape=shape, n_frames=n_frames, n_particles=particles, n_cells=4, seed=100 + k
+            )
+            write_simulation(simulate(cfg), folder, name)
+    return folder
+
+
+def differing_tables(a: Path, b: Path) -> dict[str, int]:
+    """For each table kind, the number of movies whose tables differ between runs ``a``, ``b``."""
+    counts = dict.fromkeys(TABLES, 0)
+    for folder in sorted(p for p in a.iterdir() if p.is_dir()):
+        for table in TABLES:
+            left = pd.read_csv(folder / f"{table}.csv")
+            right = pd.read_csv(b / folder.name / f"{table}.csv")
+            counts[table] += not left.equals(right)
+    return counts
+
+
+def provenance_seconds(out: Path) -> float:
+    import json
+
+    total = 0.0
+    for prov in out.rglob("provenance.json"):
+        t = json.loads(prov.read_text())["timings_s"]
+        total += sum(v for k, v in t.items())
+    return total
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+class PeakMemory:
+    """Sample the resident memory (anonymous and file-backed) of a process tree."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.peak = {"total": 0, "anon": 0, "file": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _tree(self) -> list[int]:
+        pids, frontier = [self.pid], [self.pid]
+        while frontier:
+            pid = frontier.pop()
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                continue
+            pids += map(int, children)
+            frontier += map(int, children)
+        return pids
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in self._tree():
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+                kb = {k: int(fields.get(k, "0 kB").split()[0]) for k in ("RssAnon", "RssFile")}
+                sample = {
+                    "total": (kb["RssAnon"] + kb["RssFile"]) * 1024,
+                    "anon": kb["RssAnon"] * 1024,
+                    "file": kb["RssFile"] * 1024,
+                }
+                for key, value in sample.items():
+                    self.peak[key] = max(self.peak[key], value)
+            time.sleep(0.1)
+
+
+def write_big_movie(path: Path, source: Path, target_bytes: float) -> int:
+    """A uint16 ImageJ TIFF of ``target_bytes`` made by repeating ``source``'s frames."""
+    frames = tifffile.imread(source)
+    n = int(np.ceil(target_bytes / frames[0].nbytes))
+    if path.exists() and path.stat().st_size >= target_bytes:
+        return n
+
+    def pages():
+        for i in range(n):
+            yield frames[i % len(frames)]
+
+    tmp = path.with_name(path.name + ".tmp")
+    tifffile.imwrite(
+        tmp,
+        pages(),
+        shape=(n, *frames.shape[1:]),
+        dtype=frames.dtype,
+        imagej=True,
+        resolution=(5.0, 5.0),
+        metadata={"axes": "TYX", "unit": "um", "finterval": 1 / 30},
+    )
+    os.replace(tmp, path)
+    return n
+
+
+def peak_memory_run(movie: Path, out: Path, *extra: str) -> tuple[float, dict[str, int]]:
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        spt_command("run", str(movie), "--out", str(out), "--quiet", *extra),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with PeakMemory(proc.pid) as mem:
+        _, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(err)
+    peak = dict(mem.peak)
+    peak["ru_maxrss"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return time.perf_counter() - t0, peak
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def load() -> str:
+    """The machine's load average: timings on a shared machine are only meaningful with it."""
+    return "load average {:.1f} / {:.1f} / {:.1f}".format(*os.getloadavg())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default="/tmp/spt-bench-batch", help="scratch folder")
+    parser.add_argument("--big-gb", type=float, default=2.0, help="size of the big movie, GB")
+    parser.add_argument("--skip-big", action="store_true", help="skip the big-movie memory test")
+    parser.add_argument("--movies", type=int, default=8)
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"spt batch benchmark on {os.cpu_count()} CPUs, {load()}\n")
+
+    # 1. one 256x256 movie, read to report
+    one = work / "one"
+    preset = PRESETS["benchmark"]
+    make_movies(one, 1, shape=preset["shape"], n_frames=preset["n_frames"])
+    movie = one / "movie_00.ome.tif"
+    n_frames = preset["n_frames"]
+    print("| whole `spt run`, one 256x256 movie | frames | wall s | frames/s | CPU s | in-run s |")
+    print("|---|---|---|---|---|---|")
+    for workers in (1, 2):
+        out = work / f"out_one_w{workers}"
+        shutil.rmtree(out, ignore_errors=True)
+        wall, cpu = timed_run(["run", str(movie), "--out", str(out), "--workers", str(workers)])
+        inner = provenance_seconds(out)
+        print(
+            f"| --workers {workers} | {n_frames} | {wall:.1f} | {n_frames / wall:.0f} | {cpu:.1f} "
+            f"| {inner:.1f} ({n_frames / inner:.0f} frames/s) |"
+        )
+
+    print(f"({load()})")
+    # 2. eight movies, 1 and 2 local workers
+    many = make_movies(work / "many", args.movies)
+    print(f"\n| {args.movies} movies (256x256 x 300 frames) | wall s | speed-up | CPU s |")
+    print("|---|---|---|---|")
+    walls = {}
+    for workers in (1, 2):
+        out = work / f"out_many_w{workers}"
+        shutil.rmtree(out, ignore_errors=True)
+        walls[workers], cpu = timed_run(
+            ["run", str(many), "--out", str(out), "--workers", str(workers), "--quiet"]
+        )
+        speedup = walls[1] / walls[workers]
+        print(f"| --workers {workers} | {walls[workers]:.1f} | {speedup:.2f}x | {cpu:.0f} |")
+
+    print(f"({load()})")
+    # 3. the same through a Dask LocalCluster (2 processes, 1 thread each, loopback)
+    from distributed import LocalCluster
+
+    t0 = time.perf_counter()
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        started = time.perf_counter() - t0
+        out = work / "out_many_dask"
+        shutil.rmtree(out, ignore_errors=True)
+        address = cluster.scheduler_address
+        wall, _ = timed_run(
+            ["run", str(many), "--out", str(out), "--scheduler", address, "--quiet"]
+        )
+    print(
+        f"| Dask LocalCluster, 2 processes (start {started:.1f} s not included) | {wall:.1f} "
+        f"| {walls[1] / wall:.2f}x | (in the workers) |"
+    )
+    print(f"({load()})")
+    for other in ("out_many_w2", "out_many_dask"):
+        diff = differing_tables(work / "out_many_w1", work / other)
+        shown = ", ".join(f"{table} {n}/{args.movies}" for table, n in diff.items())
+        print(f"Movies whose tables differ, --workers 1 vs {other}: {shown}")
+
+    print(f"({load()})")
+    # 4. peak memory on a big movie
+    if args.skip_big:
+        return
+    big = work / "big.tif"
+    small = work / "big_eighth.tif"
+    write_big_movie(big, movie, args.big_gb * 1e9)
+    write_big_movie(small, movie, args.big_gb * 1e9 / 8)
+    print("\n| movie | frames | file GB | wall s | peak RSS MB | anon MB | file-backed MB |")
+    print("|---|---|---|---|---|---|---|")
+    for path in (small, big):
+        wall, peak = peak_memory_run(path, work / f"out_{path.stem}")
+        frames = tifffile.TiffFile(path).series[0].shape[0]
+        print(
+            f"| {path.name} | {frames} | {path.stat().st_size / 1e9:.2f} | {wall:.0f} "
+            f"| {peak['total'] / 2**20:.0f} | {peak['anon'] / 2**20:.0f} "
+            f"| {peak['file'] / 2**20:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,640 @@
+"""Batch runs: many movies, resumable, on one machine's cores or on a Dask cluster.
+
+Finds the movies (files, folders, glob patterns, list files), skips those whose results are
+complete and up to date, runs :func:`spt.pipeline.process_movie` on the rest (in this process,
+in a local process pool, or through ``dask.distributed``) and writes a batch summary.
+"""
+
+from __future__ import annotations
+
+import glob
+import multiprocessing
+import os
+import shutil
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spt.config import PipelineConfig
+from spt.errors import SptInputError
+from spt.io import write_table
+from spt.pipeline import OLD_MARK, TEMP_MARK, movie_name, process_movie, write_results
+from spt.progress import BatchProgress
+from spt.provenance import read_provenance, up_to_date
+from spt.schema import STAGE_VELOCITY_COLUMNS, empty_table
+from spt.summary import stage_table, step_speeds
+
+__all__ = [
+    "BatchOutcome",
+    "MovieJob",
+    "SUMMARY_COLUMNS",
+    "find_movies",
+    "pooled_stage_velocities",
+    "process_one",
+    "run_batch",
+]
+
+MOVIE_SUFFIXES = (".tif", ".tiff")
+#: A file with one input (file, folder or glob pattern) per line.
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+#: Columns of ``batch_summary.csv``; status is ``ok`` (processed now), ``skipped`` (results
+#: already complete for this input and configuration) or ``failed``.
+SUMMARY_COLUMNS = (
+    "movie",
+    "output",
+    "status",
+    "error",
+    "n_frames",
+    "n_spots",
+    "n_tracks",
+    "n_segments",
+    "seconds",
+)
+ReportFrames = Callable[[str, int, int | None], None]
+
+
+@dataclass(frozen=True)
+class MovieJob:
+    """One movie of a batch.
+
+    Attributes
+    ----------
+    path : Path
+        The movie file.
+    folder : str
+        Its result folder relative to the output folder (``/``-separated): the movie's name,
+        under the sub-folders it had inside an input folder or below a glob pattern's root.
+    masks : Path or None
+        Its mask image, if any.
+    """
+
+    path: Path
+    folder: str
+    masks: Path | None = None
+
+
+# ----------------------------------------------------------------------------- finding movies
+
+
+def _is_movie(path: Path) -> bool:
+    return (
+        path.suffix.lower() in MOVIE_SUFFIXES
+        and not movie_name(path).endswith("_masks")
+        and not path.name.startswith(".")
+        and path.is_file()
+    )
+
+
+def _has_magic(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def _expand(item: Path, depth: int = 0) -> list[tuple[Path, str]]:
+    """``(movie, result folder)`` pairs for one input: file, folder, glob pattern or list file."""
+    text = str(item)
+    if not item.exists() and _has_magic(text):
+        parts = item.parts
+        fixed = next(i for i, p in enumerate(parts) if _has_magic(p))
+        root = Path(*parts[:fixed]) if fixed else Path(".")
+        found = sorted(Path(p) for p in glob.glob(text, recursive=True))
+        movies = [p for p in found if _is_movie(p)]
+        if not movies:
+            raise SptInputError(item, "pattern matches no .tif/.tiff movies")
+        return [(p, _relative_folder(p, root)) for p in movies]
+    if item.is_dir():
+        movies = sorted(
+            p
+            for p in item.rglob("*")
+            if _is_movie(p) and not any(part.startswith(".") for part in p.relative_to(item).parts)
+        )
+        if not movies:
+            raise SptInputError(item, "folder contains no .tif/.tiff movies")
+        return [(p, _relative_folder(p, item)) for p in movies]
+    if item.is_file() and item.suffix.lower() in LIST_SUFFIXES:
+        if depth > 0:
+            raise SptInputError(item, "a list file may not name another list file")
+        pairs = []
+        for line in item.read_text(encoding="utf-8").splitlines():
+            entry = line.split("#", 1)[0].strip()
+            if entry:
+                path = Path(entry).expanduser()
+                pairs.extend(_expand(path if path.is_absolute() else item.parent / path, 1))
+        if not pairs:
+            raise SptInputError(item, "list file names no movies")
+        return pairs
+    if item.exists():
+        return [(item, movie_name(item))]
+    raise SptInputError(item, "no such file or folder")
+
+
+def _relative_folder(movie: Path, root: Path) -> str:
+    parent = movie.parent.relative_to(root).as_posix()
+    return movie_name(movie) if parent in ("", ".") else f"{parent}/{movie_name(movie)}"
+
+
+def find_movies(
+    inputs: Sequence[str | os.PathLike], *, masks_path: str | os.PathLike | None = None
+) -> list[MovieJob]:
+    """Expand inputs into the batch's movies, in input order.
+
+    Parameters
+    ----------
+    inputs : sequence of path-like
+        Movie files; folders (searched recursively, hidden folders skipped); glob patterns such
+        as ``data/**/*.tif`` (quoted, so that spt expands them); list files (``.txt``, ``.lst``,
+        ``.list``) naming one input per line (relative to the list file; ``#`` starts a comment).
+        Files named ``*_masks.tif`` are masks, not movies.
+    masks_path : path-like, optional
+        One mask image for every movie; by default ``<movie>_masks.tif`` beside each movie.
+
+    Returns
+    -------
+    list of MovieJob
+        Each movie once. Movies inside a folder (or below a pattern's fixed root) keep their
+        sub-folders in the result folder name, so ``day1/cell.tif`` and ``day2/cell.tif`` do not
+        collide.
+
+    Raises
+    ------
+    SptInputError
+        A missing input, an empty folder or pattern, or two movies that would share a result
+        folder.
+    """
+    jobs: list[MovieJob] = []
+    seen: dict[Path, None] = {}
+    owner: dict[str, Path] = {}
+    for item in inputs:
+        for path, folder in _expand(Path(item).expanduser()):
+            key = path.resolve()
+            if key in seen:
+                continue
+            seen[key] = None
+            if folder in owner:
+                raise SptInputError(
+                    path,
+                    f"would write its results to the same folder {folder}/ as {owner[folder]}; "
+                    "rename one, or give their common parent folder as input",
+                )
+            owner[folder] = path
+            jobs.append(MovieJob(path, folder, _masks_for(path, masks_path)))
+    return jobs
+
+
+def _masks_for(movie: Path, masks_path: str | os.PathLike | None) -> Path | None:
+    """The given mask file, else ``<name>_masks.tif`` beside the movie if it exists."""
+    if masks_path is not None:
+        return Path(masks_path)
+    for suffix in (".tif", ".tiff"):
+        candidate = movie.with_name(f"{movie_name(movie)}_masks{suffix}")
+        if candidate.exists():
+            return candidate
+    return None
+
+
+# ----------------------------------------------------------------------------- one movie
+
+
+def process_one(
+    job: MovieJob,
+    out_dir: str | os.PathLike,
+    config: PipelineConfig,
+    *,
+    report: ReportFrames | None = None,
+    executor: Any = None,
+    n_parts: int | None = None,
+) -> dict[str, Any]:
+    """Process one movie and write its results; never raises for a bad movie.
+
+    This is the unit of work sent to local workers and Dask workers (only paths and the
+    configuration travel, never frames).
+
+    Returns
+    -------
+    dict
+        A row of the batch summary (:data:`SUMMARY_COLUMNS`), plus ``traceback`` for an
+        unexpected error.
+    """
+    t0 = time.perf_counter()
+    folder = Path(out_dir) / job.folder
+    row: dict[str, Any] = {"movie": str(job.path), "output": str(folder), "error": ""}
+
+    def progress(done: int, total: int | None) -> None:
+        if report is not None:
+            report(job.folder, done, total)
+
+    try:
+        result = process_movie(
+            job.path,
+            config,
+            masks_path=job.masks,
+            progress=progress,
+            executor=executor,
+            n_parts=n_parts,
+        )
+        write_results(result, folder.parent, config)
+    except (SptInputError, OSError) as err:
+        return {**row, "status": "failed", "error": str(err), "seconds": _since(t0)}
+    except Exception as err:  # noqa: BLE001 - one movie's bug must not end a batch of hundreds
+        return {
+            **row,
+            "status": "failed",
+            "error": f"{job.path}: internal error: {type(err).__name__}: {err}",
+            "traceback": traceback.format_exc(),
+            "seconds": _since(t0),
+        }
+    tracks = result.analysis.tracks
+    return {
+        **row,
+        "status": "ok",
+        "n_frames": result.n_frames,
+        "n_spots": len(result.spots),
+        "n_tracks": int(tracks["particle"].nunique()) if len(tracks) else 0,
+        "n_segments": len(result.analysis.segments),
+        "seconds": _since(t0),
+    }
+
+
+def _since(t0: float) -> float:
+    return round(time.perf_counter() - t0, 3)
+
+
+def _skipped_row(job: MovieJob, folder: Path) -> dict[str, Any]:
+    prov = read_provenance(folder) or {}
+    return {
+        "movie": str(job.path),
+        "output": str(folder),
+        "status": "skipped",
+        "error": "",
+        "n_frames": prov.get("n_frames"),
+        **prov.get("counts", {}),
+        "seconds": 0.0,
+    }
+
+
+# ----------------------------------------------------------------------------- the batch
+
+
+@dataclass
+class BatchOutcome:
+    """What a batch did: one summary row per movie, and where the results are."""
+
+    summary: pd.DataFrame
+    out_dir: Path
+
+    @property
+    def n_failed(self) -> int:
+        """Movies that failed."""
+        return int((self.summary["status"] == "failed").sum()) if len(self.summary) else 0
+
+    @property
+    def folders(self) -> list[Path]:
+        """Result folders of the movies that have results (processed now or skipped)."""
+        done = self.summary[self.summary["status"] != "failed"]
+        return [Path(p) for p in done["output"]]
+
+    def read_table(self, movie: str | os.PathLike, table: str) -> pd.DataFrame:
+        """Read a result table (CSV or Parquet), e.g. ``read_table("sample", "tracks")``.
+
+        ``movie`` is a result folder, relative to the output folder or as in :attr:`folders`.
+        """
+        path = Path(movie)
+        folder = path if path.is_relative_to(self.out_dir) else self.out_dir / path
+        return _read_table(folder / table)
+
+
+def _read_table(stem: Path) -> pd.DataFrame:
+    for suffix in (".csv", ".parquet"):
+        path = stem.with_name(stem.name + suffix)
+        if path.exists():
+            return pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+    raise SptInputError(stem, "no such result table (.csv or .parquet)")
+
+
+def run_batch(
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    config: PipelineConfig = PipelineConfig(),
+    *,
+    masks_path: str | os.PathLike | None = None,
+    workers: int = 1,
+    scheduler: str | None = None,
+    force: bool = False,
+    progress: BatchProgress | None = None,
+    on_error: Callable[[str], None] | None = None,
+) -> BatchOutcome:
+    """Process a batch of movies; resumable, and one bad movie does not stop the others.
+
+    Parameters
+    ----------
+    inputs : sequence of path-like
+        Files, folders, glob patterns or list files (see :func:`find_movies`).
+    out_dir : path-like
+        Results go to ``out_dir/<movie folder>/``; batch tables to ``out_dir``.
+    config : PipelineConfig
+        All parameters.
+    masks_path : path-like, optional
+        One mask image for all movies (default: ``<movie>_masks.tif`` beside each movie).
+    workers : int
+        Local worker processes. With fewer movies to process than workers, the frames of each
+        movie are detected in parallel instead.
+    scheduler : str, optional
+        Address of a Dask distributed scheduler (e.g. ``tcp://10.0.0.5:8786``); the work is sent
+        there instead. Workers must see the same paths (shared file system) and have spt
+        installed.
+    force : bool
+        Recompute movies whose results are already complete and up to date.
+    progress : BatchProgress, optional
+        Progress display (its movie count is set to the batch's).
+    on_error : callable, optional
+        Called with the message of each failed movie.
+
+    Returns
+    -------
+    BatchOutcome
+        The summary, also written (when at least one movie has results) with the pooled
+        per-stage table: ``out_dir/batch_summary.csv`` and ``out_dir/stage_velocities.<fmt>``.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if config.output.table_format == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise SptInputError(
+                "--format", "parquet tables need pyarrow: pip install 'spt[parquet]'"
+            ) from None
+    jobs = find_movies(inputs, masks_path=masks_path)
+    out = Path(out_dir)
+    if out.exists():
+        remove_stale_temporaries(out)
+    if progress is None:
+        progress = BatchProgress(len(jobs), enabled=False)
+    progress.n_movies = len(jobs)
+    digest = config.digest()
+    rows: list[dict[str, Any] | None] = [None] * len(jobs)
+    todo: list[int] = []
+    for i, job in enumerate(jobs):
+        folder = out / job.folder
+        if not force and up_to_date(folder, job.path, job.masks, digest)[0]:
+            rows[i] = _skipped_row(job, folder)
+            progress.movie_done(job.folder, "skipped: results up to date (--force to redo)")
+        else:
+            todo.append(i)
+
+    def finished(i: int, row: dict[str, Any]) -> None:
+        tb = row.pop("traceback", None)
+        rows[i] = row
+        if row["status"] == "ok":
+            message = (
+                f"ok, {row['n_frames']} frames, {row['n_spots']} spots, "
+                f"{row['n_tracks']} tracks, {row['seconds']:.1f} s"
+            )
+        else:
+            message = "failed"
+            if on_error is not None:
+                on_error(row["error"])
+            if tb:
+                _log_traceback(out, row["error"], tb)
+        progress.movie_done(jobs[i].folder, message)
+
+    todo_jobs = [jobs[i] for i in todo]
+    if scheduler is not None:
+        runner = _run_dask
+    elif workers > 1 and todo_jobs:
+        runner = _run_pool
+    else:
+        runner = _run_serial
+    try:
+        runner(
+            todo_jobs, out, config, workers, scheduler, progress, lambda k, r: finished(todo[k], r)
+        )
+    finally:
+        progress.close()
+
+    summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    for column in SUMMARY_COLUMNS[4:8]:
+        summary[column] = summary[column].astype("Int64")
+    outcome = BatchOutcome(summary, out)
+    if outcome.folders:
+        write_table(summary, out / "batch_summary.csv")
+        pooled = pooled_stage_velocities(outcome.folders)
+        write_table(pooled, out / f"stage_velocities.{config.output.table_format}")
+    return outcome
+
+
+def _log_traceback(out: Path, error: str, tb: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "batch_errors.log", "a", encoding="utf-8") as fh:
+        fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {error}\n{tb}\n")
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Delete temporary folders left in ``out`` by killed runs on this machine.
+
+    A temporary folder is named ``.<movie>.partial-<host>-<pid>`` (or ``.old-``); it is stale
+    when it was made on this host by a process that no longer runs.
+    """
+    host = socket.gethostname()
+    removed = []
+    for path in out.rglob(".*"):
+        mark = TEMP_MARK if TEMP_MARK in path.name else OLD_MARK if OLD_MARK in path.name else None
+        if mark is None or not path.is_dir():
+            continue
+        owner_host, _, pid = path.name.rsplit(mark, 1)[1].rpartition("-")
+        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def pooled_stage_velocities(folders: Sequence[Path]) -> pd.DataFrame:
+    """Per-stage table over several movies' results: step speeds pooled, tracks per movie.
+
+    Reads each folder's ``tracks`` and ``segments`` tables (CSV or Parquet) one at a time, so
+    only step speeds are held for the whole batch.
+    """
+    steps, segments = [], []
+    for k, folder in enumerate(folders):
+        prov = read_provenance(folder)
+        tracks = _read_table(folder / "tracks")
+        if prov is None or tracks.empty:
+            continue
+        cal = prov["calibration"]
+        s = step_speeds(
+            tracks[["particle", "frame", "x", "y", "stage"]],
+            pixel_size_um=cal["pixel_size_um"],
+            frame_interval_s=cal["frame_interval_s"],
+        )
+        segs = _read_table(folder / "segments")
+        offset = np.int64(k) << 32  # particle ids unique across movies
+        steps.append(s.assign(particle=s["particle"].astype(np.int64) + offset))
+        segments.append(segs.assign(particle=segs["particle"].astype(np.int64) + offset))
+    if not steps:
+        return empty_table(STAGE_VELOCITY_COLUMNS)
+    return stage_table(pd.concat(steps, ignore_index=True), pd.concat(segments, ignore_index=True))
+
+
+# ----------------------------------------------------------------------------- backends
+# Each runs ``process_one`` for every job and calls ``done(k, row)`` for job k as it finishes.
+
+
+def _run_serial(jobs, out, config, workers, scheduler, progress, done) -> None:
+    for k, job in enumerate(jobs):
+        done(k, process_one(job, out, config, report=progress.frames))
+
+
+_WORKER_QUEUE: Any = None
+
+
+def _init_worker(queue: Any) -> None:
+    global _WORKER_QUEUE
+    _WORKER_QUEUE = queue
+
+
+def _queue_report(movie: str, done: int, total: int | None) -> None:
+    if _WORKER_QUEUE is not None:
+        _WORKER_QUEUE.put((movie, done, total))
+
+
+def _pool_task(job: MovieJob, out: Path, config: PipelineConfig) -> dict[str, Any]:
+    return process_one(job, out, config, report=_queue_report)
+
+
+def _run_pool(jobs, out, config, workers, scheduler, progress, done) -> None:
+    """Local processes (``concurrent.futures``): one movie per worker, or frame ranges of each
+    movie when there are fewer movies than workers."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["spt.batch"])
+    queue = ctx.Queue()
+
+    def relay() -> None:
+        while (msg := queue.get()) is not None:
+            progress.frames(*msg)
+
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
+    try:
+        with ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,)
+        ) as pool:
+            try:
+                if len(jobs) < workers:
+                    for k, job in enumerate(jobs):
+                        row = process_one(
+                            job,
+                            out,
+                            config,
+                            report=progress.frames,
+                            executor=pool,
+                            n_parts=4 * workers,
+                        )
+                        done(k, row)
+                else:
+                    futures = {
+                        pool.submit(_pool_task, job, out, config): k for k, job in enumerate(jobs)
+                    }
+                    for future in as_completed(futures):
+                        k = futures[future]
+                        done(k, _result_or_failure(future, jobs[k], out))
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    finally:
+        queue.put(None)
+        reader.join(timeout=5)
+        queue.close()
+
+
+def _result_or_failure(future: Any, job: MovieJob, out: Path) -> dict[str, Any]:
+    """The row a worker returned, or a failed row if the worker itself died."""
+    try:
+        return future.result()
+    except Exception as err:  # noqa: BLE001 - e.g. a worker killed for lack of memory
+        return {
+            "movie": str(job.path),
+            "output": str(out / job.folder),
+            "status": "failed",
+            "error": f"{job.path}: worker failed: {type(err).__name__}: {err}",
+        }
+
+
+#: One movie at a time per process: parts of the pipeline keep module-level state (trackpy's
+#: linker numbers particles with class-level counters; pyplot), so threads would mix them up.
+_MOVIE_LOCK = threading.Lock()
+
+
+def _dask_task(job: MovieJob, out: Path, config: PipelineConfig, topic: str) -> dict[str, Any]:
+    from distributed import get_worker
+
+    worker = get_worker()
+
+    def report(movie: str, done: int, total: int | None) -> None:
+        worker.log_event(topic, (movie, done, total))
+
+    with _MOVIE_LOCK:
+        return process_one(job, out, config, report=report)
+
+
+def _run_dask(jobs, out, config, workers, scheduler, progress, done) -> None:
+    """A Dask distributed cluster: the same tasks as the local pool, scheduled by Dask."""
+    try:
+        from distributed import Client
+        from distributed import as_completed as dask_as_completed
+    except ImportError:  # pragma: no cover - depends on the installation
+        raise SptInputError(
+            "--scheduler", "needs dask.distributed: pip install 'spt[dask]'"
+        ) from None
+    try:
+        client = Client(scheduler, timeout="20s", set_as_default=False)
+    except OSError as err:
+        raise SptInputError(scheduler, f"cannot reach the Dask scheduler ({err})") from None
+    # Workers may run elsewhere, in another working directory: send absolute paths.
+    out = out.resolve()
+    jobs = [
+        MovieJob(j.path.resolve(), j.folder, None if j.masks is None else j.masks.resolve())
+        for j in jobs
+    ]
+    run_id = uuid.uuid4().hex[:8]
+    topic = f"spt-progress-{run_id}"
+    client.subscribe_topic(topic, lambda event: progress.frames(*event[1]))
+    try:
+        slots = max(sum(client.nthreads().values()), 1)
+        if len(jobs) < slots:
+            for k, job in enumerate(jobs):
+                row = process_one(
+                    job, out, config, report=progress.frames, executor=client, n_parts=4 * slots
+                )
+                done(k, row)
+        else:
+            futures = {
+                client.submit(
+                    _dask_task, job, out, config, topic, pure=False, key=f"spt-{run_id}-{k}"
+                ): k
+                for k, job in enumerate(jobs)
+            }
+            for future in dask_as_completed(futures, loop=client.loop):
+                k = futures[future]
+                done(k, _result_or_failure(future, jobs[k], out))
+    finally:
+        client.unsubscribe_topic(topic)
+        client.close()
