@@ -28,7 +28,14 @@ import pandas as pd
 from spt.config import PipelineConfig
 from spt.errors import SptInputError
 from spt.io import write_table
-from spt.pipeline import OLD_MARK, TEMP_MARK, movie_name, process_movie, write_results
+from spt.pipeline import (
+    OLD_MARK,
+    TEMP_MARK,
+    masks_for,
+    movie_name,
+    process_movie,
+    write_results,
+)
 from spt.progress import BatchProgress
 from spt.provenance import read_provenance, up_to_date
 from spt.schema import STAGE_VELOCITY_COLUMNS, empty_table
@@ -186,19 +193,8 @@ def find_movies(
                     "rename one, or give their common parent folder as input",
                 )
             owner[folder] = path
-            jobs.append(MovieJob(path, folder, _masks_for(path, masks_path)))
+            jobs.append(MovieJob(path, folder, masks_for(path, masks_path)))
     return jobs
-
-
-def _masks_for(movie: Path, masks_path: str | os.PathLike | None) -> Path | None:
-    """The given mask file, else ``<name>_masks.tif`` beside the movie if it exists."""
-    if masks_path is not None:
-        return Path(masks_path)
-    for suffix in (".tif", ".tiff"):
-        candidate = movie.with_name(f"{movie_name(movie)}_masks{suffix}")
-        if candidate.exists():
-            return candidate
-    return None
 
 
 # ----------------------------------------------------------------------------- one movie
@@ -242,13 +238,17 @@ def process_one(
             n_parts=n_parts,
         )
         write_results(result, folder.parent, config)
-    except (SptInputError, OSError) as err:
-        return {**row, "status": "failed", "error": str(err), "seconds": _since(t0)}
+    except SptInputError as err:
+        return {**row, "status": "failed", "error": _one_line(str(err)), "seconds": _since(t0)}
+    except OSError as err:  # unwritable output, disk full, a file vanishing mid-run
+        where = f"{err.filename}: " if err.filename else f"{job.path}: "
+        error = _one_line(f"{where}{err.strerror or err}")
+        return {**row, "status": "failed", "error": error, "seconds": _since(t0)}
     except Exception as err:  # noqa: BLE001 - one movie's bug must not end a batch of hundreds
         return {
             **row,
             "status": "failed",
-            "error": f"{job.path}: internal error: {type(err).__name__}: {err}",
+            "error": _one_line(f"{job.path}: internal error: {type(err).__name__}: {err}"),
             "traceback": traceback.format_exc(),
             "seconds": _since(t0),
         }
@@ -262,6 +262,11 @@ def process_one(
         "n_segments": len(result.analysis.segments),
         "seconds": _since(t0),
     }
+
+
+def _one_line(text: str) -> str:
+    """Error messages are one line: the summary CSV and the console stay one row per movie."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _since(t0: float) -> float:

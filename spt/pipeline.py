@@ -23,7 +23,14 @@ import pandas as pd
 from spt.config import PipelineConfig
 from spt.detect import locate_movie
 from spt.errors import SptInputError
-from spt.io import Movie, read_masks, read_movie, write_table
+from spt.io import (
+    Movie,
+    check_float_frames,
+    check_track_table,
+    read_masks,
+    read_movie,
+    write_table,
+)
 from spt.link import link
 from spt.plot import plot_tracks_by_stage
 from spt.provenance import PROVENANCE_FILE, environment, file_record, now_utc
@@ -71,15 +78,34 @@ def movie_name(path: str | os.PathLike) -> str:
     return Path(path).stem
 
 
+def masks_for(movie_path: Path, masks_path: str | os.PathLike | None) -> Path | None:
+    """The mask file for a movie: the one given, else ``<name>_masks.tif`` beside it, if any."""
+    if masks_path is not None:
+        return Path(masks_path)
+    for suffix in (".tif", ".tiff"):
+        candidate = movie_path.with_name(f"{movie_name(movie_path)}_masks{suffix}")
+        if candidate.exists():
+            return candidate
+    return None
+
+
 def array_chunks(frames: np.ndarray, chunk_frames: int = 64) -> Iterator[tuple[int, np.ndarray]]:
-    """Split an in-memory (T, Y, X) array into ``(first frame, chunk)`` pairs."""
+    """Split an in-memory (T, Y, X) array into ``(first frame, chunk)`` pairs.
+
+    Raises
+    ------
+    SptInputError
+        Not 3-D, not integer or float pixels, or (float) NaN, infinite or beyond float32 range.
+    """
     frames = np.asarray(frames)
     if frames.ndim != 3:
         raise SptInputError(None, f"expected a movie of shape (T, Y, X), got shape {frames.shape}")
+    if frames.dtype.kind not in "uif":
+        raise SptInputError(None, f"unsupported pixel type {frames.dtype}; need integer or float")
     for start in range(0, len(frames), chunk_frames):
         chunk = frames[start : start + chunk_frames]
-        if np.issubdtype(chunk.dtype, np.floating) and not np.isfinite(chunk).all():
-            raise SptInputError(None, f"frames {start}-{start + len(chunk) - 1} contain NaN or inf")
+        if chunk.dtype.kind == "f":
+            check_float_frames(chunk, None, start)
         yield start, chunk
 
 
@@ -144,7 +170,12 @@ def analyze_tracks(
     frame_interval_s: float,
     masks: np.ndarray | None = None,
 ) -> Analysis:
-    """Segment tracks into motion states, classify delivery stages and summarise per stage."""
+    """Segment tracks into motion states, classify delivery stages and summarise per stage.
+
+    ``tracks`` is validated first (:func:`spt.io.check_track_table`): bad tables raise
+    :class:`~spt.errors.SptInputError`; an empty table gives empty, headed results.
+    """
+    tracks = check_track_table(tracks, "tracks")
     segmented, segments = segment_tracks(
         tracks, config.segment, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
     )
