@@ -337,16 +337,25 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     tracks = read_track_table(args.tracks, pixel_size_um=px, frame_interval_s=dt)
     masks = _masks_for_table(args.masks, tracks) if args.masks else None
     analysis = analyze_tracks(tracks, config, pixel_size_um=px, frame_interval_s=dt, masks=masks)
+    tables = {
+        "tracks.csv": analysis.tracks,
+        "segments.csv": analysis.segments,
+        "stage_velocities.csv": analysis.stage_velocities,
+    }
     created = not out.exists()
+    # All tables are written to a hidden folder first and moved into place only when all are
+    # complete, so a failed or interrupted run never mixes new tables with those of a former run.
+    tmp = out / f".classify.partial-{os.getpid()}"
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        write_table(analysis.tracks, out / "tracks.csv")
-        write_table(analysis.segments, out / "segments.csv")
-        write_table(analysis.stage_velocities, out / "stage_velocities.csv")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name, table in tables.items():
+            write_table(table, tmp / name)
+        for name in tables:
+            os.replace(tmp / name, out / name)
     except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(out if created else tmp, ignore_errors=True)
         raise
+    tmp.rmdir()
     if not args.quiet:
         print(f"results in {out}")
         print(analysis.stage_velocities.to_string(index=False))

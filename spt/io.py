@@ -904,9 +904,11 @@ def read_track_table(
         df = _parse_csv(path, sep, ",")
     df.columns = [str(c).strip() for c in df.columns]
     df = df.loc[:, [c for c in df.columns if c and not c.startswith("Unnamed:")]]
-    for c in list(df.columns):  # trackpy's to_csv writes 'frame' as index and column
-        if c.endswith(".1") and c[:-2] in df.columns:
-            df = df.drop(columns=c)
+    for c in list(df.columns):
+        if c.endswith(".1") and c[:-2] in df.columns:  # pandas' name for a repeated column
+            if not df[c].equals(df[c[:-2]]):
+                raise SptInputError(path, f"duplicate column(s) {c[:-2]} with different values")
+            df = df.drop(columns=c)  # trackpy's to_csv writes 'frame' as index and column
 
     px_per_unit = 1.0
     if "POSITION_X" in df.columns or "TRACK_ID" in df.columns:
