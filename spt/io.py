@@ -1072,6 +1072,8 @@ def write_movie(
         raise ValueError(f"frames must have shape (T, Y, X), got {data.shape}")
     if not (pixel_size_um > 0 and frame_interval_s > 0):
         raise ValueError("pixel_size_um and frame_interval_s must be positive")
+    if imagej and data.shape[2] == 1:  # tifffile writes these as one (T, Y) page, unreadable
+        raise ValueError("ImageJ TIFF cannot hold frames 1 pixel wide; write OME-TIFF instead")
     with _atomic(path) as tmp:
         if imagej:
             tifffile.imwrite(

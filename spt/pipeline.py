@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import mmap
 import os
 import shutil
@@ -89,6 +90,20 @@ def masks_for(movie_path: Path, masks_path: str | os.PathLike | None) -> Path | 
     return None
 
 
+#: Smallest frame side (px) the pipeline accepts: a spot and the background around it must fit.
+MIN_FRAME_PX = 3
+
+
+def check_frame_shape(shape: tuple[int, ...], source: str | os.PathLike | None) -> None:
+    """Refuse frames smaller than :data:`MIN_FRAME_PX` on a side (nothing can be detected)."""
+    if min(shape) < MIN_FRAME_PX:
+        raise SptInputError(
+            source,
+            f"frames of {' x '.join(map(str, shape))} px are too small to detect spots "
+            f"(need at least {MIN_FRAME_PX} x {MIN_FRAME_PX})",
+        )
+
+
 def array_chunks(frames: np.ndarray, chunk_frames: int = 64) -> Iterator[tuple[int, np.ndarray]]:
     """Split an in-memory (T, Y, X) array into ``(first frame, chunk)`` pairs.
 
@@ -102,6 +117,7 @@ def array_chunks(frames: np.ndarray, chunk_frames: int = 64) -> Iterator[tuple[i
         raise SptInputError(None, f"expected a movie of shape (T, Y, X), got shape {frames.shape}")
     if frames.dtype.kind not in "uif":
         raise SptInputError(None, f"unsupported pixel type {frames.dtype}; need integer or float")
+    check_frame_shape(frames.shape[1:], None)
     for start in range(0, len(frames), chunk_frames):
         chunk = frames[start : start + chunk_frames]
         if chunk.dtype.kind == "f":
@@ -236,6 +252,7 @@ def process_movie(
     """
     t0 = time.perf_counter()
     movie = open_movie(path, config)
+    check_frame_shape(movie.shape, path)
     masks = None
     if masks_path is not None:
         masks = read_masks(masks_path, shape=movie.shape, n_frames=movie.n_frames)
@@ -492,7 +509,19 @@ def _write_provenance(
         "environment": environment(),
         "outputs": outputs,
     }
-    text = json.dumps(record, indent=2, allow_nan=False, default=str)
+    text = json.dumps(_json_safe(record), indent=2, allow_nan=False, default=str)
     tmp = folder / f".{PROVENANCE_FILE}.tmp"
     tmp.write_text(text + "\n", encoding="utf-8")
     os.replace(tmp, folder / PROVENANCE_FILE)
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats (e.g. an ``inf`` cost in a config) as the strings
+    ``"inf"``, ``"-inf"``, ``"nan"``: strict JSON has no such numbers."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
