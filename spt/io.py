@@ -904,6 +904,9 @@ def read_track_table(
         df = _parse_csv(path, sep, ",")
     df.columns = [str(c).strip() for c in df.columns]
     df = df.loc[:, [c for c in df.columns if c and not c.startswith("Unnamed:")]]
+    if df.columns.duplicated().any():  # e.g. "x" and "x " (pandas renames exact repeats)
+        dup = sorted(set(df.columns[df.columns.duplicated()]))
+        raise SptInputError(path, f"duplicate column(s) {', '.join(dup)}")
     for c in list(df.columns):
         if c.endswith(".1") and c[:-2] in df.columns:  # pandas' name for a repeated column
             if not df[c].equals(df[c[:-2]]):

@@ -520,6 +520,15 @@ CSV_REFUSED = {
     ),
     "ragged-rows": (GOOD + "1,2,3,4,5,6\n", r"cannot parse table \(.*Expected 4 fields"),
     "duplicate-column": ("frame,x,y,particle,x\n0,1,2,0,5\n", r"duplicate column\(s\) x"),
+    # found by fuzz/fuzz_csv.py: names equal after stripping white space
+    "duplicate-column-after-strip": (
+        "TRACK_ID\x0b,TRACK_ID,POSITION_X,POSITION_Y,FRAME\n0,0,1,1,0\n",
+        r"duplicate column\(s\) TRACK_ID$",
+    ),
+    "trackmate-and-trackpy-frame": (
+        "TRACK_ID,POSITION_X,POSITION_Y,FRAME,frame\n0,1,1,0,0\n",
+        r"duplicate column name\(s\) frame",
+    ),
     "tiff-given-as-table": (b"II*\x00" + bytes(range(256)) * 4, r"not a text table"),
     "binary-garbage": (np.random.default_rng(5).bytes(2048), r"not a text table"),
     "nul-bytes-in-header": (b"frame\x00,x,y,particle\n0,1,2,0\n", r"not a text table"),
