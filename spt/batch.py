@@ -7,7 +7,10 @@ in a local process pool, or through ``dask.distributed``) and writes a batch sum
 
 from __future__ import annotations
 
+import functools
 import glob
+import hashlib
+import json
 import multiprocessing
 import os
 import shutil
@@ -18,37 +21,49 @@ import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+import spt
 from spt.config import PipelineConfig
 from spt.errors import SptInputError
 from spt.io import write_table
 from spt.pipeline import (
     OLD_MARK,
     TEMP_MARK,
+    Analysis,
+    MovieResult,
     masks_for,
     movie_name,
     process_movie,
     write_results,
 )
 from spt.progress import BatchProgress
-from spt.provenance import read_provenance, up_to_date
-from spt.schema import STAGE_VELOCITY_COLUMNS, empty_table
-from spt.summary import stage_table, step_speeds
+from spt.provenance import (
+    PROVENANCE_FILE,
+    now_utc,
+    read_provenance,
+    read_provenance_file,
+    sha256_file,
+    up_to_date,
+)
+from spt.report import write_batch_report
+from spt.schema import SPOT_COLUMNS, empty_table
+from spt.summary import MovieStages, pooled_stage_velocities
 
 __all__ = [
     "BatchOutcome",
     "MovieJob",
     "SUMMARY_COLUMNS",
     "find_movies",
-    "pooled_stage_velocities",
     "process_one",
+    "read_results",
     "run_batch",
+    "write_batch_outputs",
 ]
 
 MOVIE_SUFFIXES = (".tif", ".tiff")
@@ -208,6 +223,7 @@ def process_one(
     report: ReportFrames | None = None,
     executor: Any = None,
     n_parts: int | None = None,
+    keep_result: bool = False,
 ) -> dict[str, Any]:
     """Process one movie and write its results; never raises for a bad movie.
 
@@ -218,7 +234,7 @@ def process_one(
     -------
     dict
         A row of the batch summary (:data:`SUMMARY_COLUMNS`), plus ``traceback`` for an
-        unexpected error.
+        unexpected error and, with ``keep_result``, ``result`` (the :class:`MovieResult`).
     """
     t0 = time.perf_counter()
     folder = Path(out_dir) / job.folder
@@ -261,6 +277,7 @@ def process_one(
         "n_tracks": int(tracks["particle"].nunique()) if len(tracks) else 0,
         "n_segments": len(result.analysis.segments),
         "seconds": _since(t0),
+        **({"result": result} if keep_result else {}),
     }
 
 
@@ -295,6 +312,8 @@ class BatchOutcome:
 
     summary: pd.DataFrame
     out_dir: Path
+    #: In-memory results of the movies processed in this run, with ``keep_results=True``.
+    results: list[MovieResult] = field(default_factory=list)
 
     @property
     def n_failed(self) -> int:
@@ -336,6 +355,7 @@ def run_batch(
     force: bool = False,
     progress: BatchProgress | None = None,
     on_error: Callable[[str], None] | None = None,
+    keep_results: bool = False,
 ) -> BatchOutcome:
     """Process a batch of movies; resumable, and one bad movie does not stop the others.
 
@@ -362,15 +382,22 @@ def run_batch(
         Progress display (its movie count is set to the batch's).
     on_error : callable, optional
         Called with the message of each failed movie.
+    keep_results : bool
+        Also return the in-memory results of the movies processed (serial runs only; for small
+        batches and notebooks, as they are all held in memory).
 
     Returns
     -------
     BatchOutcome
-        The summary, also written (when at least one movie has results) with the pooled
-        per-stage table: ``out_dir/batch_summary.csv`` and ``out_dir/stage_velocities.<fmt>``.
+        The summary. When at least one movie has results, also written: ``batch_summary.csv``,
+        the per-stage table pooled over the batch ``stage_velocities.<fmt>`` and the batch report
+        (:func:`spt.report.write_batch_report`: ``batch_report.html``, pooled dwell and
+        transition tables, figures) in ``out_dir``.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if keep_results and (workers > 1 or scheduler is not None):
+        raise ValueError("keep_results needs a serial run (workers=1, no scheduler)")
     if config.output.table_format == "parquet":
         try:
             import pyarrow  # noqa: F401
@@ -396,8 +423,12 @@ def run_batch(
         else:
             todo.append(i)
 
+    kept: dict[int, MovieResult] = {}
+
     def finished(i: int, row: dict[str, Any]) -> None:
         tb = row.pop("traceback", None)
+        if "result" in row:
+            kept[i] = row.pop("result")
         rows[i] = row
         if row["status"] == "ok":
             message = (
@@ -413,12 +444,12 @@ def run_batch(
         progress.movie_done(jobs[i].folder, message)
 
     todo_jobs = [jobs[i] for i in todo]
-    if scheduler is not None:
+    if not todo_jobs or (scheduler is None and workers == 1):
+        runner = functools.partial(_run_serial, keep=keep_results)
+    elif scheduler is not None:
         runner = _run_dask
-    elif workers > 1 and todo_jobs:
-        runner = _run_pool
     else:
-        runner = _run_serial
+        runner = _run_pool
     try:
         runner(
             todo_jobs, out, config, workers, scheduler, progress, lambda k, r: finished(todo[k], r)
@@ -429,12 +460,62 @@ def run_batch(
     summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     for column in SUMMARY_COLUMNS[4:8]:
         summary[column] = summary[column].astype("Int64")
-    outcome = BatchOutcome(summary, out)
+    outcome = BatchOutcome(summary, out, [kept[i] for i in sorted(kept)])
     if outcome.folders:
         write_table(summary, out / "batch_summary.csv")
-        pooled = pooled_stage_velocities(outcome.folders)
-        write_table(pooled, out / f"stage_velocities.{config.output.table_format}")
+        write_batch_outputs(outcome, config, force=force)
     return outcome
+
+
+#: Written last among the batch-level outputs: which movie results they were computed from.
+BATCH_PROVENANCE_FILE = "batch_provenance.json"
+
+
+def write_batch_outputs(
+    outcome: BatchOutcome, config: PipelineConfig, *, force: bool = False
+) -> bool:
+    """Write the per-stage table pooled over the batch and the batch report.
+
+    Skipped (returns False) when ``batch_provenance.json`` shows they were computed from exactly
+    the current movie results and failures, so that re-running a finished batch is quick.
+    """
+    out = outcome.out_dir
+    fmt = config.output.table_format
+    failed = outcome.summary[outcome.summary["status"] == "failed"]
+    movies = [
+        {
+            "folder": folder.relative_to(out).as_posix(),
+            "provenance_sha256": sha256_file(folder / PROVENANCE_FILE),
+        }
+        for folder in outcome.folders
+    ]
+    record = {
+        "outputs": {"table_format": fmt, "report": config.output.report},
+        "movies": movies,
+        "failed": failed[["movie", "error"]].to_dict("records"),
+    }
+    key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    previous = read_provenance_file(out / BATCH_PROVENANCE_FILE)
+    expected = [out / f"stage_velocities.{fmt}"]
+    if config.output.report:
+        expected.append(out / "batch_report.html")
+    if not force and previous.get("key") == key and all(p.exists() for p in expected):
+        return False
+    results = read_results(outcome.folders, out)
+    stages = [
+        MovieStages(
+            r.analysis.tracks, r.analysis.segments, r.pixel_size_um, r.frame_interval_s, name=r.name
+        )
+        for r in results
+    ]
+    write_table(pooled_stage_velocities(stages), expected[0])
+    if config.output.report:
+        write_batch_report(results, out, summary_table=failed)
+    text = json.dumps({"key": key, "created_utc": now_utc(), "spt": spt.__version__, **record})
+    tmp = out / f".{BATCH_PROVENANCE_FILE}.tmp"
+    tmp.write_text(text + "\n", encoding="utf-8")
+    os.replace(tmp, out / BATCH_PROVENANCE_FILE)
+    return True
 
 
 def _log_traceback(out: Path, error: str, tb: str) -> None:
@@ -472,43 +553,64 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def pooled_stage_velocities(folders: Sequence[Path]) -> pd.DataFrame:
-    """Per-stage table over several movies' results: step speeds pooled, tracks per movie.
+def read_results(folders: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list:
+    """Read movies' analysed results back from their result folders.
 
-    Reads each folder's ``tracks`` and ``segments`` tables (CSV or Parquet) one at a time, so
-    only step speeds are held for the whole batch.
+    Parameters
+    ----------
+    folders : sequence of path-like
+        Result folders written by :func:`spt.pipeline.write_results`.
+    out_dir : path-like
+        The batch output folder; each result is named by its folder relative to it
+        (``day1/cell_03``), which tells movies apart and links the batch report to their reports.
+
+    Returns
+    -------
+    list of spt.pipeline.MovieResult
+        Tracks, segments and stage table with calibration and frame count from the provenance;
+        the spots and the projection are not loaded (empty).
     """
-    steps, segments = [], []
-    for k, folder in enumerate(folders):
-        prov = read_provenance(folder)
+    results = []
+    for folder in map(Path, folders):
+        prov = read_provenance(folder) or {}
+        cal = prov.get("calibration", {})
         tracks = _read_table(folder / "tracks")
-        if prov is None or tracks.empty:
-            continue
-        cal = prov["calibration"]
-        s = step_speeds(
-            tracks[["particle", "frame", "x", "y", "stage"]],
-            pixel_size_um=cal["pixel_size_um"],
-            frame_interval_s=cal["frame_interval_s"],
+        results.append(
+            MovieResult(
+                name=folder.relative_to(out_dir).as_posix(),
+                source=Path(prov.get("inputs", {}).get("movie", {}).get("path", folder)),
+                spots=empty_table(SPOT_COLUMNS),
+                analysis=Analysis(
+                    tracks,
+                    _read_table(folder / "segments"),
+                    _read_table(folder / "stage_velocities"),
+                ),
+                pixel_size_um=cal["pixel_size_um"],
+                frame_interval_s=cal["frame_interval_s"],
+                n_frames=prov.get("n_frames", 0),
+                projection=np.zeros((0, 0), np.float32),
+            )
         )
-        segs = _read_table(folder / "segments")
-        offset = np.int64(k) << 32  # particle ids unique across movies
-        steps.append(s.assign(particle=s["particle"].astype(np.int64) + offset))
-        segments.append(segs.assign(particle=segs["particle"].astype(np.int64) + offset))
-    if not steps:
-        return empty_table(STAGE_VELOCITY_COLUMNS)
-    return stage_table(pd.concat(steps, ignore_index=True), pd.concat(segments, ignore_index=True))
+    return results
 
 
 # ----------------------------------------------------------------------------- backends
 # Each runs ``process_one`` for every job and calls ``done(k, row)`` for job k as it finishes.
 
 
-def _run_serial(jobs, out, config, workers, scheduler, progress, done) -> None:
+def _run_serial(jobs, out, config, workers, scheduler, progress, done, keep=False) -> None:
     for k, job in enumerate(jobs):
-        done(k, process_one(job, out, config, report=progress.frames))
+        done(k, process_one(job, out, config, report=progress.frames, keep_result=keep))
 
 
 _WORKER_QUEUE: Any = None
+#: Environment variables that set the thread count of numerical libraries in worker processes.
+_THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+)
 
 
 def _init_worker(queue: Any) -> None:
@@ -531,6 +633,11 @@ def _run_pool(jobs, out, config, workers, scheduler, progress, done) -> None:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["spt.batch"])
     queue = ctx.Queue()
+    # N single-threaded workers on N cores, as Dask's nanny does: numerical libraries that
+    # start one thread per core in every worker would oversubscribe the machine.
+    saved = dict(os.environ)
+    for name in _THREAD_VARIABLES:
+        os.environ.setdefault(name, "1")
 
     def relay() -> None:
         while (msg := queue.get()) is not None:
@@ -565,6 +672,8 @@ def _run_pool(jobs, out, config, workers, scheduler, progress, done) -> None:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
     finally:
+        os.environ.clear()
+        os.environ.update(saved)
         queue.put(None)
         reader.join(timeout=5)
         queue.close()

@@ -233,7 +233,7 @@ def _check_out_dir(path: str | os.PathLike) -> Path:
 
 
 def _config(args: argparse.Namespace):
-    from spt.config import OutputConfig, PipelineConfig
+    from spt.config import PipelineConfig
 
     config = PipelineConfig.from_toml(args.config) if args.config else PipelineConfig()
     config = config.with_overrides(args.set) if args.set else config
@@ -252,7 +252,7 @@ def _config(args: argparse.Namespace):
     )
     config = replace(config, movie=movie)
     if getattr(args, "format", None):
-        config = replace(config, output=OutputConfig(table_format=args.format))
+        config = replace(config, output=replace(config.output, table_format=args.format))
     return config
 
 

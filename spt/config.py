@@ -73,9 +73,13 @@ class OutputConfig:
     ----------
     table_format : str
         ``"csv"`` or ``"parquet"`` (smaller and faster for large tables; needs pyarrow).
+    report : bool
+        Write each movie's figures and report.html, and the batch report; false writes the
+        tables only (faster for very large batches).
     """
 
     table_format: str = "csv"
+    report: bool = True
 
     def __post_init__(self) -> None:
         if self.table_format not in TABLE_FORMATS:
@@ -101,7 +105,7 @@ class PipelineConfig:
     stages : StageConfig
         Delivery-stage classification.
     output : OutputConfig
-        Output table format.
+        Output table format and reports.
     """
 
     movie: MovieConfig = field(default_factory=MovieConfig)
@@ -249,6 +253,9 @@ def _hints(cls: type) -> dict[str, Any]:
         return {f.name: type(getattr(instance, f.name)) for f in fields(cls)}
 
 
+_NON_FINITE = {"inf", "+inf", "-inf", "infinity", "+infinity", "-infinity", "nan"}
+
+
 def _convert(value: Any, hint: Any, key: str, source: Any) -> Any:
     """Check ``value`` (as read from TOML) against type ``hint`` and convert it."""
     origin = typing.get_origin(hint)
@@ -300,6 +307,8 @@ def _convert(value: Any, hint: Any, key: str, source: Any) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and value.strip().lower() in _NON_FINITE:
+            return float(value)  # as written in JSON, e.g. a provenance file
         raise SptInputError(source, f"{key} must be a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):

@@ -13,7 +13,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import spt
 from spt.config import PipelineConfig
 from spt.detect import locate_movie
 from spt.errors import SptInputError
@@ -33,8 +34,8 @@ from spt.io import (
     write_table,
 )
 from spt.link import link
-from spt.plot import plot_tracks_by_stage
 from spt.provenance import PROVENANCE_FILE, environment, file_record, now_utc
+from spt.report import write_movie_report
 from spt.schema import SPOT_COLUMNS, TRACK_COLUMNS, empty_table
 from spt.segment import segment_tracks
 from spt.stages import classify_stages
@@ -84,7 +85,7 @@ def masks_for(movie_path: Path, masks_path: str | os.PathLike | None) -> Path | 
     if masks_path is not None:
         return Path(masks_path)
     for suffix in (".tif", ".tiff"):
-        candidate = movie_path.with_name(f"{movie_name(movie_path)}_masks{suffix}")
+        candidate = Path(movie_path).with_name(f"{movie_name(movie_path)}_masks{suffix}")
         if candidate.exists():
             return candidate
     return None
@@ -196,7 +197,12 @@ def analyze_tracks(
         tracks, config.segment, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
     )
     staged, segments = classify_stages(
-        segmented, segments, config.stages, masks=masks, pixel_size_um=pixel_size_um
+        segmented,
+        segments,
+        config.stages,
+        masks=masks,
+        pixel_size_um=pixel_size_um,
+        frame_interval_s=frame_interval_s,
     )
     velocities = stage_velocities(
         staged, segments, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
@@ -443,18 +449,10 @@ def write_results(
         write_table(a.tracks, tmp / f"tracks{ext}")
         write_table(a.segments, tmp / f"segments{ext}")
         write_table(a.stage_velocities, tmp / f"stage_velocities{ext}")
-
-        plot_tracks_by_stage(
-            result.projection,
-            a.tracks,
-            tmp / "tracks_by_stage.png",
-            pixel_size_um=result.pixel_size_um,
-            masks=result.masks,
-            title=f"{result.name}: tracks by delivery stage",
-        )
-
+        if config.output.report:
+            write_movie_report(result, tmp, config_toml=config.to_toml())
         (tmp / "config.toml").write_text(
-            f"# spt {environment()['spt']} on {result.source}\n"
+            f"# spt {spt.__version__} on {result.source}\n"
             f"# pixel_size_um = {result.pixel_size_um}, "
             f"frame_interval_s = {result.frame_interval_s}\n" + config.to_toml()
         )
@@ -474,8 +472,37 @@ def write_results(
     return final
 
 
+def run(
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    config: PipelineConfig = PipelineConfig(),
+    *,
+    masks_path: str | os.PathLike | None = None,
+) -> Any:
+    """Process and write a few movies in this process and keep their results in memory.
+
+    For notebooks and tests: :func:`spt.batch.run_batch` with ``keep_results=True`` (its
+    ``BatchOutcome.results`` holds each processed movie's :class:`MovieResult`). Large batches
+    should use :func:`spt.batch.run_batch` (``spt run``) directly, which holds no results.
+    """
+    from spt.batch import run_batch  # spt.batch builds on this module
+
+    return run_batch(inputs, out_dir, config, masks_path=masks_path, keep_results=True)
+
+
 #: Markers in the names of hidden temporary folders (``.<name><mark><host>-<pid>``).
 TEMP_MARK, OLD_MARK = ".partial-", ".old-"
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as the strings ``"inf"``, ``"-inf"``, ``"nan"`` (JSON)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 def _write_provenance(
@@ -513,15 +540,3 @@ def _write_provenance(
     tmp = folder / f".{PROVENANCE_FILE}.tmp"
     tmp.write_text(text + "\n", encoding="utf-8")
     os.replace(tmp, folder / PROVENANCE_FILE)
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with non-finite floats (e.g. an ``inf`` cost in a config) as the strings
-    ``"inf"``, ``"-inf"``, ``"nan"``: strict JSON has no such numbers."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value

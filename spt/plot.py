@@ -1,18 +1,117 @@
-"""Figures: tracks over the movie's maximum projection, coloured by delivery stage."""
+"""Figures of the per-stage results: tracks by stage, speeds, MSD per state, stage transitions.
+
+Each ``figure_*`` function returns a matplotlib Figure (built without pyplot, so no global
+backend is touched); :func:`save_figure` writes it as PNG and SVG.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
 
-from spt.schema import STAGES
+from spt.msd import track_msd
+from spt.schema import MASK_LABELS, STAGES, STATES
+
+__all__ = [
+    "STAGE_COLORS",
+    "STATE_COLORS",
+    "figure_msd_by_state",
+    "figure_speed_distributions",
+    "figure_stage_transitions",
+    "figure_tracks_by_stage",
+    "plot_tracks_by_stage",
+    "save_figure",
+]
 
 #: One colour per delivery stage (colour-blind safe, Okabe-Ito).
 STAGE_COLORS: dict[str, str] = dict(
     zip(STAGES, ("#D55E00", "#E69F00", "#009E73", "#56B4E9", "#CC79A7", "#0072B2"), strict=True)
 )
+#: One colour per motion state.
+STATE_COLORS: dict[str, str] = dict(
+    zip(STATES, ("#777777", "#0072B2", "#009E73", "#D55E00"), strict=True)
+)
+_MASK_OUTLINES = (
+    (MASK_LABELS["vessel"], "#ff6666"),
+    (MASK_LABELS["cell"], "#66ccff"),
+    (MASK_LABELS["nucleus"], "#ccccff"),
+)
+
+
+def save_figure(fig: Figure, stem: str | os.PathLike, formats=("png", "svg")) -> list[Path]:
+    """Write ``fig`` as ``<stem>.png`` and ``<stem>.svg`` (or the given formats)."""
+    paths = []
+    for fmt in formats:
+        path = Path(f"{stem}.{fmt}")
+        fig.savefig(path, dpi=120 if fmt == "png" else None)
+        paths.append(path)
+    return paths
+
+
+def figure_tracks_by_stage(
+    projection: np.ndarray,
+    tracks: pd.DataFrame,
+    *,
+    pixel_size_um: float,
+    masks: np.ndarray | None = None,
+    title: str = "",
+) -> Figure:
+    """Tracks drawn over ``projection``, each step coloured by its stage.
+
+    Parameters
+    ----------
+    projection : ndarray, shape (Y, X)
+        Background image, e.g. the movie's maximum projection.
+    tracks : DataFrame
+        ``particle, frame, x, y`` (px) and ``stage``.
+    pixel_size_um : float
+        Pixel size, um (for the scale bar).
+    masks : ndarray, optional
+        Label image (Y, X) or (T, Y, X) whose vessel, cell and nucleus outlines are drawn (the
+        first plane of per-frame masks).
+    title : str
+        Figure title.
+    """
+    h, w = projection.shape
+    fig = Figure(figsize=(7, 7 * h / w + 0.6))
+    ax = fig.add_subplot()
+    lo, hi = np.percentile(projection, [1, 99.8]) if projection.size else (0, 1)
+    ax.imshow(projection, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+    if masks is not None:
+        outline = masks if masks.ndim == 2 else masks[0]
+        for label, colour in _MASK_OUTLINES:
+            region = outline >= label if label > MASK_LABELS["vessel"] else outline == label
+            if region.any() and not region.all():
+                ax.contour(region, levels=[0.5], colors=colour, linewidths=0.6, linestyles=":")
+    if len(tracks):
+        t = tracks.sort_values(["particle", "frame"])
+        same = t["particle"].to_numpy()[1:] == t["particle"].to_numpy()[:-1]
+        xy = t[["x", "y"]].to_numpy(float)
+        segments = np.stack([xy[:-1][same], xy[1:][same]], axis=1)
+        stages = t["stage"].to_numpy()[1:][same]
+        for stage in STAGES:
+            sel = stages == stage
+            if sel.any():
+                ax.add_collection(
+                    LineCollection(
+                        segments[sel], colors=STAGE_COLORS[stage], linewidths=1.2, label=stage
+                    )
+                )
+        ax.legend(loc="upper right", fontsize=7, framealpha=0.7)
+    bar_um = max(1, round(w * pixel_size_um / 5))
+    ax.plot([w * 0.05, w * 0.05 + bar_um / pixel_size_um], [h * 0.95] * 2, color="white", lw=3)
+    ax.text(w * 0.05, h * 0.93, f"{bar_um} um", color="white")
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+    ax.set_axis_off()
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
 
 
 def plot_tracks_by_stage(
@@ -24,69 +123,156 @@ def plot_tracks_by_stage(
     masks: np.ndarray | None = None,
     title: str = "",
 ) -> None:
-    """Save a figure of ``tracks`` drawn over ``projection``, each step coloured by its stage.
+    """Save :func:`figure_tracks_by_stage` to ``path`` (format from the suffix)."""
+    fig = figure_tracks_by_stage(
+        projection, tracks, pixel_size_um=pixel_size_um, masks=masks, title=title
+    )
+    fig.savefig(path, dpi=120)
+
+
+def figure_speed_distributions(steps: pd.DataFrame, velocities: pd.DataFrame) -> Figure:
+    """Histogram of frame-to-frame speeds per stage, with the median and the noise floor.
 
     Parameters
     ----------
-    projection : ndarray, shape (Y, X)
-        Background image, e.g. the movie's maximum projection.
-    tracks : DataFrame
-        ``particle, frame, x, y`` (px) and ``stage``.
-    path : path-like
-        Output file; the format follows the suffix (``.png``, ``.svg``).
-    pixel_size_um : float
-        Pixel size, um (for the scale bar).
-    masks : ndarray, optional
-        Label image (Y, X) whose vessel, cell and nucleus outlines are drawn.
-    title : str
-        Figure title.
+    steps : DataFrame
+        ``stage, speed_um_s`` (:func:`spt.summary.step_speeds`).
+    velocities : DataFrame
+        The stage velocity table (``stage, median_speed_um_s, noise_floor_um_s,
+        median_run_speed_um_s``).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.collections import LineCollection
-
-    h, w = projection.shape
-    fig, ax = plt.subplots(figsize=(7, 7 * h / w + 0.6), dpi=120)
-    lo, hi = np.percentile(projection, [1, 99.8])
-    ax.imshow(projection, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
-    if masks is not None:
-        outline = masks if masks.ndim == 2 else masks[0]
-        for label, colour in ((1, "#ff6666"), (2, "#66ccff"), (3, "#ccccff")):
-            if (outline == label).any():
-                ax.contour(
-                    outline >= label if label > 1 else outline == label,
-                    levels=[0.5],
-                    colors=colour,
-                    linewidths=0.6,
-                    linestyles="dotted",
-                )
-    t = tracks.sort_values(["particle", "frame"])
-    same = t["particle"].to_numpy()[1:] == t["particle"].to_numpy()[:-1]
-    xy = t[["x", "y"]].to_numpy()
-    starts, ends = xy[:-1][same], xy[1:][same]
-    stages = t["stage"].to_numpy()[1:][same]
-    for stage in STAGES:
-        sel = stages == stage
-        if sel.any():
-            ax.add_collection(
-                LineCollection(
-                    np.stack([starts[sel], ends[sel]], 1),
-                    colors=STAGE_COLORS[stage],
-                    linewidths=1.2,
-                    label=stage,
-                )
-            )
-    bar_um = max(1, round(w * pixel_size_um / 5))
-    ax.plot([w * 0.05, w * 0.05 + bar_um / pixel_size_um], [h * 0.95] * 2, color="white", lw=3)
-    ax.text(w * 0.05, h * 0.93, f"{bar_um} um", color="white")
-    ax.set_xlim(-0.5, w - 0.5)
-    ax.set_ylim(h - 0.5, -0.5)
-    ax.set_axis_off()
-    if len(stages):
-        ax.legend(loc="upper right", fontsize=7, framealpha=0.7)
-    ax.set_title(title)
+    fig = Figure(figsize=(7, 1.3 * len(STAGES) + 0.8))
+    axes = fig.subplots(len(STAGES), 1, sharex=True)
+    speeds = steps["speed_um_s"].to_numpy(float)
+    positive = speeds[speeds > 0]
+    lo = np.log10(positive.min()) if positive.size else -2
+    hi = np.log10(positive.max()) if positive.size else 2
+    bins = np.logspace(np.floor(lo), np.ceil(hi) if hi > lo else lo + 1, 60)
+    table = velocities.set_index("stage")
+    for ax, stage in zip(axes, STAGES, strict=True):
+        s = steps.loc[steps["stage"] == stage, "speed_um_s"].to_numpy(float)
+        s = s[s > 0]
+        colour = STAGE_COLORS[stage]
+        if s.size:
+            ax.hist(s, bins=bins, color=colour, alpha=0.8)
+        else:
+            ax.text(0.5, 0.5, "no steps", transform=ax.transAxes, ha="center", va="center")
+        row = table.loc[stage] if stage in table.index else None
+        if row is not None and np.isfinite(row["median_speed_um_s"]):
+            ax.axvline(row["median_speed_um_s"], color="black", lw=1.2, label="median")
+        if row is not None and np.isfinite(row["noise_floor_um_s"]):
+            ax.axvline(row["noise_floor_um_s"], color="grey", ls="--", lw=1, label="noise floor")
+        if row is not None and np.isfinite(row["median_run_speed_um_s"]):
+            ax.axvline(row["median_run_speed_um_s"], color=colour, ls=":", lw=1.5, label="run")
+        ax.set_xscale("log")
+        ax.set_ylabel(stage.replace("_", "\n"), rotation=0, ha="right", va="center", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7, loc="upper right")
+    axes[-1].set_xlabel("frame-to-frame speed (um/s)")
+    fig.suptitle(
+        "Speeds per stage: median (black), localisation-noise floor (dashed), "
+        "net run speed (dotted)",
+        fontsize=9,
+    )
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
+
+
+def figure_msd_by_state(
+    tracks: pd.DataFrame,
+    *,
+    pixel_size_um: float,
+    frame_interval_s: float,
+    max_lag: int = 30,
+    min_segments: int = 5,
+    localization_error_um: float | None = None,
+) -> Figure:
+    """Ensemble MSD of each motion state against lag time (log-log).
+
+    The time-averaged MSD of every segment (gap-aware, :func:`spt.msd.track_msd`) is pooled per
+    state, weighted by the number of displacements at each lag. Free diffusion has slope 1,
+    directed motion tends to 2, confined motion flattens; the offset at short lags is the
+    localisation noise ``4 sigma^2`` (Michalet, PRE 82, 041914, 2010).
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        ``particle, segment, frame, x, y`` (px), ``state``.
+    pixel_size_um, frame_interval_s : float
+        Calibration, um/px and s.
+    max_lag : int
+        Longest lag, frames.
+    min_segments : int
+        A lag is drawn only when at least this many segments of the state reach it.
+    localization_error_um : float, optional
+        Draws the noise level ``4 sigma^2`` when given.
+    """
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.add_subplot()
+    sums = {s: np.zeros(max_lag + 1) for s in STATES}
+    counts = {s: np.zeros(max_lag + 1) for s in STATES}
+    n_segments = {s: np.zeros(max_lag + 1) for s in STATES}
+    keys = ["particle", "segment"] if "segment" in tracks else ["particle"]
+    for _, g in tracks.groupby(keys, sort=False):
+        state = g["state"].iloc[0]
+        if state not in sums or len(g) < 3:
+            continue
+        lags, msd, n = track_msd(
+            g["frame"].to_numpy(), g["x"].to_numpy(float), g["y"].to_numpy(float), max_lag
+        )
+        sums[state][lags] += msd * n
+        counts[state][lags] += n
+        n_segments[state][lags] += 1
+    for state in STATES:
+        ok = n_segments[state] >= min_segments
+        if ok.any():
+            lag_s = np.flatnonzero(ok) * frame_interval_s
+            msd_um2 = sums[state][ok] / counts[state][ok] * pixel_size_um**2
+            ax.loglog(lag_s, msd_um2, "o-", ms=3, color=STATE_COLORS[state], label=state)
+    if localization_error_um is not None and np.isfinite(localization_error_um):
+        ax.axhline(4 * localization_error_um**2, color="grey", ls="--", lw=1, label="4 sigma^2")
+    if ax.lines:
+        ax.legend(fontsize=8)
+    ax.set_xlabel("lag time (s)")
+    ax.set_ylabel("MSD (um^2)")
+    ax.set_title("Mean squared displacement per motion state", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def figure_stage_transitions(transitions: pd.DataFrame) -> Figure:
+    """Matrix of stage-to-stage transition counts (rows: from, columns: to).
+
+    Moves along the delivery order sit above the diagonal; any count below it is a move back.
+    """
+    matrix = (
+        transitions.pivot(index="from_stage", columns="to_stage", values="n_transitions")
+        .reindex(index=list(STAGES), columns=list(STAGES))
+        .fillna(0)
+        .to_numpy()
+    )
+    fig = Figure(figsize=(6, 5))
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(matrix.max(), 1))
+    for i in range(len(STAGES)):
+        for j in range(len(STAGES)):
+            if i != j:
+                dark = matrix[i, j] > 0.6 * max(matrix.max(), 1)
+                ax.text(
+                    j,
+                    i,
+                    f"{int(matrix[i, j])}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if dark else "black",
+                )
+    labels = [s.replace("_", "\n") for s in STAGES]
+    ax.set_xticks(range(len(STAGES)), labels, fontsize=7)
+    ax.set_yticks(range(len(STAGES)), labels, fontsize=7)
+    ax.set_xlabel("to stage")
+    ax.set_ylabel("from stage")
+    ax.set_title("Stage transitions within tracks (counts)", fontsize=10)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return fig

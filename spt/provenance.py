@@ -24,6 +24,7 @@ __all__ = [
     "environment",
     "file_record",
     "read_provenance",
+    "read_provenance_file",
     "sha256_file",
     "up_to_date",
 ]
@@ -43,8 +44,14 @@ def sha256_file(path: str | os.PathLike, block_bytes: int = 8 << 20) -> str:
 
 
 def file_record(path: str | os.PathLike) -> dict[str, Any]:
-    """``{path, bytes, mtime_ns, sha256}`` of an input file."""
+    """``{path, bytes, mtime_ns, sha256}`` of an input file.
+
+    For a source that is not a file (e.g. frames handed over by napari) only ``path`` is
+    recorded, and such results never count as up to date.
+    """
     path = Path(path)
+    if not path.is_file():
+        return {"path": str(path)}
     stat = path.stat()
     return {
         "path": str(path.resolve()),
@@ -78,11 +85,16 @@ def now_utc() -> str:
 
 def read_provenance(folder: str | os.PathLike) -> dict[str, Any] | None:
     """The provenance of a result folder, or ``None`` if it has none or it is unreadable."""
+    return read_provenance_file(Path(folder) / PROVENANCE_FILE) or None
+
+
+def read_provenance_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object from ``path``; empty if the file is missing or unreadable."""
     try:
-        data = json.loads((Path(folder) / PROVENANCE_FILE).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _same_file(record: dict[str, Any] | None, path: Path | None) -> bool:

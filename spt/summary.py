@@ -1,94 +1,483 @@
-"""Per-stage velocity table: how many particles, and how fast they move, in each delivery stage."""
+"""Per-stage tables: how many particles, how long they stay and how fast they move in each stage.
+
+For one movie or pooled over a batch: the stage velocity table (with bootstrap 95% confidence
+intervals and a localisation-noise flag), dwell times and stage-to-stage transition counts.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from spt.schema import STAGE_VELOCITY_COLUMNS, STAGES, empty_table
+from spt.schema import STAGE_VELOCITY_COLUMNS, STAGES
+from spt.stages import estimate_localization_error_um
+
+__all__ = [
+    "STAGE_TABLE_COLUMNS",
+    "MovieStages",
+    "StageSummary",
+    "column_descriptions",
+    "dwell_times",
+    "pooled_stage_velocities",
+    "stage_summary",
+    "stage_transitions",
+    "stage_velocities",
+    "step_speeds",
+]
+
+#: Columns of the stage velocity table: the DESIGN contract first, then the extras.
+STAGE_TABLE_COLUMNS: tuple[str, ...] = (
+    *STAGE_VELOCITY_COLUMNS,
+    "n_points",
+    "mean_speed_ci_low_um_s",
+    "mean_speed_ci_high_um_s",
+    "median_speed_ci_low_um_s",
+    "median_speed_ci_high_um_s",
+    "n_runs",
+    "median_run_speed_um_s",
+    "run_speed_ci_low_um_s",
+    "run_speed_ci_high_um_s",
+    "noise_floor_um_s",
+    "noise_fraction",
+    "noise_dominated",
+    "n_dwells",
+    "n_complete_dwells",
+    "median_dwell_s",
+    "median_complete_dwell_s",
+)
+
+#: What each column of the stage velocity table means (unit, meaning), for files and reports.
+_DESCRIPTIONS: dict[str, tuple[str, str]] = {
+    "stage": ("", "delivery stage (Tada et al. 2007), in delivery order"),
+    "n_tracks": ("", "tracks with at least one point in this stage"),
+    "n_segments": ("", "motion segments whose majority stage is this one"),
+    "n_steps": ("", "one-frame steps with both ends in this stage"),
+    "mean_speed_um_s": (
+        "um/s",
+        "mean FRAME-TO-FRAME speed: displacement between consecutive frames / frame interval; "
+        "includes localisation noise, so it is never zero even for a particle at rest",
+    ),
+    "median_speed_um_s": ("um/s", "median frame-to-frame speed (same steps)"),
+    "sd_speed_um_s": ("um/s", "standard deviation of the frame-to-frame speeds"),
+    "D_um2_s": ("um^2/s", "median diffusion coefficient of the stage's segments (MSD fit)"),
+    "alpha": ("", "median anomalous exponent of the stage's segments (1 free, <1 restricted)"),
+    "n_points": ("", "track points (localisations) in this stage"),
+    "mean_speed_ci_low_um_s": ("um/s", "bootstrap 95% CI of the mean speed, lower bound"),
+    "mean_speed_ci_high_um_s": ("um/s", "bootstrap 95% CI of the mean speed, upper bound"),
+    "median_speed_ci_low_um_s": ("um/s", "bootstrap 95% CI of the median speed, lower bound"),
+    "median_speed_ci_high_um_s": ("um/s", "bootstrap 95% CI of the median speed, upper bound"),
+    "n_runs": ("", "directed segments (runs) in this stage"),
+    "median_run_speed_um_s": (
+        "um/s",
+        "median NET RUN SPEED of directed segments: net displacement of a run / its duration; "
+        "what a particle actually travels while it runs, almost free of localisation noise",
+    ),
+    "run_speed_ci_low_um_s": ("um/s", "bootstrap 95% CI of the median run speed, lower bound"),
+    "run_speed_ci_high_um_s": ("um/s", "bootstrap 95% CI of the median run speed, upper bound"),
+    "noise_floor_um_s": (
+        "um/s",
+        "localisation-noise floor sqrt(2) x localisation error / frame interval: the typical "
+        "frame-to-frame speed of a particle that does not move at all",
+    ),
+    "noise_fraction": (
+        "",
+        "share of the mean squared frame-to-frame speed explained by localisation noise, "
+        "2 x floor^2 / mean(speed^2) (1 = all noise)",
+    ),
+    "noise_dominated": (
+        "",
+        "True when noise_fraction > 0.5 (rms speed below 2 x the floor): the frame-to-frame "
+        "speed of this stage is mostly jitter, read the run speed or D instead",
+    ),
+    "n_dwells": ("", "uninterrupted stays in this stage (one per track and visit)"),
+    "n_complete_dwells": ("", "stays whose start and end were both observed"),
+    "median_dwell_s": (
+        "s",
+        "median time spent in the stage per stay; stays cut by the start or end of a track are "
+        "included, so this is a lower bound",
+    ),
+    "median_complete_dwell_s": ("s", "median duration of the complete stays only"),
+}
+
+_N_BOOT = 1000
+_INT_COLUMNS = (
+    "n_tracks",
+    "n_segments",
+    "n_steps",
+    "n_points",
+    "n_runs",
+    "n_dwells",
+    "n_complete_dwells",
+)
+
+
+def column_descriptions() -> pd.DataFrame:
+    """Unit and meaning of every column of the stage velocity table."""
+    return pd.DataFrame(
+        [(c, *_DESCRIPTIONS[c]) for c in STAGE_TABLE_COLUMNS], columns=["column", "unit", "meaning"]
+    )
+
+
+@dataclass(frozen=True)
+class MovieStages:
+    """The classified tracks of one movie with their calibration.
+
+    Attributes
+    ----------
+    tracks : DataFrame
+        ``particle, frame, x, y`` (px), ``state``, ``stage`` (output of
+        :func:`spt.stages.classify_stages`).
+    segments : DataFrame
+        ``particle, segment, state, stage, D_um2_s, alpha, speed_um_s``.
+    pixel_size_um, frame_interval_s : float
+        Calibration, um/px and s.
+    name : str
+        Movie name (tells the movies of a batch apart).
+    localization_error_um : float or None
+        Localisation error (s.d. per axis, um); measured from the tracks when None
+        (:func:`spt.stages.estimate_localization_error_um`).
+    """
+
+    tracks: pd.DataFrame
+    segments: pd.DataFrame
+    pixel_size_um: float
+    frame_interval_s: float
+    name: str = ""
+    localization_error_um: float | None = None
+
+
+@dataclass
+class StageSummary:
+    """All per-stage tables of one movie or a pooled batch."""
+
+    velocities: pd.DataFrame
+    dwells: pd.DataFrame
+    transitions: pd.DataFrame
+    steps: pd.DataFrame
+
+
+# ----------------------------------------------------------------------------- building blocks
 
 
 def step_speeds(
     tracks: pd.DataFrame, *, pixel_size_um: float, frame_interval_s: float
 ) -> pd.DataFrame:
-    """Frame-to-frame speeds within each track.
+    """Speed of every step between consecutive detections of a particle.
 
-    A step spans consecutive detections of one particle; across a blinking gap of ``g`` frames
-    the displacement is divided by ``g`` frame intervals. Each step is attributed to the stage of
-    its end point.
+    A step across a blinking gap of ``g`` frames is divided by ``g`` frame intervals. The
+    stage tables use only the true frame-to-frame steps: ``gap_frames == 1`` and
+    ``within_stage`` (both ends in the same stage).
 
     Returns
     -------
     DataFrame
-        ``particle, frame`` (end frame), ``stage, speed_um_s``.
+        ``particle, frame`` (end frame), ``stage`` and ``state`` (of the end point, when the
+        tracks have them), ``gap_frames``, ``within_stage``, ``speed_um_s``.
     """
     t = tracks.sort_values(["particle", "frame"])
-    same = t["particle"].to_numpy()[1:] == t["particle"].to_numpy()[:-1]
-    dx = np.diff(t["x"].to_numpy())[same]
-    dy = np.diff(t["y"].to_numpy())[same]
-    df = np.diff(t["frame"].to_numpy())[same]
-    end = t.iloc[1:][same]
+    p, f = t["particle"].to_numpy(), t["frame"].to_numpy()
+    keep = p[1:] == p[:-1]
+    d = np.diff(t[["x", "y"]].to_numpy(float), axis=0)[keep]
+    gap = (f[1:] - f[:-1])[keep]
+    n = int(keep.sum())
+    stage = t["stage"].to_numpy() if "stage" in t else np.full(len(t), None)
+    state = t["state"].to_numpy()[1:][keep] if "state" in t else np.full(n, None)
     return pd.DataFrame(
         {
-            "particle": end["particle"].to_numpy(),
-            "frame": end["frame"].to_numpy(),
-            "stage": end["stage"].to_numpy(),
-            "speed_um_s": np.hypot(dx, dy) * pixel_size_um / (df * frame_interval_s),
+            "particle": p[1:][keep],
+            "frame": f[1:][keep],
+            "stage": stage[1:][keep],
+            "state": state,
+            "gap_frames": gap.astype(np.int64),
+            "within_stage": (stage[1:] == stage[:-1])[keep],
+            "speed_um_s": np.hypot(d[:, 0], d[:, 1]) * pixel_size_um / (gap * frame_interval_s),
         }
     )
 
 
-def stage_velocities(
-    tracks: pd.DataFrame, segments: pd.DataFrame, *, pixel_size_um: float, frame_interval_s: float
-) -> pd.DataFrame:
-    """One row per delivery stage present: counts and frame-to-frame speed statistics.
+def _frame_to_frame(steps: pd.DataFrame) -> pd.DataFrame:
+    """The steps that measure a frame-to-frame speed within one stage."""
+    return steps[(steps["gap_frames"] == 1) & steps["within_stage"].astype(bool)]
 
-    Parameters
-    ----------
-    tracks : DataFrame
-        Tracks with ``particle, frame, x, y`` (px) and ``stage``.
-    segments : DataFrame
-        Segments with ``particle, stage, D_um2_s, alpha``.
-    pixel_size_um, frame_interval_s : float
-        Calibration, um/px and s.
+
+def dwell_times(tracks: pd.DataFrame, *, frame_interval_s: float) -> pd.DataFrame:
+    """Uninterrupted stays of each track in each stage.
 
     Returns
     -------
     DataFrame
-        Columns of :data:`spt.schema.STAGE_VELOCITY_COLUMNS`: speeds in um/s are frame-to-frame
-        step speeds; ``D_um2_s`` and ``alpha`` are medians over the stage's segments.
+        One row per stay: ``particle, stage, start_frame, end_frame, n_points``, ``dwell_s``
+        (frames spanned x frame interval) and ``censored`` (True when the stay touches the start
+        or end of its track, so the particle may have been in the stage longer).
     """
+    columns = ["particle", "stage", "start_frame", "end_frame", "n_points", "dwell_s", "censored"]
     if tracks.empty:
-        return empty_table(STAGE_VELOCITY_COLUMNS)
-    steps = step_speeds(tracks, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s)
-    return stage_table(steps, segments)
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    t = tracks.sort_values(["particle", "frame"])
+    p, stage = t["particle"].to_numpy(), t["stage"].to_numpy()
+    new = np.r_[True, (p[1:] != p[:-1]) | (stage[1:] != stage[:-1])]
+    run = np.cumsum(new) - 1
+    g = pd.DataFrame({"particle": p, "stage": stage, "frame": t["frame"].to_numpy(), "run": run})
+    runs = g.groupby("run").agg(
+        particle=("particle", "first"),
+        stage=("stage", "first"),
+        start_frame=("frame", "min"),
+        end_frame=("frame", "max"),
+        n_points=("frame", "size"),
+    )
+    first = runs["particle"].ne(runs["particle"].shift())
+    last = runs["particle"].ne(runs["particle"].shift(-1))
+    runs["dwell_s"] = (runs["end_frame"] - runs["start_frame"] + 1) * frame_interval_s
+    runs["censored"] = (first | last).to_numpy()
+    return runs.reset_index(drop=True)[columns]
 
 
-def stage_table(steps: pd.DataFrame, segments: pd.DataFrame) -> pd.DataFrame:
-    """Summarise step speeds (``particle, stage, speed_um_s``) and segments per stage.
+def stage_transitions(dwells: pd.DataFrame) -> pd.DataFrame:
+    """Counts of moves between stages within tracks, for every ordered pair of stages.
 
-    Used directly to pool several movies: concatenate their steps and segments with particle
-    ids made unique per movie.
+    Parameters
+    ----------
+    dwells : DataFrame
+        Output of :func:`dwell_times` (optionally with a ``movie`` column, kept apart).
+
+    Returns
+    -------
+    DataFrame
+        ``from_stage, to_stage, n_transitions`` for all 36 ordered pairs (zeros included), in
+        delivery order.
     """
-    rows = []
-    for stage in STAGES:
-        segs = segments[segments["stage"] == stage]
-        if segs.empty:
-            continue
-        speeds = steps.loc[steps["stage"] == stage, "speed_um_s"].to_numpy()
-        rows.append(
-            {
-                "stage": stage,
-                "n_tracks": int(segs["particle"].nunique()),
-                "n_segments": len(segs),
-                "n_steps": speeds.size,
-                "mean_speed_um_s": float(speeds.mean()) if speeds.size else np.nan,
-                "median_speed_um_s": float(np.median(speeds)) if speeds.size else np.nan,
-                "sd_speed_um_s": float(speeds.std(ddof=1)) if speeds.size > 1 else np.nan,
-                "D_um2_s": float(segs["D_um2_s"].median()),
-                "alpha": float(segs["alpha"].median()),
-            }
+    keys = ["movie", "particle"] if "movie" in dwells else ["particle"]
+    d = dwells.sort_values([*keys, "start_frame"])
+    same = np.ones(max(len(d) - 1, 0), bool)
+    for k in keys:
+        v = d[k].to_numpy()
+        same &= v[1:] == v[:-1]
+    stage = d["stage"].to_numpy()
+    moves = pd.DataFrame({"from_stage": stage[:-1][same], "to_stage": stage[1:][same]})
+    counts = moves.value_counts()
+    index = pd.MultiIndex.from_product([STAGES, STAGES], names=["from_stage", "to_stage"])
+    out = counts.reindex(index, fill_value=0).rename("n_transitions").reset_index()
+    return out.astype({"n_transitions": "int64"})
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def _cluster_bootstrap_ci(
+    values: np.ndarray, clusters: np.ndarray, statistic: str, rng: np.random.Generator
+) -> tuple[float, float]:
+    """Percentile 95% CI of the mean or median of ``values``, resampling whole clusters (tracks).
+
+    Steps of one track are correlated, so tracks, not steps, are drawn with replacement
+    (cluster bootstrap; Field & Welsh, J R Stat Soc B 69:369, 2007). NaN with < 2 clusters.
+    """
+    codes, uniques = pd.factorize(clusters)
+    k = len(uniques)
+    if k < 2 or values.size == 0:
+        return float("nan"), float("nan")
+    order = np.argsort(values, kind="stable")
+    sorted_values, sorted_codes = values[order], codes[order]
+    estimates = []
+    for start in range(0, _N_BOOT, 100):
+        b = min(100, _N_BOOT - start)
+        draws = rng.integers(0, k, size=(b, k))
+        weights = np.zeros((b, k))
+        np.add.at(weights, (np.repeat(np.arange(b), k), draws.ravel()), 1.0)
+        w = weights[:, sorted_codes]
+        total = w.sum(axis=1)
+        if statistic == "mean":
+            estimates.append(w @ sorted_values / total)
+        else:
+            cum = np.cumsum(w, axis=1)
+            estimates.append(sorted_values[np.argmax(cum >= total[:, None] / 2, axis=1)])
+    lo, hi = np.percentile(np.concatenate(estimates), [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _velocity_row(
+    stage: str,
+    points: pd.DataFrame,
+    steps: pd.DataFrame,
+    segments: pd.DataFrame,
+    dwells: pd.DataFrame,
+    rng: np.random.Generator,
+) -> dict:
+    speeds = steps["speed_um_s"].to_numpy(float)
+    runs = segments[segments["state"] == "directed"]
+    run_speeds = runs["speed_um_s"].to_numpy(float)
+    floor = steps["noise_floor_um_s"].to_numpy(float)
+    complete = dwells[~dwells["censored"].astype(bool)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        noise_fraction = (
+            float(np.mean(2 * floor**2) / np.mean(speeds**2)) if speeds.size else float("nan")
         )
-    if not rows:
-        return empty_table(STAGE_VELOCITY_COLUMNS)
-    return pd.DataFrame(rows, columns=list(STAGE_VELOCITY_COLUMNS))
+    mean_ci = _cluster_bootstrap_ci(speeds, steps["cluster"].to_numpy(), "mean", rng)
+    median_ci = _cluster_bootstrap_ci(speeds, steps["cluster"].to_numpy(), "median", rng)
+    run_ci = _cluster_bootstrap_ci(run_speeds, runs["cluster"].to_numpy(), "median", rng)
+    nan = float("nan")
+    return {
+        "stage": stage,
+        "n_tracks": points["cluster"].nunique(),
+        "n_segments": len(segments),
+        "n_steps": speeds.size,
+        "mean_speed_um_s": float(speeds.mean()) if speeds.size else nan,
+        "median_speed_um_s": float(np.median(speeds)) if speeds.size else nan,
+        "sd_speed_um_s": float(speeds.std(ddof=1)) if speeds.size > 1 else nan,
+        "D_um2_s": float(segments["D_um2_s"].median()) if len(segments) else nan,
+        "alpha": float(segments["alpha"].median()) if len(segments) else nan,
+        "n_points": len(points),
+        "mean_speed_ci_low_um_s": mean_ci[0],
+        "mean_speed_ci_high_um_s": mean_ci[1],
+        "median_speed_ci_low_um_s": median_ci[0],
+        "median_speed_ci_high_um_s": median_ci[1],
+        "n_runs": run_speeds.size,
+        "median_run_speed_um_s": float(np.median(run_speeds)) if run_speeds.size else nan,
+        "run_speed_ci_low_um_s": run_ci[0],
+        "run_speed_ci_high_um_s": run_ci[1],
+        "noise_floor_um_s": float(np.median(floor)) if floor.size else nan,
+        "noise_fraction": noise_fraction,
+        "noise_dominated": bool(noise_fraction > 0.5),
+        "n_dwells": len(dwells),
+        "n_complete_dwells": len(complete),
+        "median_dwell_s": float(dwells["dwell_s"].median()) if len(dwells) else nan,
+        "median_complete_dwell_s": float(complete["dwell_s"].median()) if len(complete) else nan,
+    }
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def stage_summary(movies: Sequence[MovieStages], *, seed: int = 0) -> StageSummary:
+    """Per-stage velocity, dwell and transition tables of one movie or pooled over several.
+
+    Pooling concatenates the steps, segments and stays of all movies; tracks are told apart by
+    movie, and the bootstrap resamples tracks across the whole batch. Each step carries the
+    noise floor of its own movie.
+
+    Parameters
+    ----------
+    movies : sequence of MovieStages
+        Classified tracks and calibration of each movie.
+    seed : int
+        Seed of the bootstrap (1000 resamples), for reproducible intervals.
+
+    Returns
+    -------
+    StageSummary
+        ``velocities`` (one row per stage present, in delivery order, columns
+        :data:`STAGE_TABLE_COLUMNS`, see :func:`column_descriptions`), ``dwells``
+        (:func:`dwell_times` + ``movie``), ``transitions`` (:func:`stage_transitions`) and
+        ``steps`` (the frame-to-frame steps of :func:`step_speeds` + ``movie,
+        noise_floor_um_s``).
+    """
+    steps, segments, dwells, points = [], [], [], []
+    for k, m in enumerate(movies):
+        if m.tracks.empty:
+            continue
+        movie = m.name or str(k)
+        sigma = m.localization_error_um
+        if sigma is None:
+            sigma = estimate_localization_error_um(m.tracks, pixel_size_um=m.pixel_size_um)
+        s = step_speeds(
+            m.tracks, pixel_size_um=m.pixel_size_um, frame_interval_s=m.frame_interval_s
+        )
+        steps.append(
+            s.assign(movie=movie, noise_floor_um_s=np.sqrt(2) * sigma / m.frame_interval_s)
+        )
+        segments.append(m.segments.assign(movie=movie))
+        dwells.append(
+            dwell_times(m.tracks, frame_interval_s=m.frame_interval_s).assign(movie=movie)
+        )
+        points.append(m.tracks[["particle", "stage"]].assign(movie=movie))
+    if not points:  # no tracks at all: the same tables, empty
+        no_tracks = pd.DataFrame(
+            {c: pd.Series(dtype=object) for c in ("particle", "frame", "x", "y", "stage")}
+        )
+        steps.append(
+            step_speeds(no_tracks, pixel_size_um=1.0, frame_interval_s=1.0).assign(
+                movie=pd.Series(dtype=object), noise_floor_um_s=pd.Series(dtype=float)
+            )
+        )
+        segments.append(
+            pd.DataFrame(
+                {c: pd.Series(dtype=object) for c in ("movie", "particle", "stage", "state")}
+            ).assign(**{c: pd.Series(dtype=float) for c in ("D_um2_s", "alpha", "speed_um_s")})
+        )
+        dwells.append(
+            dwell_times(no_tracks, frame_interval_s=1.0).assign(movie=pd.Series(dtype=object))
+        )
+        points.append(no_tracks[["particle", "stage"]].assign(movie=pd.Series(dtype=object)))
+    steps_t = _frame_to_frame(pd.concat(steps, ignore_index=True))
+    segments_t = pd.concat(segments)
+    dwells_t, points_t = pd.concat(dwells, ignore_index=True), pd.concat(points)
+    for table in (steps_t, segments_t, dwells_t, points_t):
+        table["cluster"] = list(zip(table["movie"], table["particle"], strict=True))
+    rng = np.random.default_rng(seed)
+    rows = [
+        _velocity_row(
+            stage,
+            points_t[points_t["stage"] == stage],
+            steps_t[steps_t["stage"] == stage],
+            segments_t[segments_t["stage"] == stage],
+            dwells_t[dwells_t["stage"] == stage],
+            rng,
+        )
+        for stage in STAGES
+        if (points_t["stage"] == stage).any()
+    ]
+    velocities = pd.DataFrame(rows, columns=list(STAGE_TABLE_COLUMNS))
+    velocities = velocities.astype({c: "int64" for c in _INT_COLUMNS} | {"noise_dominated": bool})
+    dwells_t = dwells_t.drop(columns="cluster")
+    return StageSummary(
+        velocities=velocities,
+        dwells=dwells_t[["movie", *[c for c in dwells_t if c != "movie"]]],
+        transitions=stage_transitions(dwells_t),
+        steps=steps_t.drop(columns="cluster"),
+    )
+
+
+def stage_velocities(
+    tracks: pd.DataFrame,
+    segments: pd.DataFrame,
+    *,
+    pixel_size_um: float,
+    frame_interval_s: float,
+    localization_error_um: float | None = None,
+) -> pd.DataFrame:
+    """The stage velocity table of one movie (see :func:`stage_summary`).
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        Classified tracks: ``particle, frame, x, y`` (px), ``state``, ``stage``.
+    segments : DataFrame
+        Segments with ``particle, state, stage, D_um2_s, alpha, speed_um_s``.
+    pixel_size_um, frame_interval_s : float
+        Calibration, um/px and s.
+    localization_error_um : float, optional
+        Localisation error (um) for the noise floor; measured from the tracks when omitted.
+
+    Returns
+    -------
+    DataFrame
+        One row per stage present, in delivery order, columns :data:`STAGE_TABLE_COLUMNS`
+        (DESIGN columns first). Speeds
+        in um/s: ``*_speed_um_s`` are frame-to-frame speeds, ``*run_speed*`` net speeds of
+        directed segments.
+    """
+    movie = MovieStages(
+        tracks,
+        segments,
+        pixel_size_um,
+        frame_interval_s,
+        localization_error_um=localization_error_um,
+    )
+    return stage_summary([movie]).velocities
+
+
+def pooled_stage_velocities(movies: Sequence[MovieStages]) -> pd.DataFrame:
+    """The stage velocity table pooled over several movies (see :func:`stage_summary`)."""
+    return stage_summary(movies).velocities

@@ -24,6 +24,10 @@ from spt.errors import SptInputError
 from spt.progress import BatchProgress
 
 TABLES = ("spots", "tracks", "segments", "stage_velocities")
+# Figures and HTML reports (tested in test_report.py) are left out where they only cost time;
+# test_parquet_tables_... runs with the defaults and checks them.
+CONFIG = PipelineConfig().with_overrides(["output.report=false"])
+NO_REPORT = ("--set", "output.report=false")
 FOLDERS = ("day1/m1", "day1/m2", "day2/m1", "m3")
 
 
@@ -48,7 +52,7 @@ def movies(tmp_path_factory):
 def reference(movies, tmp_path_factory):
     """The serial, in-process run of the set that the other modes must reproduce."""
     out = tmp_path_factory.mktemp("reference")
-    outcome = run_batch([movies], out, PipelineConfig())
+    outcome = run_batch([movies], out, CONFIG)
     assert list(outcome.summary["status"]) == ["ok"] * 4
     return out
 
@@ -118,8 +122,8 @@ def test_each_movie_gets_provenance_of_input_config_software_and_timings(movies,
     assert prov["inputs"]["movie"]["bytes"] == movie.stat().st_size
     masks = movies / "day1/m2_masks.tif"
     assert prov["inputs"]["masks"]["sha256"] == hashlib.sha256(masks.read_bytes()).hexdigest()
-    assert PipelineConfig.from_dict(prov["config"]) == PipelineConfig()
-    assert prov["config_digest"] == PipelineConfig().digest()
+    assert PipelineConfig.from_dict(prov["config"]) == CONFIG
+    assert prov["config_digest"] == CONFIG.digest()
     assert prov["environment"]["spt"] and prov["environment"]["libraries"]["numpy"]
     assert {"read", "detect", "link", "analyze", "write"} <= set(prov["timings_s"])
     assert prov["calibration"]["pixel_size_um"] == pytest.approx(0.2)
@@ -145,7 +149,7 @@ def test_rerun_skips_complete_unchanged_movies_and_redoes_changed_ones(movies, r
     shutil.copytree(reference, out)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("tracks.csv")}
 
-    outcome = run_batch([src], out)
+    outcome = run_batch([src], out, CONFIG)
     assert set(outcome.summary["status"]) == {"skipped"}
     assert {p: p.stat().st_mtime_ns for p in out.rglob("tracks.csv")} == before
     assert outcome.summary["n_tracks"].notna().all()  # counts come from the provenance
@@ -153,17 +157,18 @@ def test_rerun_skips_complete_unchanged_movies_and_redoes_changed_ones(movies, r
     os.utime(src / "m3.ome.tif")  # touched, same bytes: the hash says unchanged
     (out / "day1/m2/segments.csv").unlink()  # an output lost: redo
     _simulate(src / "day2", "m1", seed=99)  # new content under the same name: redo
-    assert _statuses_of(run_batch([src], out)) == {
+    assert _statuses_of(run_batch([src], out, CONFIG)) == {
         "day1/m1": "skipped",
         "day1/m2": "ok",
         "day2/m1": "ok",
         "m3": "skipped",
     }
-    changed = PipelineConfig().with_overrides(["link.max_gap_frames=2"])
+    changed = CONFIG.with_overrides(["link.max_gap_frames=2"])
     assert run_batch([src / "m3.ome.tif"], out, changed).summary["status"].tolist() == ["ok"]
     prov = json.loads((out / "m3" / "provenance.json").read_text())
     assert prov["config"]["link"]["max_gap_frames"] == 2
-    assert set(run_batch([src / "day1"], out / "day1", force=True).summary["status"]) == {"ok"}
+    forced = run_batch([src / "day1"], out / "day1", CONFIG, force=True)
+    assert set(forced.summary["status"]) == {"ok"}
     _assert_same_results(out, reference, folders=["day1/m1", "day1/m2"])
 
 
@@ -177,7 +182,17 @@ def _statuses_of(outcome) -> dict[str, str]:
 def test_a_killed_run_leaves_nothing_mistaken_for_complete_and_resumes(movies, reference, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "spt.cli", "run", str(movies), "--out", str(out), "--quiet"],
+        [
+            sys.executable,
+            "-m",
+            "spt.cli",
+            "run",
+            str(movies),
+            "--out",
+            str(out),
+            "--quiet",
+            *NO_REPORT,
+        ],
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -198,7 +213,7 @@ def test_a_killed_run_leaves_nothing_mistaken_for_complete_and_resumes(movies, r
     visible = {v for v in visible if not any(part.startswith(".") for part in v.split("/"))}
     assert visible - {"day1", "day2"} == complete
 
-    assert main(["run", str(movies), "--out", str(out), "--quiet"]) == 0
+    assert main(["run", str(movies), "--out", str(out), "--quiet", *NO_REPORT]) == 0
     statuses = _statuses(out)
     assert {f for f, s in statuses.items() if s == "skipped"} == complete
     assert {f for f, s in statuses.items() if s == "ok"} == set(FOLDERS) - complete
@@ -218,7 +233,7 @@ def test_stale_temporaries_of_dead_processes_are_removed(movies, reference, tmp_
     for folder in (stale, live):
         folder.mkdir()
         (folder / "spots.csv").write_text("frame,x\n")
-    run_batch([movies], out)
+    run_batch([movies], out, CONFIG)
     assert not stale.exists() and live.exists()
 
 
@@ -233,7 +248,7 @@ def test_folder_with_a_corrupt_movie_finishes_the_rest_and_reports_it(movies, tm
     tifffile.imwrite(corrupt, good, imagej=True, metadata={"finterval": 0.03}, resolution=(5, 5))
     corrupt.write_bytes(corrupt.read_bytes()[: corrupt.stat().st_size // 2])
     out = tmp_path / "out"
-    assert main(["run", str(src), "--out", str(out), "--quiet"]) == 1
+    assert main(["run", str(src), "--out", str(out), "--quiet", *NO_REPORT]) == 1
     err = capsys.readouterr().err
     assert "broken.tif" in err and "truncated" in err and "1 of 3 movie(s) failed" in err
     summary = pd.read_csv(out / "batch_summary.csv", keep_default_na=False).set_index("output")
@@ -242,7 +257,7 @@ def test_folder_with_a_corrupt_movie_finishes_the_rest_and_reports_it(movies, tm
     assert summary.loc[str(out / "m1"), "status"] == "ok"
     assert (out / "m2" / "tracks.csv").exists() and not (out / "broken").exists()
     # A re-run retries the failed movie and skips the finished ones.
-    assert main(["run", str(src), "--out", str(out), "--quiet"]) == 1
+    assert main(["run", str(src), "--out", str(out), "--quiet", *NO_REPORT]) == 1
     assert _statuses(out) == {"broken": "failed", "m1": "skipped", "m2": "skipped"}
 
 
@@ -251,14 +266,16 @@ def test_folder_with_a_corrupt_movie_finishes_the_rest_and_reports_it(movies, tm
 
 def test_two_local_workers_give_the_results_of_one(movies, reference, tmp_path):
     out = tmp_path / "out"
-    assert main(["run", str(movies), "--out", str(out), "--workers", "2", "--quiet"]) == 0
+    assert (
+        main(["run", str(movies), "--out", str(out), "--workers", "2", "--quiet", *NO_REPORT]) == 0
+    )
     assert set(_statuses(out).values()) == {"ok"}
     _assert_same_results(out, reference)
 
 
 def test_one_movie_detected_in_parallel_frame_ranges_equals_serial(movies, tmp_path):
     movie = movies / "day1" / "m1.ome.tif"
-    config = ["--set", "movie.chunk_frames=8", "--quiet"]
+    config = ["--set", "movie.chunk_frames=8", "--quiet", *NO_REPORT]
     assert main(["run", str(movie), "--out", str(tmp_path / "serial"), *config]) == 0
     assert main(["run", str(movie), "--out", str(tmp_path / "par"), "--workers", "2", *config]) == 0
     _assert_same_results(tmp_path / "par", tmp_path / "serial", folders=["m1"])
@@ -270,12 +287,13 @@ def test_dask_local_cluster_gives_the_results_of_a_local_run(movies, reference, 
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
     ) as cluster:
-        outcome = run_batch([movies], tmp_path / "out", scheduler=cluster.scheduler_address)
+        address = cluster.scheduler_address
+        outcome = run_batch([movies], tmp_path / "out", CONFIG, scheduler=address)
         assert set(outcome.summary["status"]) == {"ok"}
         _assert_same_results(tmp_path / "out", reference)
         # Fewer movies than Dask workers: frame ranges of the movie go to the cluster.
         one = movies / "m3.ome.tif"
-        single = run_batch([one], tmp_path / "one", scheduler=cluster.scheduler_address)
+        single = run_batch([one], tmp_path / "one", CONFIG, scheduler=address)
         assert single.summary["status"].tolist() == ["ok"]
     _assert_same_results(tmp_path / "one", reference, folders=["m3"])
 
@@ -287,7 +305,22 @@ def test_parquet_tables_hold_the_same_results(movies, reference, tmp_path):
     out = tmp_path / "out"
     movie = movies / "m3.ome.tif"
     assert main(["run", str(movie), "--out", str(out), "--format", "parquet", "--quiet"]) == 0
-    assert list(out.rglob("*.csv")) == [out / "batch_summary.csv"]
+    for table in TABLES:  # the report's own tables are written in both formats
+        assert not (out / "m3" / f"{table}.csv").exists(), table
+    assert not (out / "stage_velocities.csv").exists()
+    # With the default configuration the figures and reports are written too.
+    assert (out / "m3" / "report.html").exists() and (out / "m3" / "tracks_by_stage.png").exists()
+    report = out / "batch_report.html"
+    assert report.exists() and (out / "batch_provenance.json").exists()
+    # Re-running a finished batch does not recompute the batch outputs.
+    before = report.stat().st_mtime_ns
+    assert main(["run", str(movie), "--out", str(out), "--format", "parquet", "--quiet"]) == 0
+    assert report.stat().st_mtime_ns == before
+    assert (
+        main(["run", str(movie), "--out", str(out), "--quiet", "--format", "parquet", "--force"])
+        == 0
+    )
+    assert report.stat().st_mtime_ns != before
     assert (out / "stage_velocities.parquet").exists()
     for table in TABLES:
         got = pd.read_parquet(out / "m3" / f"{table}.parquet")
@@ -321,7 +354,7 @@ def test_cli_reports_batch_and_movie_progress_on_stderr(movies, reference, tmp_p
     out = tmp_path / "out"
     shutil.copytree(reference, out)
     res = subprocess.run(
-        [sys.executable, "-m", "spt.cli", "run", str(movies), "--out", str(out)],
+        [sys.executable, "-m", "spt.cli", "run", str(movies), "--out", str(out), *NO_REPORT],
         capture_output=True,
         text=True,
     )
@@ -331,7 +364,7 @@ def test_cli_reports_batch_and_movie_progress_on_stderr(movies, reference, tmp_p
     assert len(lines) == 4 and "\r" not in res.stderr  # not a terminal: plain lines
     assert "0 ok, 4 skipped, 0 failed" in res.stdout
     capsys.readouterr()
-    assert main(["run", str(movies), "--out", str(out), "--quiet"]) == 0
+    assert main(["run", str(movies), "--out", str(out), "--quiet", *NO_REPORT]) == 0
     assert capsys.readouterr() == ("", "")
 
 
@@ -354,3 +387,15 @@ def test_workers_and_scheduler_together_are_refused(movies, tmp_path, capsys):
     assert main([*args, "--scheduler", "tcp://127.0.0.1:1"]) == 1
     assert "--scheduler" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_in_memory_results_only_for_serial_runs(movies, tmp_path):
+    with pytest.raises(ValueError, match="serial"):
+        run_batch([movies], tmp_path / "o", CONFIG, workers=2, keep_results=True)
+    outcome = run_batch([movies / "m3.ome.tif"], tmp_path / "o", CONFIG, keep_results=True)
+    [result] = outcome.results
+    pd.testing.assert_frame_equal(
+        result.analysis.tracks.reset_index(drop=True),
+        outcome.read_table("m3", "tracks"),
+        check_dtype=False,
+    )

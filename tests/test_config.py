@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from spt import _toml
 from spt.cli import main
 from spt.config import PipelineConfig, build_dataclass
 from spt.errors import SptInputError
@@ -101,6 +102,9 @@ def test_generic_fields_are_converted_by_their_type():
         inner=_Inner(gain=300.0, mode="manual"),
     )
     assert isinstance(section.scale, float) and isinstance(section.pair[0], float)
+    # Non-finite numbers: TOML writes inf; JSON (provenance files) holds them as strings.
+    assert build_dataclass(_Section, "s", {"scale": "inf", "offset": "-inf"}, None).offset < -1e308
+    assert tomllib.loads("x = " + _toml.value_to_toml(float("inf")))["x"] == float("inf")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,211 @@
+"""Delivery-stage classification against simulator ground truth, decoding, masks and classifier."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spt.errors import SptInputError
+from spt.masks import label_image, masks_from_channels, threshold_mask
+from spt.schema import MASK_LABELS, STAGES
+from spt.segment import segment_tracks
+from spt.simulate import SimulationConfig, simulate_tracks
+from spt.stages import (
+    StageClassifier,
+    StageConfig,
+    classify_stages,
+    decode_stages,
+    estimate_localization_error_um,
+    stage_features,
+)
+
+PX, DT, NOISE_PX = 0.2, 1 / 30, 0.25
+
+
+def _labelled_tracks(seed: int, n_frames: int = 200):
+    """Simulated tracks with localisation noise, segmented, with the true stage per point."""
+    truth, masks = simulate_tracks(SimulationConfig(n_frames=n_frames, n_particles=20, seed=seed))
+    t = truth[truth["visible"]].rename(columns={"stage": "true_stage"})
+    rng = np.random.default_rng(seed)
+    t[["x", "y"]] += rng.normal(0, NOISE_PX, (len(t), 2))
+    tracks, segments = segment_tracks(
+        t[["frame", "x", "y", "particle", "true_stage"]], pixel_size_um=PX, frame_interval_s=DT
+    )
+    return tracks, segments, masks
+
+
+@pytest.fixture(scope="module")
+def movie():
+    return _labelled_tracks(seed=3)
+
+
+def _accuracy(tracks: pd.DataFrame) -> float:
+    return float((tracks["stage"] == tracks["true_stage"]).mean())
+
+
+def test_recovers_known_stages_with_masks(movie):
+    tracks, segments, masks = movie
+    out, segs = classify_stages(
+        tracks, segments, masks=masks, pixel_size_um=PX, frame_interval_s=DT
+    )
+    assert _accuracy(out) >= 0.92
+    # every stage that is present is found for most of its points
+    recall = out.groupby("true_stage").apply(lambda g: (g["stage"] == g.name).mean())
+    assert recall.min() >= 0.6, recall
+    assert set(segs["stage"]) <= set(STAGES)
+    assert len(segs) == len(segments)
+
+
+def test_recovers_known_stages_from_motion_alone(movie):
+    tracks, segments, _ = movie
+    out, _ = classify_stages(tracks, segments, pixel_size_um=PX, frame_interval_s=DT)
+    assert _accuracy(out) >= 0.75
+    flow = out[out["true_stage"] == "circulation"]
+    assert (flow["stage"] == "circulation").mean() > 0.95
+
+
+def test_stages_only_advance_along_each_track(movie):
+    tracks, segments, masks = movie
+    out, _ = classify_stages(tracks, segments, masks=masks, pixel_size_um=PX, frame_interval_s=DT)
+    index = out["stage"].map({s: i for i, s in enumerate(STAGES)})
+    assert (index.groupby(out["particle"]).diff().dropna() >= 0).all()
+
+
+def test_decoding_ignores_a_single_noisy_point_but_follows_a_real_change():
+    costs = np.full((60, 6), 5.0)
+    costs[:, 2] = 0.0  # extracellular everywhere...
+    costs[30, 4] = -6.0  # ...except one point that looks internalised
+    costs[45:, 3] = -1.0  # and a real, lasting change to membrane binding at point 45
+    stages = decode_stages(np.zeros(60, int), costs, StageConfig(switch_cost=8.0))
+    assert (stages[:45] == 2).all()
+    assert (stages[45:] == 3).all()
+
+
+def test_decoding_handles_many_tracks_at_once():
+    rng = np.random.default_rng(0)
+    particle = np.repeat(np.arange(5), [1, 7, 3, 12, 2])
+    costs = rng.uniform(0, 3, (len(particle), 6))
+    joint = decode_stages(particle, costs)
+    for p in range(5):
+        sel = particle == p
+        assert (decode_stages(particle[sel], costs[sel]) == joint[sel]).all()
+    # strictly left-to-right by default; a finite backward cost lets strong evidence go back
+    back = np.zeros((20, 6)) + 10.0
+    back[:10, 5] = 0.0
+    back[10:, 0] = 0.0
+    assert (np.diff(decode_stages(np.zeros(20, int), back)) >= 0).all()
+    loose = decode_stages(np.zeros(20, int), back, StageConfig(backward_cost=20.0))
+    assert loose[0] == 5 and loose[-1] == 0
+
+
+def test_distances_are_in_micrometres(movie):
+    """The same tissue imaged with half the pixel size gives the same stages."""
+    tracks, segments, masks = movie
+    coarse, _ = classify_stages(
+        tracks, segments, masks=masks, pixel_size_um=PX, frame_interval_s=DT
+    )
+    fine_masks = np.repeat(np.repeat(masks, 2, axis=0), 2, axis=1)
+    fine_tracks = tracks.assign(x=tracks["x"] * 2 + 0.5, y=tracks["y"] * 2 + 0.5)
+    fine, _ = classify_stages(
+        fine_tracks, segments, masks=fine_masks, pixel_size_um=PX / 2, frame_interval_s=DT
+    )
+    assert (fine["stage"].to_numpy() == coarse["stage"].to_numpy()).mean() > 0.98
+
+
+def test_per_frame_masks_follow_the_tissue():
+    """A particle at rest: outside cells, then a cell and nucleus form around it at frame 50."""
+    rng = np.random.default_rng(1)
+    n = 100
+    tracks = pd.DataFrame(
+        {
+            "frame": np.arange(n),
+            "x": 20 + rng.normal(0, 0.2, n),
+            "y": 20 + rng.normal(0, 0.2, n),
+            "particle": 0,
+        }
+    )
+    tracks, segments = segment_tracks(tracks, pixel_size_um=PX, frame_interval_s=DT)
+    masks = np.zeros((n, 40, 40), np.uint8)
+    yy, xx = np.mgrid[:40, :40]
+    masks[50:][:, (yy - 20) ** 2 + (xx - 20) ** 2 < 15**2] = MASK_LABELS["cell"]
+    masks[50:][:, (yy - 20) ** 2 + (xx - 23) ** 2 < 2**2] = MASK_LABELS["nucleus"]
+    out, _ = classify_stages(tracks, segments, masks=masks, pixel_size_um=PX, frame_interval_s=DT)
+    assert (out["stage"][:45] == "extracellular").all()
+    assert (out["stage"][55:] == "perinuclear").all()
+    static, _ = classify_stages(
+        tracks, segments, masks=masks[-1], pixel_size_um=PX, frame_interval_s=DT
+    )
+    assert (static["stage"] == "perinuclear").all()
+
+
+def test_localisation_error_is_measured_from_the_tracks():
+    rng = np.random.default_rng(2)
+    frames = np.tile(np.arange(200), 10)
+    particle = np.repeat(np.arange(10), 200)
+    walk = np.cumsum(rng.normal(0, 0.05, (2000, 2)), axis=0)  # slow diffusion, px
+    xy = walk + rng.normal(0, 0.3, (2000, 2)) + particle[:, None] * 30
+    tracks = pd.DataFrame({"frame": frames, "particle": particle, "x": xy[:, 0], "y": xy[:, 1]})
+    sigma = estimate_localization_error_um(tracks, pixel_size_um=PX)
+    assert sigma == pytest.approx(0.3 * PX, rel=0.1)
+
+
+def test_trained_classifier_round_trips_and_generalises(movie, tmp_path):
+    from threadpoolctl import threadpool_limits
+
+    # one OpenMP thread: the CI machine is small and shared (this test is about results, not speed)
+    with threadpool_limits(limits=1):
+        _check_classifier(movie, tmp_path)
+
+
+def _check_classifier(movie, tmp_path):
+    train_tracks, train_segments, _ = _labelled_tracks(seed=4)
+    features = stage_features(train_tracks, train_segments, pixel_size_um=PX, frame_interval_s=DT)
+    classifier = StageClassifier(max_iter=30).fit(features, train_tracks["true_stage"])
+    tracks, segments, _ = movie
+    out, _ = classify_stages(
+        tracks, segments, pixel_size_um=PX, frame_interval_s=DT, classifier=classifier
+    )
+    assert _accuracy(out) >= 0.7  # a held-out movie (other seed)
+    path = classifier.save(tmp_path / "stages.joblib")
+    config = StageConfig(classifier_path=str(path))
+    again, _ = classify_stages(tracks, segments, config, pixel_size_um=PX, frame_interval_s=DT)
+    assert (again["stage"] == out["stage"]).all()
+    with pytest.raises(SptInputError, match="not a stage classifier"):
+        (tmp_path / "bad.joblib").write_bytes(b"not a model")
+        StageClassifier.load(tmp_path / "bad.joblib")
+
+
+def test_bad_input_is_refused_with_a_clear_message(movie):
+    tracks, segments, masks = movie
+    with pytest.raises(SptInputError, match="state"):
+        classify_stages(tracks.drop(columns="state"), segments, pixel_size_um=PX)
+    with pytest.raises(SptInputError, match="integers"):
+        classify_stages(tracks, segments, masks=masks.astype(float), pixel_size_um=PX)
+    with pytest.raises(SptInputError, match="planes"):
+        classify_stages(tracks, segments, masks=np.stack([masks] * 3), pixel_size_um=PX)
+    with pytest.raises(ValueError, match="switch_cost"):
+        StageConfig(switch_cost=-1)
+
+
+def test_empty_tracks_give_empty_tables(movie):
+    tracks, segments, _ = movie
+    out, segs = classify_stages(tracks.iloc[:0], segments.iloc[:0], pixel_size_um=PX)
+    assert out.empty and "stage" in out and "stage" in segs
+
+
+def test_masks_from_a_second_channel_match_the_tissue(movie):
+    _, _, masks = movie
+    rng = np.random.default_rng(5)
+    # a vessel dye image: bright lumen, blurred by the optics, with shot noise
+    from scipy import ndimage
+
+    dye = ndimage.gaussian_filter((masks == MASK_LABELS["vessel"]) * 200.0, 1.5) + 20
+    dye = rng.poisson(dye).astype(float)
+    labels = masks_from_channels(vessel=np.stack([dye, dye]))
+    truth = masks == MASK_LABELS["vessel"]
+    found = labels == MASK_LABELS["vessel"]
+    assert (found & truth).sum() / (found | truth).sum() > 0.9  # intersection over union
+    assert threshold_mask(dye, threshold=1e9).sum() == 0
+    combined = label_image(vessel=truth, cell=masks >= 2, nucleus=masks == 3)
+    assert (combined == masks).all()
+    with pytest.raises(SptInputError, match="uniform"):
+        threshold_mask(np.ones((8, 8)))
