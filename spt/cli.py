@@ -364,17 +364,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 def _masks_for_table(path: str, tracks):
     """Read a mask for a track table: its own shape must cover every track point."""
-    import tifffile
+    from spt.io import read_masks, tiff_plane_shape
 
-    from spt.io import read_masks
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            shape = tuple(tif.series[0].shape[-2:])
-    except FileNotFoundError:
-        raise SptInputError(path, "no such file") from None
-    except Exception as err:  # noqa: BLE001 - any reader failure is bad input here
-        raise SptInputError(path, f"cannot read mask image ({err})") from None
+    shape = tiff_plane_shape(path)
     masks = read_masks(path, shape=shape, n_frames=None)
     if len(tracks) and (tracks["x"].max() > shape[1] - 0.5 or tracks["y"].max() > shape[0] - 0.5):
         raise SptInputError(

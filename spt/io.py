@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import struct
 import tempfile
 import threading
 import xml.etree.ElementTree as ET
@@ -35,6 +36,7 @@ __all__ = [
     "read_masks",
     "read_movie",
     "read_track_table",
+    "tiff_plane_shape",
     "write_movie",
     "write_table",
 ]
@@ -387,6 +389,7 @@ def _open_tiff(path: Path) -> tifffile.TiffFile:
                 path, f"not a readable TIFF file ({_one_line(err)}){hint}"
             ) from None
         try:
+            _check_ifd_chain(path, size)
             if not tif.series:
                 raise SptInputError(path, "TIFF file holds no image data")
             series = tif.series[0]
@@ -423,6 +426,45 @@ def _open_tiff(path: Path) -> tifffile.TiffFile:
         tif.close()
         raise SptInputError(path, problem)
     return tif
+
+
+def _check_ifd_chain(path: Path, size: int) -> None:
+    """Refuse a TIFF whose chain of image directories (IFDs) loops or leaves the file.
+
+    tifffile follows a directory that points back to itself (a damaged file) without end, so
+    the chain is walked here first: each IFD is read once, only its entry count and next offset.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        order = {b"II": "<", b"MM": ">"}.get(head[:2])
+        if order is None or len(head) < 8:
+            return  # tifffile has accepted it, e.g. as a non-classic variant: let it decide
+        version = int.from_bytes(head[2:4], "little" if order == "<" else "big")
+        big = version == 43
+        if version not in (42, 43) or (big and len(head) < 16):
+            return
+        unsigned = "<Q" if big and order == "<" else ">Q" if big else order + "I"
+        count_fmt, entry_size = (order + "Q", 20) if big else (order + "H", 12)
+        offset = struct.unpack(unsigned, head[8:16] if big else head[4:8])[0]
+        seen: set[int] = set()
+        while offset:
+            if offset in seen:
+                raise SptInputError(
+                    path, f"corrupt TIFF file: its image directories loop (at byte {offset})"
+                )
+            if offset >= size:
+                return  # truncated: reported by the checks that follow
+            seen.add(offset)
+            fh.seek(offset)
+            raw = fh.read(struct.calcsize(count_fmt))
+            if len(raw) < struct.calcsize(count_fmt):
+                return
+            n_entries = struct.unpack(count_fmt, raw)[0]
+            fh.seek(offset + len(raw) + n_entries * entry_size)
+            raw = fh.read(struct.calcsize(unsigned))
+            if len(raw) < struct.calcsize(unsigned):
+                return
+            offset = struct.unpack(unsigned, raw)[0]
 
 
 def _lazy_frames(tif: tifffile.TiffFile, path: Path, *, channel: int | None, z: int | None):
@@ -670,6 +712,25 @@ def _ome_delta_t(pixels: ET.Element, selection: tuple[int, int]) -> float | None
 def _one_line(err: Any) -> str:
     text = str(err).strip().splitlines()
     return text[0][:200] if text else type(err).__name__
+
+
+def tiff_plane_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """Shape ``(Y, X)`` of the images in a TIFF file, with the checks of :func:`read_movie`.
+
+    Raises
+    ------
+    SptInputError
+        Missing, empty, non-TIFF, truncated or corrupt file, or no 2-D image in it.
+    """
+    path = _check_file(path)
+    tif = _open_tiff(path)
+    try:
+        shape = tif.series[0].shape
+    finally:
+        tif.close()
+    if len(shape) < 2:
+        raise SptInputError(path, f"no 2-D image in the file (shape {tuple(shape)})")
+    return int(shape[-2]), int(shape[-1])
 
 
 # --------------------------------------------------------------------------- masks
