@@ -409,6 +409,8 @@ def _open_tiff(path: Path) -> tifffile.TiffFile:
             problem = f"truncated TIFF file: pixel data end at byte {end}, file has {size} bytes"
     elif any(p is None for p in pages):
         problem = "corrupt TIFF file: image pages are missing"
+    elif any(len(p.dataoffsets) != len(p.databytecounts) for p in pages):
+        problem = "corrupt TIFF file: a page's strip/tile offsets and byte counts disagree"
     else:
         last = pages[-1]
         offsets, counts = last.dataoffsets, last.databytecounts

@@ -232,6 +232,20 @@ def _looping_directories(path: Path) -> Path:
     return path
 
 
+def _strip_counts_disagree(path: Path) -> Path:
+    """The last page lists 4 strip offsets but only 2 byte counts (found by fuzz/fuzz_tiff.py)."""
+    buffer = io.BytesIO()
+    data = np.ones((3, 32, 32), np.uint16)
+    tifffile.imwrite(buffer, data, compression="zlib", rowsperstrip=8, photometric="minisblack")
+    content = bytearray(buffer.getvalue())
+    with tifffile.TiffFile(io.BytesIO(bytes(content))) as tif:
+        tag = tif.pages[-1].tags["StripByteCounts"]
+        assert tag.count == 4
+        struct.pack_into("<I", content, tag.offset + 4, 2)
+    path.write_bytes(bytes(content))
+    return path
+
+
 def _two_series(path: Path) -> Path:
     with tifffile.TiffWriter(path) as tif:
         tif.write(movie(4), photometric="minisblack", metadata={"axes": "TYX"})
@@ -328,6 +342,11 @@ TIFF_REFUSED = {
         _looping_directories,
         CAL,
         r"corrupt TIFF file: its image directories loop \(at byte \d+\)$",
+    ),
+    "strip-counts-disagree": (
+        _strip_counts_disagree,
+        CAL,
+        r"corrupt TIFF file: a page's strip/tile offsets and byte counts disagree$",
     ),
     "two-image-series": (_two_series, CAL, r"holds 2 image series"),
     "bool-pixels": (
