@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SAMPLE := sample_data/sample.ome.tif
 OUT ?= out
 
-.PHONY: run test setup system-deps lint sample clean
+.PHONY: run test setup system-deps lint sample clean bench-detect bench-motion bench-stages bench-batch
 
 $(BIN)/spt: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,3 +48,20 @@ sample: setup
 
 clean:
 	rm -rf $(OUT) .pytest_cache
+
+# Benchmarks: run by hand, outside CI (minutes each); results go to docs/benchmarks.md.
+bench-detect: setup
+	$(BIN)/python benchmarks/detect_link.py
+
+# andi-datasets pins numpy<=1.26.4, so the AnDi half runs in its own environment.
+bench-motion: setup
+	test -x .venv-andi/bin/python || $(PYTHON) -m venv .venv-andi
+	.venv-andi/bin/pip install --quiet "numpy<=1.26.4" scipy pandas numba andi-datasets
+	PYTHONPATH=. .venv-andi/bin/python benchmarks/motion.py andi
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/motion.py sim
+
+bench-stages: setup
+	$(BIN)/python benchmarks/stages.py
+
+bench-batch: setup
+	$(BIN)/python benchmarks/batch.py

@@ -692,8 +692,8 @@ def _result_or_failure(future: Any, job: MovieJob, out: Path) -> dict[str, Any]:
         }
 
 
-#: One movie at a time per process: parts of the pipeline keep module-level state (trackpy's
-#: linker numbers particles with class-level counters; pyplot), so threads would mix them up.
+#: One movie at a time per process: parts of the pipeline may keep module-level state (trackpy's
+#: linker numbered particles with class-level counters), which threads would mix up.
 _MOVIE_LOCK = threading.Lock()
 
 

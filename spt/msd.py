@@ -1,70 +1,636 @@
-"""Mean squared displacement of tracks, gap-aware, and its fit with localisation error.
+"""Mean squared displacement (MSD): gap-aware time-averaged and ensemble MSD and model fits.
 
-Lags are counted in frames (not rows), so blinking gaps do not bias the MSD.
+Owns the MSD curves of tracks (lags counted in frames, never in row offsets, so blinking gaps do
+not bias them) and the fits of free, anomalous, directed and confined motion with static
+localisation error and motion blur, with model choice by BIC (Michalet 2010).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares
+
+from spt.errors import SptInputError
+
+__all__ = [
+    "MSD_MODELS",
+    "MSDFit",
+    "emsd",
+    "fit_fbm",
+    "fit_msd",
+    "fit_msd_models",
+    "imsd",
+    "msd_curve",
+    "msd_model",
+    "optimal_n_lags",
+    "track_msd_fits",
+]
+
+#: Models fitted by :func:`fit_msd` and compared by :func:`fit_msd_models`.
+MSD_MODELS: tuple[str, ...] = ("immobile", "free", "anomalous", "directed", "confined")
+
+_N_PARAMS = {"immobile": 1, "free": 2, "anomalous": 3, "directed": 3, "confined": 3}
+IMSD_COLUMNS = ("particle", "lag", "lag_s", "msd_um2", "n_pairs")
+EMSD_COLUMNS = ("lag", "lag_s", "msd_um2", "n_pairs", "n_tracks")
+FIT_COLUMNS = (
+    "particle",
+    "n_points",
+    "model",
+    "D_um2_s",
+    "alpha",
+    "speed_um_s",
+    "confinement_radius_um",
+    "sigma_um",
+    "n_lags",
+    "bic",
+)
 
 
-def track_msd(
+def _check_tracks(tracks: pd.DataFrame, name: str = "tracks") -> None:
+    if not isinstance(tracks, pd.DataFrame):
+        raise SptInputError(name, f"expected a pandas DataFrame, got {type(tracks).__name__}")
+    missing = [c for c in ("frame", "x", "y", "particle") if c not in tracks.columns]
+    if missing:
+        raise SptInputError(name, f"missing column(s) {', '.join(missing)}")
+
+
+def _check_units(pixel_size_um: float, frame_interval_s: float) -> None:
+    for label, value in (("pixel_size_um", pixel_size_um), ("frame_interval_s", frame_interval_s)):
+        if not np.isfinite(value) or value <= 0:
+            raise SptInputError(label, f"must be a positive number, got {value!r}")
+
+
+def msd_curve(
     frames: np.ndarray, x: np.ndarray, y: np.ndarray, max_lag: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Time-averaged MSD of one track for lags 1..max_lag frames.
+    """Time-averaged MSD of one 2-D track, gap-aware.
+
+    Positions are placed on a dense frame axis (missing frames left empty), so the lag of a pair
+    is the difference of their frame numbers and a blinking gap never turns a long displacement
+    into a short lag (the bias of trackpy issue #598).
+
+    Parameters
+    ----------
+    frames : ndarray of int
+        Frame numbers of the localisations (unique, any order).
+    x, y : ndarray of float
+        Positions (any length unit; the MSD is in that unit squared).
+    max_lag : int
+        Largest lag, in frames.
 
     Returns
     -------
     lags : ndarray of int
-        Lags with at least one displacement, frames.
-    msd : ndarray
-        MSD at each lag, px^2.
-    counts : ndarray of int
-        Number of displacements averaged at each lag.
+        Lags in frames with at least one pair, ascending.
+    msd : ndarray of float
+        Mean of ``dx**2 + dy**2`` over all pairs at that lag.
+    n_pairs : ndarray of int
+        Number of pairs averaged at each lag.
     """
     frames = np.asarray(frames, dtype=np.int64)
-    n_span = int(frames[-1] - frames[0]) + 1 if frames.size else 0
-    gx = np.full(n_span, np.nan)
-    gy = np.full(n_span, np.nan)
-    gx[frames - frames[0]] = x
-    gy[frames - frames[0]] = y
-    lags, msd, counts = [], [], []
-    for lag in range(1, min(max_lag, n_span - 1) + 1):
-        d2 = (gx[lag:] - gx[:-lag]) ** 2 + (gy[lag:] - gy[:-lag]) ** 2
-        ok = np.isfinite(d2)
-        if ok.any():
-            lags.append(lag)
-            msd.append(d2[ok].mean())
-            counts.append(int(ok.sum()))
-    return np.array(lags, np.int64), np.array(msd), np.array(counts, np.int64)
+    if frames.size < 2 or max_lag < 1:
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
+    order = np.argsort(frames)
+    frames, x, y = frames[order], np.asarray(x, float)[order], np.asarray(y, float)[order]
+    span = int(frames[-1] - frames[0]) + 1
+    pos = np.full((span, 2), np.nan)
+    pos[frames - frames[0]] = np.column_stack([x, y])
+    valid = ~np.isnan(pos[:, 0])
+    lags, msd, n_pairs = [], [], []
+    for lag in range(1, min(max_lag, span - 1) + 1):
+        ok = valid[lag:] & valid[:-lag]
+        n = int(ok.sum())
+        if n == 0:
+            continue
+        d = pos[lag:][ok] - pos[:-lag][ok]
+        lags.append(lag)
+        msd.append(float(np.mean(np.sum(d * d, axis=1))))
+        n_pairs.append(n)
+    return np.asarray(lags, np.int64), np.asarray(msd), np.asarray(n_pairs, np.int64)
 
 
-def fit_anomalous(
-    lags_s: np.ndarray, msd_um2: np.ndarray, counts: np.ndarray | None = None
-) -> tuple[float, float]:
-    """Fit ``MSD = 4 D t^alpha + offset`` (2-D) by weighted least squares on log-MSD.
+def imsd(
+    tracks: pd.DataFrame, *, pixel_size_um: float, frame_interval_s: float, max_lag: int = 100
+) -> pd.DataFrame:
+    """Time-averaged MSD of every track, in physical units.
 
-    The offset (4 sigma^2, localisation error) is estimated from the first two lags
-    (Michalet 2010) and removed before the power-law fit.
+    Parameters
+    ----------
+    tracks : DataFrame
+        Columns ``frame, x, y, particle`` (positions in pixels).
+    pixel_size_um : float
+        Pixel size in micrometres.
+    frame_interval_s : float
+        Time between frames in seconds.
+    max_lag : int
+        Largest lag in frames.
 
     Returns
     -------
-    D_um2_s : float
-        Generalised diffusion coefficient, um^2/s^alpha.
-    alpha : float
-        Anomalous exponent, clipped to [0, 2].
+    DataFrame
+        Long table ``particle, lag, lag_s, msd_um2, n_pairs``: one row per track and lag.
     """
-    t = np.asarray(lags_s, float)
+    _check_tracks(tracks)
+    _check_units(pixel_size_um, frame_interval_s)
+    parts = []
+    for pid, g in tracks.groupby("particle", sort=True):
+        lags, msd, n = msd_curve(
+            g["frame"].to_numpy(), g["x"].to_numpy(), g["y"].to_numpy(), max_lag
+        )
+        if lags.size:
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "particle": np.int64(pid),
+                        "lag": lags,
+                        "lag_s": lags * frame_interval_s,
+                        "msd_um2": msd * pixel_size_um**2,
+                        "n_pairs": n,
+                    }
+                )
+            )
+    if not parts:
+        return pd.DataFrame(
+            {
+                c: pd.Series(dtype="int64" if c in ("particle", "lag", "n_pairs") else float)
+                for c in IMSD_COLUMNS
+            }
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def emsd(
+    tracks: pd.DataFrame, *, pixel_size_um: float, frame_interval_s: float, max_lag: int = 100
+) -> pd.DataFrame:
+    """Ensemble MSD: the pair-weighted mean of the time-averaged MSDs of all tracks.
+
+    Returns
+    -------
+    DataFrame
+        ``lag, lag_s, msd_um2, n_pairs, n_tracks`` (one row per lag in frames).
+    """
+    per_track = imsd(
+        tracks, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s, max_lag=max_lag
+    )
+    if per_track.empty:
+        return pd.DataFrame(
+            {
+                c: pd.Series(dtype="int64" if c in ("lag", "n_pairs", "n_tracks") else float)
+                for c in EMSD_COLUMNS
+            }
+        )
+    per_track = per_track.assign(w=per_track["msd_um2"] * per_track["n_pairs"])
+    out = per_track.groupby("lag", sort=True).agg(
+        lag_s=("lag_s", "first"),
+        w=("w", "sum"),
+        n_pairs=("n_pairs", "sum"),
+        n_tracks=("particle", "nunique"),
+    )
+    out["msd_um2"] = out["w"] / out["n_pairs"]
+    return out.reset_index()[list(EMSD_COLUMNS)]
+
+
+def optimal_n_lags(n_points: int, reduced_error: float) -> int:
+    """Optimal number of MSD lags for fitting D with an offset (Michalet, PRE 82, 041914, 2010).
+
+    ``p_min ~ 2 + 2.3 x**0.52`` with the reduced localisation error ``x = sigma**2 / (D dt)``,
+    capped at a third of the track length (longer lags are averaged over too few pairs).
+    """
+    x = max(float(reduced_error), 0.0) if np.isfinite(reduced_error) else 100.0
+    p = int(np.floor(2 + 2.3 * x**0.52))
+    return int(max(2, min(p, max(2, n_points // 3), 50)))
+
+
+def msd_model(
+    model: str, lag_s: np.ndarray, params: np.ndarray, *, frame_interval_s: float, blur_r: float
+) -> np.ndarray:
+    """Model MSD (2-D) in um^2 at lags ``lag_s`` (s).
+
+    All models share the offset ``4 sigma^2 - 8 R D dt`` of static error ``sigma`` and motion
+    blur ``R`` (1/6 for exposure over the whole frame; Michalet 2010, Eq. 9; Berglund 2010).
+
+    ``params`` per model (``off`` is the fitted offset in um^2):
+
+    - immobile: ``(off,)``: ``off``
+    - free: ``(D, off)``: ``4 D t + off``
+    - anomalous: ``(D, alpha, off)``: ``4 D t**alpha + off``
+    - directed: ``(D, v, off)``: ``4 D t + v**2 t**2 + off``
+    - confined: ``(D, r, off)``: ``r**2 (1 - exp(-4 D t / r**2)) + off`` (disk of radius r)
+    """
+    t = np.asarray(lag_s, float)
+    if model == "immobile":
+        return np.full_like(t, params[0])
+    if model == "free":
+        return 4 * params[0] * t + params[1]
+    if model == "anomalous":
+        return 4 * params[0] * t ** params[1] + params[2]
+    if model == "directed":
+        return 4 * params[0] * t + params[1] ** 2 * t**2 + params[2]
+    if model == "confined":
+        r2 = params[1] ** 2
+        return r2 * (1 - np.exp(-4 * params[0] * t / max(r2, 1e-300))) + params[2]
+    raise ValueError(f"unknown MSD model {model!r}; known: {', '.join(MSD_MODELS)}")
+
+
+@dataclass(frozen=True)
+class MSDFit:
+    """Result of fitting one MSD model.
+
+    Attributes
+    ----------
+    model : str
+        One of :data:`MSD_MODELS`.
+    D_um2_s : float
+        Diffusion coefficient (um^2/s); 0 for ``immobile``.
+    alpha : float
+        Anomalous exponent (1 except for ``anomalous``; 0 for ``immobile``).
+    speed_um_s : float
+        Drift speed (um/s) of ``directed``, else 0.
+    confinement_radius_um : float
+        Radius of the confining disk (um) of ``confined``, else NaN.
+    sigma_um : float
+        Static localisation error (um) implied by the offset (NaN if the offset is negative).
+    n_lags : int
+        Number of lags fitted.
+    bic : float
+        Bayesian information criterion of the weighted fit (smaller is better).
+    """
+
+    model: str
+    D_um2_s: float
+    alpha: float
+    speed_um_s: float
+    confinement_radius_um: float
+    sigma_um: float
+    n_lags: int
+    bic: float
+
+
+def _weights(msd: np.ndarray, lags: np.ndarray, n_points: int) -> np.ndarray:
+    # Relative variance of a time-averaged MSD point at lag n of an N-point Brownian track
+    # (Qian, Sheetz & Elson 1991): (2n^2 + 1) / (3 n (N - n + 1)).
+    n = lags.astype(float)
+    rel = (2 * n**2 + 1) / (3 * n * np.maximum(n_points - n + 1, 1))
+    scale = np.maximum(msd, np.max(msd) * 1e-3 + 1e-300)
+    return 1.0 / (scale * np.sqrt(rel))
+
+
+def fit_msd(
+    lag_s: np.ndarray,
+    msd_um2: np.ndarray,
+    model: str,
+    *,
+    n_points: int,
+    frame_interval_s: float,
+    blur_r: float = 1 / 6,
+    lags: np.ndarray | None = None,
+) -> MSDFit:
+    """Weighted least-squares fit of one MSD model (see :func:`msd_model`).
+
+    Points are weighted by the inverse standard deviation of a time-averaged MSD point
+    (Qian et al., Biophys J 1991); the BIC uses the weighted residuals.
+
+    Parameters
+    ----------
+    lag_s, msd_um2 : ndarray
+        MSD curve in seconds and um^2 (already cut to the lags to fit).
+    model : str
+        One of :data:`MSD_MODELS`.
+    n_points : int
+        Number of localisations in the track (sets the weights).
+    frame_interval_s : float
+        Frame interval (s), for the blur term.
+    blur_r : float
+        Motion-blur coefficient R (1/6 for continuous exposure over the frame).
+    lags : ndarray of int, optional
+        Lags in frames (default ``lag_s / frame_interval_s``).
+    """
+    t = np.asarray(lag_s, float)
     m = np.asarray(msd_um2, float)
-    if t.size == 0:
-        return 0.0, 0.0
-    if t.size == 1:
-        return float(max(m[0], 0.0) / (4 * t[0])), 1.0
-    offset = max(2 * m[0] - m[1], 0.0)
-    offset = min(offset, 0.9 * m[0])
-    signal = np.clip(m - offset, 1e-12, None)
-    w = np.sqrt(counts) if counts is not None else np.ones_like(t)
-    alpha, intercept = np.polyfit(np.log(t), np.log(signal), 1, w=w)
-    alpha = float(np.clip(alpha, 0.0, 2.0))
-    D = float(np.exp(intercept) / 4) if np.isfinite(intercept) else 0.0
-    return D, alpha
+    k = _N_PARAMS[model]
+    nan_fit = MSDFit(model, np.nan, np.nan, np.nan, np.nan, np.nan, int(t.size), np.inf)
+    if t.size < k + 1 or not np.all(np.isfinite(m)):
+        return nan_fit
+    lag_frames = np.rint(t / frame_interval_s) if lags is None else np.asarray(lags, float)
+    w = _weights(m, lag_frames, n_points)
+    scale_m = max(float(np.max(np.abs(m))), 1e-300)
+    scale_t = float(t[0])
+    d0 = max((m[-1] - m[0]) / max(4 * (t[-1] - t[0]), 1e-300), scale_m * 1e-6 / scale_t)
+    off0 = float(m[0] * 0.5)
+    tiny = 1e-12 * scale_m
+
+    if model == "immobile":
+        off = float(np.sum(w**2 * m) / np.sum(w**2))
+        params = np.array([off])
+    else:
+        if model == "free":
+            x0, lo, hi = [d0, off0], [0, -np.inf], [np.inf, np.inf]
+        elif model == "anomalous":
+            x0, lo, hi = [d0, 1.0, off0], [0, 0.01, -np.inf], [np.inf, 2.5, np.inf]
+        elif model == "directed":
+            v0 = np.sqrt(max(m[-1] - m[0], tiny)) / t[-1]
+            x0, lo, hi = [d0 * 0.5, v0, off0], [0, 0, -np.inf], [np.inf, np.inf, np.inf]
+        else:  # confined
+            r0 = np.sqrt(max(m[-1] - m[0], tiny))
+            x0, lo, hi = [d0 * 2, r0, off0], [0, np.sqrt(tiny), -np.inf], [np.inf, np.inf, np.inf]
+        # Fit in scaled units (D in msd/t, off in msd) so the optimiser sees O(1) numbers.
+        unit = np.array(
+            {
+                "free": [scale_m / scale_t, scale_m],
+                "anomalous": [scale_m / scale_t, 1.0, scale_m],
+                "directed": [scale_m / scale_t, np.sqrt(scale_m) / scale_t, scale_m],
+                "confined": [scale_m / scale_t, np.sqrt(scale_m), scale_m],
+            }[model]
+        )
+
+        def resid(p: np.ndarray) -> np.ndarray:
+            q = p * unit
+            if model == "anomalous":
+                pred = 4 * q[0] * scale_t ** (1 - q[1]) * t ** q[1] + q[2]
+            else:
+                pred = msd_model(model, t, q, frame_interval_s=frame_interval_s, blur_r=blur_r)
+            return (pred - m) * w
+
+        x0s = np.clip(
+            np.asarray(x0, float) / unit, np.asarray(lo) / unit + 1e-9, np.asarray(hi) / unit
+        )
+        sol = least_squares(
+            resid, x0s, bounds=(np.asarray(lo) / unit, np.asarray(hi) / unit), method="trf"
+        )
+        params = sol.x * unit
+        if model == "anomalous":
+            # fitted as 4 D' tau (t/tau)^alpha, tau = first lag; report D in um^2/s^alpha
+            params = np.array([params[0] * scale_t ** (1 - params[1]), params[1], params[2]])
+    pred = msd_model(model, t, params, frame_interval_s=frame_interval_s, blur_r=blur_r)
+    rss = float(np.sum(((pred - m) * w) ** 2))
+    n = t.size
+    bic = n * np.log(max(rss / n, 1e-300)) + k * np.log(n)
+
+    D = {"immobile": 0.0}.get(model, float(params[0]))
+    alpha = {"immobile": 0.0, "anomalous": float(params[1]) if k == 3 else 1.0}.get(model, 1.0)
+    speed = float(params[1]) if model == "directed" else 0.0
+    radius = float(params[1]) if model == "confined" else np.nan
+    off = float(params[-1])
+    sigma2 = (off + 8 * blur_r * D * frame_interval_s) / 4
+    sigma = float(np.sqrt(sigma2)) if sigma2 >= 0 else np.nan
+    return MSDFit(model, D, alpha, speed, radius, sigma, int(n), float(bic))
+
+
+def _fit_lags(
+    lags: np.ndarray, msd: np.ndarray, n_points: int, frame_interval_s: float, blur_r: float
+) -> int:
+    """Number of lags to fit, by Michalet's iteration: fit free motion, update x, repeat."""
+    p = min(4, lags.size)
+    for _ in range(5):
+        f = fit_msd(
+            lags[:p] * frame_interval_s,
+            msd[:p],
+            "free",
+            n_points=n_points,
+            frame_interval_s=frame_interval_s,
+            blur_r=blur_r,
+            lags=lags[:p],
+        )
+        if not np.isfinite(f.D_um2_s) or f.D_um2_s <= 0:
+            x = 100.0
+        else:
+            s2 = f.sigma_um**2 if np.isfinite(f.sigma_um) else 0.0
+            x = s2 / (f.D_um2_s * frame_interval_s)
+        new = min(optimal_n_lags(n_points, x), lags.size)
+        if new == p:
+            break
+        p = new
+    return max(p, 2)
+
+
+def fit_msd_models(
+    lags: np.ndarray,
+    msd_um2: np.ndarray,
+    *,
+    n_points: int,
+    frame_interval_s: float,
+    blur_r: float = 1 / 6,
+    models: tuple[str, ...] = MSD_MODELS,
+    max_lag_fraction: float = 0.25,
+) -> tuple[MSDFit, dict[str, MSDFit]]:
+    """Fit several MSD models and choose one by BIC.
+
+    ``free`` is fitted over the optimal number of lags (Michalet 2010); the other models need the
+    curvature of longer lags and are fitted over ``max_lag_fraction`` of the track (at least the
+    lags of ``free`` and 5); every model's BIC is computed on that same longer range so that they
+    compare fairly. A more complex model wins only when its BIC is lower, i.e. when the fit
+    improves by more than ``log(n)`` per extra parameter.
+
+    Parameters
+    ----------
+    lags : ndarray of int
+        Lags in frames (ascending), e.g. from :func:`msd_curve`.
+    msd_um2 : ndarray
+        MSD at those lags, um^2.
+    n_points : int
+        Localisations in the track.
+
+    Returns
+    -------
+    best : MSDFit
+        The model with the lowest BIC (with the D of ``free`` taken from its optimal-lag fit when
+        ``free`` wins).
+    fits : dict
+        Every model's fit on the common lag range.
+    """
+    lags = np.asarray(lags)
+    msd_um2 = np.asarray(msd_um2, float)
+    if lags.size < 3:
+        nan = MSDFit("immobile", np.nan, np.nan, np.nan, np.nan, np.nan, int(lags.size), np.inf)
+        return nan, {}
+    p_free = _fit_lags(lags, msd_um2, n_points, frame_interval_s, blur_r)
+    p_long = int(min(lags.size, max(p_free, 5, int(max_lag_fraction * n_points))))
+    t = lags[:p_long] * frame_interval_s
+    fits = {
+        mdl: fit_msd(
+            t,
+            msd_um2[:p_long],
+            mdl,
+            n_points=n_points,
+            frame_interval_s=frame_interval_s,
+            blur_r=blur_r,
+            lags=lags[:p_long],
+        )
+        for mdl in models
+    }
+    best = min(fits.values(), key=lambda f: f.bic)
+    if (
+        best.model == "confined"
+        and "immobile" in fits
+        and not (best.confinement_radius_um > 2 * np.nan_to_num(best.sigma_um))
+    ):
+        # a confinement radius below the localisation error cannot be resolved: call it immobile
+        best = fits["immobile"]
+    if best.model == "free":
+        short = fit_msd(
+            lags[:p_free] * frame_interval_s,
+            msd_um2[:p_free],
+            "free",
+            n_points=n_points,
+            frame_interval_s=frame_interval_s,
+            blur_r=blur_r,
+            lags=lags[:p_free],
+        )
+        best = MSDFit(
+            "free", short.D_um2_s, 1.0, 0.0, np.nan, short.sigma_um, short.n_lags, best.bic
+        )
+    return best, fits
+
+
+def track_msd_fits(
+    tracks: pd.DataFrame,
+    *,
+    pixel_size_um: float,
+    frame_interval_s: float,
+    blur_r: float = 1 / 6,
+    models: tuple[str, ...] = MSD_MODELS,
+    max_lag: int = 200,
+) -> pd.DataFrame:
+    """Fit and choose an MSD model for every track (one segment per track).
+
+    Returns
+    -------
+    DataFrame
+        One row per particle: ``particle, n_points, model, D_um2_s, alpha, speed_um_s,
+        confinement_radius_um, sigma_um, n_lags, bic``.
+    """
+    _check_tracks(tracks)
+    _check_units(pixel_size_um, frame_interval_s)
+    rows = []
+    for pid, g in tracks.groupby("particle", sort=True):
+        lags, msd, _ = msd_curve(
+            g["frame"].to_numpy(), g["x"].to_numpy(), g["y"].to_numpy(), max_lag
+        )
+        best, _ = fit_msd_models(
+            lags,
+            msd * pixel_size_um**2,
+            n_points=len(g),
+            frame_interval_s=frame_interval_s,
+            blur_r=blur_r,
+            models=models,
+        )
+        rows.append(
+            {
+                "particle": int(pid),
+                "n_points": len(g),
+                **{k: getattr(best, k) for k in FIT_COLUMNS if k not in ("particle", "n_points")},
+            }
+        )
+    if not rows:
+        return pd.DataFrame(
+            {
+                c: pd.Series(
+                    dtype="int64"
+                    if c in ("particle", "n_points", "n_lags")
+                    else object
+                    if c == "model"
+                    else float
+                )
+                for c in FIT_COLUMNS
+            }
+        )
+    return pd.DataFrame(rows, columns=list(FIT_COLUMNS))
+
+
+def fit_fbm(
+    frames: np.ndarray, x: np.ndarray, y: np.ndarray, *, max_points: int = 150
+) -> tuple[float, float, float]:
+    """Maximum-likelihood fit of fractional Brownian motion plus static noise to one track.
+
+    The steps of the track are modelled as a zero-mean Gaussian vector with the exact covariance
+    of fBm observed with white localisation noise: per axis ``Var(X(t) - X(s)) = 2 K |t - s|^alpha``
+    (2-D MSD ``4 K t^alpha``) plus ``sigma^2`` on every position. ``K`` is profiled out in closed
+    form; ``alpha`` and ``sigma^2 / K`` are found numerically. Frame gaps enter the covariance
+    exactly. Much less variable than a fit of the time-averaged MSD for short tracks (cf.
+    Weiss, PRE 88, 010101, 2013; Lanoiselée et al., J Phys A 2018 for likelihood-based alpha).
+
+    Parameters
+    ----------
+    frames : ndarray of int
+        Frame numbers, ascending.
+    x, y : ndarray
+        Positions (any unit; ``K`` and ``sigma`` come out in that unit per frame^alpha).
+    max_points : int
+        Only the first ``max_points`` localisations are used (the cost grows as n^3).
+
+    Returns
+    -------
+    K : float
+        Generalised diffusion coefficient, unit^2 / frame^alpha.
+    alpha : float
+        Anomalous exponent in [0.01, 1.99].
+    sigma : float
+        Static localisation error, unit.
+    """
+    from scipy.linalg import cho_factor, cho_solve, toeplitz
+    from scipy.optimize import minimize
+
+    t = np.asarray(frames, float)[:max_points]
+    d = np.column_stack(
+        [np.diff(np.asarray(x, float)[:max_points]), np.diff(np.asarray(y, float)[:max_points])]
+    )
+    m = len(d)
+    if m < 3:
+        return np.nan, np.nan, np.nan
+    noise = 2 * np.eye(m) - np.eye(m, k=1) - np.eye(m, k=-1)  # of the steps, per unit sigma^2
+    scale = float(np.mean(d * d)) or 1.0
+    d = d / np.sqrt(scale)
+    if np.all(np.diff(t) == 1):
+        # no gaps: the step covariance is Toeplitz, built from its first row
+        k = np.arange(m, dtype=float)
+
+        def cov(alpha: float) -> np.ndarray:
+            row = 0.5 * ((k + 1) ** alpha + np.abs(k - 1) ** alpha - 2 * k**alpha)
+            return toeplitz(row)
+
+    else:
+        t0, t1 = t[:-1], t[1:]
+        # |time differences| between step end points, as logs (0 where equal)
+        pairs = [
+            t1[None, :] - t0[:, None],
+            t0[None, :] - t1[:, None],
+            t1[None, :] - t1[:, None],
+            t0[None, :] - t0[:, None],
+        ]
+        logs = [np.log(np.where(p == 0, 1.0, np.abs(p))) for p in pairs]
+        zero = [p == 0 for p in pairs]
+        sign = (1, 1, -1, -1)
+
+        def cov(alpha: float) -> np.ndarray:
+            return 0.5 * sum(
+                sg * np.where(z, 0.0, np.exp(alpha * lg))
+                for sg, lg, z in zip(sign, logs, zero, strict=True)
+            )
+
+    def nll(theta: np.ndarray) -> float:
+        alpha, log_lam = theta
+        S = cov(alpha) + np.exp(log_lam) * noise
+        try:
+            c, low = cho_factor(S, lower=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            return 1e300
+        q = float(np.sum(d * cho_solve((c, low), d, check_finite=False)))
+        K = max(q / (2 * m), 1e-300)
+        return 2 * np.sum(np.log(np.diag(c))) + m * np.log(K)  # per axis, up to constants / 2
+
+    best = minimize(
+        nll,
+        np.array([1.0, np.log(0.1)]),
+        method="L-BFGS-B",
+        bounds=[(0.01, 1.99), (-12.0, 6.0)],
+        options={"ftol": 1e-7},
+    )
+    alpha, log_lam = best.x
+    S = cov(alpha) + np.exp(log_lam) * noise
+    c, low = cho_factor(S, lower=True, check_finite=False)
+    K = float(np.sum(d * cho_solve((c, low), d, check_finite=False))) / (2 * m) * scale
+    # cov(alpha) is in units of the per-axis step variance K; MSD_axis(1) = 2 K' with K' = K / 2
+    return K / 2, float(alpha), float(np.sqrt(np.exp(log_lam) * K))

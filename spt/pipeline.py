@@ -20,10 +20,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 import spt
+from spt.camera import Camera
 from spt.config import PipelineConfig
-from spt.detect import locate_movie
+from spt.detect import locate_chunks, resolve_camera_and_psf
 from spt.errors import SptInputError
 from spt.io import (
     Movie,
@@ -132,15 +134,15 @@ def detect_chunks(
     *,
     n_frames: int | None = None,
     progress: ProgressCallback | None = None,
+    resolved: tuple[Camera, float] | None = None,
 ) -> pd.DataFrame:
-    """Detect spots in ``(first frame, frames)`` chunks; the spots table in frame order."""
-    tables = []
-    for start, frames in chunks:
-        tables.append(locate_movie(frames, config.detect, start_frame=start))
-        if progress is not None:
-            progress(start + len(frames), n_frames)
-    tables = [t for t in tables if len(t)]
-    return pd.concat(tables, ignore_index=True) if tables else empty_table(SPOT_COLUMNS)
+    """Detect spots in consecutive ``(first frame, frames)`` chunks, as one pass over a movie.
+
+    The camera model and PSF width are estimated once (from the first frames) unless
+    ``resolved`` gives them, so the spots do not depend on how the frames were cut into chunks.
+    """
+    report = None if progress is None else (lambda done, _total: progress(done, n_frames))
+    return locate_chunks(chunks, config.detect, progress=report, resolved=resolved)
 
 
 def track_frames(
@@ -193,24 +195,27 @@ def analyze_tracks(
     :class:`~spt.errors.SptInputError`; an empty table gives empty, headed results.
     """
     tracks = check_track_table(tracks, "tracks")
-    segmented, segments = segment_tracks(
-        tracks, config.segment, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
-    )
-    staged, segments = classify_stages(
-        segmented,
-        segments,
-        config.stages,
-        masks=masks,
-        pixel_size_um=pixel_size_um,
-        frame_interval_s=frame_interval_s,
-    )
-    velocities = stage_velocities(
-        staged, segments, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
-    )
-    columns = [c for c in TRACK_COLUMNS if c in staged] + [
-        c for c in staged if c not in TRACK_COLUMNS
-    ]
-    return Analysis(staged[columns], segments, velocities)
+    # Analysis solves many tiny linear systems: multi-threaded BLAS only adds overhead (3x
+    # slower on 2 cores), so it runs single-threaded.
+    with threadpool_limits(limits=1, user_api="blas"):
+        segmented, segments = segment_tracks(
+            tracks, config.segment, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
+        )
+        staged, segments = classify_stages(
+            segmented,
+            segments,
+            config.stages,
+            masks=masks,
+            pixel_size_um=pixel_size_um,
+            frame_interval_s=frame_interval_s,
+        )
+        velocities = stage_velocities(
+            staged, segments, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
+        )
+        columns = [c for c in TRACK_COLUMNS if c in staged] + [
+            c for c in staged if c not in TRACK_COLUMNS
+        ]
+        return Analysis(staged[columns], segments, velocities)
 
 
 def open_movie(path: str | os.PathLike, config: PipelineConfig) -> Movie:
@@ -365,7 +370,11 @@ class _RangeFailure:
 
 
 def _detect_range(
-    path: str | os.PathLike, config: PipelineConfig, start: int, stop: int
+    path: str | os.PathLike,
+    config: PipelineConfig,
+    start: int,
+    stop: int,
+    resolved: tuple[Camera, float],
 ) -> tuple[pd.DataFrame, np.ndarray] | _RangeFailure:
     """Spots and max projection of frames ``[start, stop)`` of a movie (a worker task)."""
     try:
@@ -375,7 +384,7 @@ def _detect_range(
         chunks = (
             (start + s, block) for s, block in _stream(part, config.movie.chunk_frames, projection)
         )
-        spots = detect_chunks(chunks, config)
+        spots = detect_chunks(chunks, config, resolved=resolved)
         _release_mapped_pages(movie.frames)
     except SptInputError as err:
         return _RangeFailure(err.source, err.problem)
@@ -389,8 +398,15 @@ def _detect_parallel(
     n_parts: int,
     progress: ProgressCallback | None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    ranges = frame_ranges(movie.n_frames, config.movie.chunk_frames, n_parts)
-    futures = [executor.submit(_detect_range, movie.path, config, a, b) for a, b in ranges]
+    # Parts start on the detector's internal chunk boundaries and share the camera and PSF
+    # estimated from the movie's first frames: the spots equal those of a single pass.
+    detect_chunk = config.detect.chunk_frames
+    first = next(movie.iter_chunks(detect_chunk))[1]
+    resolved = resolve_camera_and_psf(first, config.detect)
+    ranges = frame_ranges(movie.n_frames, detect_chunk, n_parts)
+    futures = [
+        executor.submit(_detect_range, movie.path, config, a, b, resolved) for a, b in ranges
+    ]
     tables, projection = [], np.full(movie.shape, -np.inf, dtype=np.float32)
     for (_, stop), future in zip(ranges, futures, strict=True):
         outcome = future.result()

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
-from spt.msd import track_msd
+from spt.msd import msd_curve
 from spt.schema import MASK_LABELS, STAGES, STATES
 
 __all__ = [
@@ -189,7 +189,7 @@ def figure_msd_by_state(
 ) -> Figure:
     """Ensemble MSD of each motion state against lag time (log-log).
 
-    The time-averaged MSD of every segment (gap-aware, :func:`spt.msd.track_msd`) is pooled per
+    The time-averaged MSD of every segment (gap-aware, :func:`spt.msd.msd_curve`) is pooled per
     state, weighted by the number of displacements at each lag. Free diffusion has slope 1,
     directed motion tends to 2, confined motion flattens; the offset at short lags is the
     localisation noise ``4 sigma^2`` (Michalet, PRE 82, 041914, 2010).
@@ -217,7 +217,7 @@ def figure_msd_by_state(
         state = g["state"].iloc[0]
         if state not in sums or len(g) < 3:
             continue
-        lags, msd, n = track_msd(
+        lags, msd, n = msd_curve(
             g["frame"].to_numpy(), g["x"].to_numpy(float), g["y"].to_numpy(float), max_lag
         )
         sums[state][lags] += msd * n

@@ -1,84 +1,654 @@
-"""Motion-state segmentation: each track point gets a state, each run of one state a segment.
+"""Motion-state segmentation: change points and a motion state per point and per segment.
 
-Rolling-window features (net speed and radius of gyration) classify points; runs shorter than
-``min_segment_frames`` are merged into their neighbours.
+Owns :func:`segment_tracks`, which cuts each track where its local motion model changes
+(penalised likelihood of the step vectors) and labels every segment ``immobile``, ``confined``,
+``free`` or ``directed`` with its D, alpha, net speed and confinement radius; and
+:func:`run_stop_summary`, the per-track stop-and-go summary.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numba import njit
 
-from spt.msd import fit_anomalous, track_msd
-from spt.schema import SEGMENT_COLUMNS, STATES, empty_table
+from spt.errors import SptInputError
+from spt.msd import fit_fbm
+
+__all__ = [
+    "RUN_STOP_COLUMNS",
+    "SEGMENT_TABLE_COLUMNS",
+    "SegmentConfig",
+    "changepoints",
+    "run_stop_summary",
+    "segment_tracks",
+]
+
+#: Columns of the segments table returned by :func:`segment_tracks`, in order.
+SEGMENT_TABLE_COLUMNS: tuple[str, ...] = (
+    "particle",
+    "segment",
+    "start_frame",
+    "end_frame",
+    "n_points",
+    "state",
+    "D_um2_s",
+    "alpha",
+    "speed_um_s",
+    "confinement_radius_um",
+    "motion",
+    "duration_s",
+    "net_displacement_um",
+    "drift_chi2",
+)
+#: Columns of :func:`run_stop_summary`.
+RUN_STOP_COLUMNS: tuple[str, ...] = (
+    "particle",
+    "n_runs",
+    "n_stops",
+    "run_time_s",
+    "stop_time_s",
+    "run_fraction",
+    "mean_run_duration_s",
+    "mean_stop_duration_s",
+    "mean_run_speed_um_s",
+    "median_run_speed_um_s",
+    "max_run_speed_um_s",
+)
+_INT_COLUMNS = ("particle", "segment", "start_frame", "end_frame", "n_points", "n_runs", "n_stops")
+_STR_COLUMNS = ("state", "motion")
 
 
 @dataclass(frozen=True)
 class SegmentConfig:
-    """Segmentation parameters.
+    """Parameters of motion-state segmentation (:func:`segment_tracks`).
 
     Attributes
     ----------
-    window_frames : int
-        Width of the rolling window of per-point features, frames (odd).
     min_segment_frames : int
-        Shortest segment kept, frames.
-    directed_speed_um_s : float
-        Net speed over the window above which motion is directed, um/s.
-    immobile_radius_um : float
-        Radius of gyration over the window below which a particle is immobile, um.
-    confined_radius_um : float
-        Radius of gyration below which (and above immobile) motion is confined, um.
+        Shortest segment, in localisations. Shorter stretches are not split off.
+    changepoint_penalty : float
+        Multiplier of the BIC penalty ``5 log(2 m)`` (m steps) that a split must beat in -2 log
+        likelihood. Larger gives fewer change points.
+    directed_min_chi2 : float
+        A segment is ``directed`` when its net displacement is this many times (chi^2 with 2
+        degrees of freedom) the variance expected from its own diffusion and localisation noise...
+    directed_min_speed_um_s : float
+        ...and its net speed is at least this (um/s).
+    directed_min_alpha : float
+        A segment whose MSD exponent is at least this is also ``directed`` (ballistic motion
+        without a constant drift, as in the AnDi "directed" state).
+    immobile_max_radius_um : float
+        A non-directed segment whose noise-corrected spread (disk radius sqrt(2) * radius of
+        gyration, um) is at most this is ``immobile``.
+    immobile_max_D_um2_s : float
+        ...or whose short-time D (um^2/s) is at most this.
+    confined_max_spread_ratio : float
+        A non-directed, non-immobile segment is ``confined`` when its noise-corrected squared
+        radius of gyration is below this fraction of the value free diffusion with its short-time D
+        would reach over the same duration (``2 D T / 3``)...
+    confined_weak_spread_ratio : float
+        ...or below this fraction while its alpha is below ``confined_max_alpha``; otherwise
+        ``free``.
+    confined_max_alpha : float
+        See ``confined_weak_spread_ratio``; 0 turns that rule off (e.g. for data where
+        sub-diffusion without walls counts as free, as in AnDi).
+    blur_r : float
+        Motion-blur coefficient R of the camera (1/6: exposure over the whole frame; 0: very
+        short exposure). Used to separate localisation noise from diffusion.
     """
 
-    window_frames: int = 11
-    min_segment_frames: int = 5
-    directed_speed_um_s: float = 0.15
-    immobile_radius_um: float = 0.03
-    confined_radius_um: float = 0.12
+    min_segment_frames: int = 6
+    changepoint_penalty: float = 1.0
+    directed_min_chi2: float = 30.0
+    directed_min_speed_um_s: float = 0.05
+    directed_min_alpha: float = 1.8
+    immobile_max_radius_um: float = 0.05
+    immobile_max_D_um2_s: float = 0.003
+    confined_max_spread_ratio: float = 0.3
+    confined_weak_spread_ratio: float = 0.7
+    confined_max_alpha: float = 0.8
+    blur_r: float = 1 / 6
+
+    def __post_init__(self) -> None:
+        if int(self.min_segment_frames) != self.min_segment_frames or self.min_segment_frames < 3:
+            raise ValueError(
+                f"min_segment_frames must be an integer >= 3, got {self.min_segment_frames!r}"
+            )
+        for name in (
+            "changepoint_penalty",
+            "directed_min_chi2",
+            "directed_min_speed_um_s",
+            "immobile_max_radius_um",
+            "immobile_max_D_um2_s",
+            "confined_max_spread_ratio",
+            "confined_weak_spread_ratio",
+            "confined_max_alpha",
+        ):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if 1 / 6 < self.blur_r <= 0.1675:
+            # 0.167 typed in a form or a TOML file means 1/6.
+            object.__setattr__(self, "blur_r", 1 / 6)
+        if not 0 <= self.blur_r <= 1 / 6:
+            raise ValueError(f"blur_r must be in [0, 1/6], got {self.blur_r!r}")
 
 
-def _point_states(
-    x: np.ndarray, y: np.ndarray, frames: np.ndarray, cfg: SegmentConfig, px: float, dt: float
+# --------------------------------------------------------------------------- change points
+
+
+class _Increments:
+    """The steps of one track, with the likelihood of any stretch of them under an MA(1) model."""
+
+    def __init__(self, frames: np.ndarray, xy: np.ndarray):
+        d = np.diff(xy, axis=0)
+        n = np.diff(frames).astype(float)
+        self.d, self.n, self.m = d, n, len(n)
+        self.c_d = np.concatenate([np.zeros((1, 2)), np.cumsum(d, axis=0)])
+        self.c_n = np.concatenate([[0.0], np.cumsum(n)])
+        scale = float(np.mean(np.sum(d * d, axis=1) / n)) / 2 if self.m else 1.0
+        # floor on the per-axis step variance (px^2) so that noiseless input stays finite
+        self.floor = max(scale * 1e-6, 1e-12)
+
+    def drift(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Drift per frame (K, 2) of each stretch [a, b): net displacement over frames spanned."""
+        N = self.c_n[b] - self.c_n[a]
+        return (self.c_d[b] - self.c_d[a]) / N[:, None]
+
+    def fit(
+        self, a: np.ndarray, b: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Maximum-likelihood MA(1) model of the steps of each stretch [a_k, b_k).
+
+        Steps over ``n`` frames have mean ``mu n``, per-axis variance ``s2 (n + 2 rho (n - 1))``
+        and covariance ``rho s2`` with the next step: the exact law of a diffusing, drifting
+        particle seen with static localisation noise and motion blur (Berglund, PRE 2010), for
+        which ``s2 = 2 D dt (1 - 2R) + 2 sigma^2`` and ``rho s2 = 2 D dt R - sigma^2``; a free
+        ``rho`` also absorbs confinement and fBm (either sign) to first order. ``mu`` is the net
+        displacement over the frames spanned (the exact GLS estimate when noise dominates), ``s2``
+        is profiled out in closed form and ``rho`` is chosen on a grid; the likelihood is evaluated
+        with a vectorised LDL^T (Thomas) recursion over all stretches and grid values at once.
+
+        Returns
+        -------
+        mu : (K, 2) drift per frame; s2 : (K,); rho : (K,); cost : (K,) -2 log likelihood.
+        """
+        a = np.asarray(a, np.int64)
+        b = np.asarray(b, np.int64)
+        mu = self.drift(a, b)
+        s2, rho, cost = _ma1_profile(self.d, self.n, a, b, mu, _RHO_GRID, self.floor)
+        return mu, s2, rho, cost
+
+    def noise_variance(self, window: int, blur_r: float) -> float:
+        """Localisation variance sigma^2 (px^2, per axis) of the track: the median over windows of
+        the covariance-based estimate ``sigma^2 = R q - c`` (Vestergaard et al., PRE 2014), with
+        ``q = g0 + 2 g1`` and ``c = g1`` from one-frame steps (gaps skipped), drift removed."""
+        unit = self.n == 1
+        w = max(int(window), 20)
+        ests = []
+        for start in range(0, max(self.m - w // 2, 1), w):
+            sl = slice(start, min(start + w, self.m))
+            d, n, u = self.d[sl], self.n[sl], unit[sl]
+            pair = u[1:] & u[:-1]
+            if pair.sum() < 5:
+                continue
+            e = d - (d.sum(axis=0) / n.sum()) * n[:, None]
+            g0 = float(np.mean(e[u] ** 2))
+            g1 = float(np.mean((e[1:] * e[:-1])[pair]))
+            ests.append(blur_r * (g0 + 2 * g1) - g1)
+        if not ests:
+            return self.floor
+        return max(float(np.median(ests)), self.floor)
+
+    def fit_noise(
+        self, a: np.ndarray, b: np.ndarray, sigma2: float, blur_r: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Like :meth:`fit` with the localisation variance fixed to the track's ``sigma2``.
+
+        Steps over ``n`` frames: mean ``mu n``, per-axis variance ``q (n - 2R) + 2 sigma^2`` and
+        covariance ``q R - sigma^2`` with the next step (Berglund, PRE 82, 011917, 2010), with
+        ``q = 2 D dt`` chosen on a grid. Returns mu (K, 2), q (K,), cost (K,).
+        """
+        a = np.asarray(a, np.int64)
+        b = np.asarray(b, np.int64)
+        mu = self.drift(a, b)
+        q_ratio, cost = _ma1_fixed_noise(self.d, self.n, a, b, mu, _Q_GRID, sigma2, blur_r)
+        return mu, q_ratio * sigma2, cost
+
+    def cost(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """-2 log likelihood of each stretch [a_k, b_k) under its own MA(1) model (:meth:`fit`)."""
+        return self.fit(a, b)[3]
+
+
+# The two likelihoods below evaluate, for each stretch [a_k, b_k) and each grid value, the exact
+# Gaussian likelihood of a tridiagonal (MA(1)) step covariance by an LDL^T (Thomas) recursion,
+# and keep the best grid value. Compiled: this is the hot loop of segmentation.
+
+
+@njit(cache=True)
+def _ma1_profile(d, n, a, b, mu, rho_grid, floor):  # pragma: no cover - compiled
+    """Free-rho MA(1) fit: returns s2 (K,), rho (K,), cost (K,) (see ``_StepModel.fit``)."""
+    K, G, M = a.size, rho_grid.size, n.size
+    s2_out = np.empty(K)
+    rho_out = np.empty(K)
+    cost_out = np.empty(K)
+    const = 1.0 + math.log(2.0 * math.pi)
+    for k in range(K):
+        length = b[k] - a[k]
+        m = float(max(length, 1))
+        best = np.inf
+        for g in range(G):
+            rho = rho_grid[g]
+            dprev, z0, z1, logdet, quad = 1.0, 0.0, 0.0, 0.0, 0.0
+            for j in range(length):
+                i = min(a[k] + j, M - 1)
+                ni = n[i]
+                di = ni + 2.0 * rho * (ni - 1.0)
+                lk = rho / dprev if j > 0 else 0.0
+                dk = max(di - lk * rho, 1e-9)
+                nz0 = d[i, 0] - mu[k, 0] * ni - lk * z0
+                nz1 = d[i, 1] - mu[k, 1] * ni - lk * z1
+                logdet += math.log(dk)
+                quad += (nz0 * nz0 + nz1 * nz1) / dk
+                dprev, z0, z1 = dk, nz0, nz1
+            s2 = max(quad / (2.0 * m), floor)
+            cost = 2.0 * logdet + 2.0 * m * math.log(s2) + 2.0 * m * const
+            if cost < best:
+                best = cost
+                s2_out[k] = s2
+                rho_out[k] = rho
+        cost_out[k] = best
+    return s2_out, rho_out, cost_out
+
+
+@njit(cache=True)
+def _ma1_fixed_noise(d, n, a, b, mu, q_grid, sigma2, blur_r):  # pragma: no cover - compiled
+    """MA(1) fit with fixed localisation variance: returns q/sigma2 (K,), cost (K,)."""
+    K, G, M = a.size, q_grid.size, n.size
+    q_out = np.empty(K)
+    cost_out = np.empty(K)
+    log2pi = math.log(2.0 * math.pi)
+    for k in range(K):
+        length = b[k] - a[k]
+        best = np.inf
+        for g in range(G):
+            r = q_grid[g]
+            off = sigma2 * (r * blur_r - 1.0)
+            dprev, z0, z1, logdet, quad = 1.0, 0.0, 0.0, 0.0, 0.0
+            for j in range(length):
+                i = min(a[k] + j, M - 1)
+                ni = n[i]
+                di = sigma2 * (2.0 + r * (ni - 2.0 * blur_r))
+                lk = off / dprev if j > 0 else 0.0
+                dk = max(di - lk * off, 1e-12)
+                nz0 = d[i, 0] - mu[k, 0] * ni - lk * z0
+                nz1 = d[i, 1] - mu[k, 1] * ni - lk * z1
+                logdet += math.log(dk)
+                quad += (nz0 * nz0 + nz1 * nz1) / dk
+                dprev, z0, z1 = dk, nz0, nz1
+            cost = 2.0 * logdet + quad + 2.0 * length * log2pi
+            if cost < best:
+                best = cost
+                q_out[k] = r
+        cost_out[k] = best
+    return q_out, cost_out
+
+
+# Ratios q / sigma^2 = 2 D dt / sigma^2 tried by fit_noise (0: immobile).
+_Q_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 1e4, 36)])
+
+# Lag-1 step correlations tried; dense near -1/2, where static noise dominates the steps.
+_RHO_GRID = np.array(
+    [
+        -0.499,
+        -0.497,
+        -0.493,
+        -0.487,
+        -0.477,
+        -0.46,
+        -0.44,
+        -0.41,
+        -0.37,
+        -0.31,
+        -0.23,
+        -0.12,
+        0.0,
+        0.15,
+        0.3,
+        0.45,
+    ]
+)
+
+
+def changepoints(
+    frames: np.ndarray,
+    xy: np.ndarray,
+    config: SegmentConfig = SegmentConfig(),
 ) -> np.ndarray:
-    half = cfg.window_frames // 2
-    n = len(x)
-    states = np.empty(n, dtype=object)
-    for i in range(n):
-        lo, hi = max(0, i - half), min(n, i + half + 1)
-        wx, wy, wf = x[lo:hi], y[lo:hi], frames[lo:hi]
-        span = (wf[-1] - wf[0]) * dt
-        net = np.hypot(wx[-1] - wx[0], wy[-1] - wy[0]) * px
-        rg = np.sqrt(np.var(wx) + np.var(wy)) * px
-        path = np.hypot(np.diff(wx), np.diff(wy)).sum() * px
-        straight = net / path if path > 0 else 0.0
-        if span > 0 and net / span > cfg.directed_speed_um_s and straight > 0.5:
-            states[i] = "directed"
-        elif rg < cfg.immobile_radius_um:
-            states[i] = "immobile"
-        elif rg < cfg.confined_radius_um:
-            states[i] = "confined"
+    """Change points of one track, as indices of the localisations that start a new segment.
+
+    Penalised-likelihood segmentation of the step vectors with the cost of
+    :meth:`_Increments.cost`: candidate change points are the local maxima of a multi-scale
+    moving-window likelihood-ratio scan (MOSUM; Eichinger & Kirch, Bernoulli 2018), the best
+    subset is chosen by optimal partitioning with a BIC penalty (dynamic programming; Jackson et
+    al. 2005, Killick et al. 2012), and each chosen change point is finally re-optimised between
+    its neighbours.
+
+    Parameters
+    ----------
+    frames : ndarray of int
+        Frame numbers, ascending.
+    xy : ndarray, shape (n, 2)
+        Positions (pixels).
+    config : SegmentConfig
+
+    Returns
+    -------
+    ndarray of int
+        Sorted indices into ``frames`` (each in ``[1, n-1]``); empty when the track is one segment.
+    """
+    inc = _Increments(np.asarray(frames), np.asarray(xy, float))
+    m = inc.m
+    L = max(int(config.min_segment_frames) - 1, 2)
+    if m < 2 * L:
+        return np.zeros(0, np.int64)
+    pen = config.changepoint_penalty * 5 * np.log(2 * m)
+    cost = inc.cost
+
+    # 1. candidates: local maxima of the windowed split gain at several window sizes
+    cand: set[int] = set()
+    h = L
+    while h <= max(L, m // 2):
+        ks = np.arange(h, m - h + 1)
+        a, b = ks - h, ks + h
+        gain = cost(a, b) - cost(a, ks) - cost(ks, b)
+        for j in np.flatnonzero(gain > 0.25 * pen):
+            lo, hi = max(0, j - L // 2), min(gain.size, j + L // 2 + 1)
+            if gain[j] == gain[lo:hi].max():
+                cand.add(int(ks[j]))
+        h *= 2
+    if not cand:
+        return np.zeros(0, np.int64)
+    # 2. optimal partitioning over the candidates (min length L between change points)
+    P = np.array([0, *sorted(cand), m])
+    ii, jj = np.triu_indices(P.size, k=1)
+    ok = P[jj] - P[ii] >= L
+    ii, jj = ii[ok], jj[ok]
+    pair_cost = np.full((P.size, P.size), np.inf)
+    pair_cost[ii, jj] = cost(P[ii], P[jj])
+    F = np.full(P.size, np.inf)
+    F[0] = -pen
+    prev = np.zeros(P.size, np.int64)
+    for j in range(1, P.size):
+        tot = F[:j] + pair_cost[:j, j] + pen
+        prev[j] = int(np.argmin(tot))
+        F[j] = tot[prev[j]]
+    cps: list[int] = []
+    j = P.size - 1
+    while j > 0:
+        j = int(prev[j])
+        if j > 0:
+            cps.append(int(P[j]))
+    cps.sort()
+    # 3. refinement: each change point re-optimised with its neighbours fixed
+    for j in range(len(cps)):
+        a = cps[j - 1] if j > 0 else 0
+        b = cps[j + 1] if j + 1 < len(cps) else m
+        ks = np.arange(a + L, b - L + 1)
+        if ks.size:
+            tot = cost(np.full(ks.size, a), ks) + cost(ks, np.full(ks.size, b))
+            cps[j] = int(ks[int(np.argmin(tot))])
+    # Increment k joins localisations k and k+1; the new motion starts at localisation k.
+    return np.asarray(cps, np.int64)
+
+
+def _linear_changepoints(
+    t: np.ndarray, xy: np.ndarray, sigma2: float, L: int, pen: float
+) -> tuple[list[int], float]:
+    """Best partition of a path into straight pieces (constant velocity, no diffusion) in noise.
+
+    Optimal partitioning (dynamic programming) with each piece fitted by least squares; with the
+    localisation variance ``sigma2`` known, a piece of ``k`` points costs
+    ``2 (k - 1) log(2 pi sigma2) + 2 log k + RSS / sigma2``, its -2 log likelihood written for
+    its ``k - 1`` steps, so that it compares with :meth:`_Increments.fit_noise` (the step joining
+    two pieces is charged as one step of pure noise). This is the exact model of stop-and-go
+    motion: it resolves slow runs that a model with diffusion absorbs as a slightly larger D.
+
+    Returns
+    -------
+    starts : list of int
+        Indices of the points that start a new piece (each piece has >= L points).
+    cost : float
+        -2 log likelihood of the steps plus ``pen`` per change point.
+    """
+    n = len(t)
+    t = t - t[0]
+
+    def cum(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([[0.0], np.cumsum(a)])
+
+    S1, St, Stt = cum(np.ones(n)), cum(t), cum(t * t)
+    i, j = np.triu_indices(n + 1, k=min(L, n))  # piece = points [i, j)
+    cnt = S1[j] - S1[i]
+    ctt = Stt[j] - Stt[i] - (St[j] - St[i]) ** 2 / cnt
+    rss = np.zeros(i.size)
+    for k in range(2):
+        x = xy[:, k]
+        Sx, Stx, Sxx = cum(x), cum(t * x), cum(x * x)
+        cxx = Sxx[j] - Sxx[i] - (Sx[j] - Sx[i]) ** 2 / cnt
+        ctx = Stx[j] - Stx[i] - (St[j] - St[i]) * (Sx[j] - Sx[i]) / cnt
+        rss += cxx - np.where(ctt > 0, ctx**2 / np.where(ctt > 0, ctt, 1.0), 0.0)
+    log2pis = np.log(2 * np.pi * sigma2)
+    cost = np.full((n + 1, n + 1), np.inf)
+    cost[i, j] = np.maximum(rss, 0.0) / sigma2 + 2 * (cnt - 1) * log2pis + 2 * np.log(cnt)
+    # a later piece also pays for the step that joins it to the previous one (pure noise)
+    join = pen + 2 * (np.log(4 * np.pi * sigma2) + 1)
+    F = np.full(n + 1, np.inf)
+    F[0] = -join
+    prev = np.zeros(n + 1, np.int64)
+    for e in range(min(L, n), n + 1):
+        tot = F[: e - min(L, n) + 1] + cost[: e - min(L, n) + 1, e] + join
+        prev[e] = int(np.argmin(tot))
+        F[e] = tot[prev[e]]
+    cps, e = [], n
+    while e > 0:
+        e = int(prev[e])
+        if e > 0:
+            cps.append(e)
+    return sorted(cps), float(F[n])
+
+
+def _stops_and_runs(
+    frames: np.ndarray, xy: np.ndarray, bounds: list[int], sigma2: float, chi2_min: float
+) -> bool:
+    """True when the straight pieces ``bounds`` include both a stop and a run: the slope of a
+    piece is significant (chi^2, 2 dof, >= chi2_min) for a run and not for a stop."""
+    chi2 = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        t = frames[a:b] - frames[a:b].mean()
+        ctt = float(t @ t)
+        v = t @ (xy[a:b] - xy[a:b].mean(axis=0)) / ctt
+        chi2.append(float(v @ v) * ctt / sigma2)
+    return min(chi2) < chi2_min <= max(chi2)
+
+
+# --------------------------------------------------------------------------- segment description
+
+
+@dataclass(frozen=True)
+class _Units:
+    pixel_size_um: float
+    frame_interval_s: float
+
+
+def _describe(
+    frames: np.ndarray, xy: np.ndarray, sigma2_px: float | None, cfg: SegmentConfig, u: _Units
+) -> dict:
+    """Physical parameters and motion state of one segment (positions in px)."""
+    px, dt = u.pixel_size_um, u.frame_interval_s
+    n = len(frames)
+    out = {
+        "n_points": n,
+        "duration_s": float(frames[-1] - frames[0]) * dt,
+        "net_displacement_um": float(np.hypot(*(xy[-1] - xy[0]))) * px,
+        "D_um2_s": np.nan,
+        "alpha": np.nan,
+        "speed_um_s": 0.0,
+        "confinement_radius_um": np.nan,
+        "drift_chi2": 0.0,
+    }
+    if n < 3:
+        if n == 2:
+            out["speed_um_s"] = out["net_displacement_um"] / max(out["duration_s"], dt)
+        state = (
+            "directed"
+            if out["speed_um_s"] >= max(cfg.directed_min_speed_um_s, 1e-300)
+            else "immobile"
+        )
+        if state == "immobile":
+            out["D_um2_s"], out["alpha"] = 0.0, 0.0
+        return {**out, "state": state}
+    inc = _Increments(frames, xy)
+    mu, s2, rho, _ = (v[0] for v in inc.fit(np.array([0]), np.array([inc.m])))
+    c = rho * s2
+    N = float(frames[-1] - frames[0])
+    q = max(s2 + 2 * c, 0.0)  # 2 D dt per axis (covariance-based estimator, Vestergaard 2014)
+    if sigma2_px is None:
+        sigma2_px = max(cfg.blur_r * q - c, 0.0)
+    D = q / (2 * dt) * px**2
+    # Net speed: least-squares line through the positions (robust to the end points' noise).
+    t = frames - frames.mean()
+    v = (t @ (xy - xy.mean(axis=0))) / max(float(t @ t), 1e-300)  # px / frame
+    speed = float(np.hypot(*v)) * px / dt
+    var_net = N * q + 2 * sigma2_px + inc.floor
+    chi2 = float(np.sum((mu * N) ** 2) / var_net)
+    # Spread: radius of gyration around the mean, noise-corrected; disk radius = sqrt(2) Rg.
+    rg2 = float(np.mean(np.sum((xy - xy.mean(axis=0)) ** 2, axis=1))) - 2 * sigma2_px
+    rg2 = max(rg2, 0.0)
+    radius_um = float(np.sqrt(2 * rg2)) * px
+    # alpha: exact likelihood of fBm + localisation noise (far less variable than an MSD fit)
+    _, alpha, _ = fit_fbm(frames, xy[:, 0], xy[:, 1])
+    directed = speed >= cfg.directed_min_speed_um_s and (
+        chi2 >= cfg.directed_min_chi2
+        or (
+            np.isfinite(alpha)
+            and alpha >= cfg.directed_min_alpha
+            and chi2 >= cfg.directed_min_chi2 / 3
+        )
+    )
+    if directed:
+        state = "directed"
+    elif radius_um <= cfg.immobile_max_radius_um or D <= cfg.immobile_max_D_um2_s:
+        state = "immobile"
+    elif _confined(rg2, q, N, alpha, cfg):
+        state = "confined"
+    else:
+        state = "free"
+    out.update(
+        D_um2_s=D, alpha=alpha if np.isfinite(alpha) else 1.0, speed_um_s=speed, drift_chi2=chi2
+    )
+    if state == "immobile":
+        out.update(D_um2_s=0.0, alpha=0.0, confinement_radius_um=radius_um)
+    elif state == "confined":
+        out["confinement_radius_um"] = radius_um
+    return {**out, "state": state}
+
+
+def _confined(rg2: float, q: float, N: float, alpha: float, cfg: SegmentConfig) -> bool:
+    """Confined rather than free: the noise-corrected spread ``rg2`` stays well below the
+    ``q N / 3`` (px^2) that free diffusion with the segment's short-time D reaches in ``N``
+    frames, or moderately below it together with a sub-diffusive alpha."""
+    free_rg2 = q * N / 3
+    return rg2 < cfg.confined_max_spread_ratio * free_rg2 or (
+        rg2 < cfg.confined_weak_spread_ratio * free_rg2 and alpha < cfg.confined_max_alpha
+    )
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _empty(columns: tuple[str, ...]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            c: pd.Series(
+                dtype="int64" if c in _INT_COLUMNS else object if c in _STR_COLUMNS else float
+            )
+            for c in columns
+        }
+    )
+
+
+def _validate(tracks: pd.DataFrame, pixel_size_um: float, frame_interval_s: float) -> None:
+    if not isinstance(tracks, pd.DataFrame):
+        raise SptInputError("tracks", f"expected a pandas DataFrame, got {type(tracks).__name__}")
+    missing = [c for c in ("frame", "x", "y", "particle") if c not in tracks.columns]
+    if missing:
+        raise SptInputError("tracks", f"missing column(s) {', '.join(missing)}")
+    for col in ("frame", "x", "y", "particle"):
+        if not pd.api.types.is_numeric_dtype(tracks[col]):
+            raise SptInputError("tracks", f"column {col!r} is not numeric")
+    if len(tracks) and not np.all(
+        np.isfinite(tracks[["frame", "x", "y", "particle"]].to_numpy(float))
+    ):
+        raise SptInputError("tracks", "NaN or infinite values in frame, x, y or particle")
+    if len(tracks) and tracks.duplicated(["particle", "frame"]).any():
+        raise SptInputError("tracks", "a particle has two localisations in the same frame")
+    for label, value in (("pixel_size_um", pixel_size_um), ("frame_interval_s", frame_interval_s)):
+        if not (isinstance(value, (int, float, np.floating)) and np.isfinite(value) and value > 0):
+            raise SptInputError(label, f"must be a positive number, got {value!r}")
+
+
+def _segment_one(
+    frames: np.ndarray, xy: np.ndarray, sigma2_px: float | None, cfg: SegmentConfig, u: _Units
+) -> list[dict]:
+    """Segments of one track (positions sorted by frame), each described by :func:`_describe`."""
+    n = len(frames)
+    if n <= 2:
+        return [{**_describe(frames, xy, sigma2_px, cfg, u), "start": 0, "end": n}]
+    inc = _Increments(frames, xy)
+    L = max(int(cfg.min_segment_frames) - 1, 2)
+    s2 = inc.noise_variance(L, cfg.blur_r) if sigma2_px is None else max(sigma2_px, inc.floor)
+    starts = [0, *changepoints(frames, xy, cfg).tolist()]
+    # Pass 2: each stretch is also cut with the piecewise-linear model (stops and constant-
+    # velocity runs, no diffusion); that explanation replaces the diffusive one when it is
+    # more likely after penalties (the diffusive model pays log(2m) for its D).
+    ends = [*starts[1:], n]
+    refined = []
+    for s, e in zip(starts, ends, strict=True):
+        refined.append(s)
+        if 2 * cfg.min_segment_frames <= e - s <= 2000:
+            pen = cfg.changepoint_penalty * 3 * np.log(2 * (e - s))
+            cps, cost_lin = _linear_changepoints(
+                frames[s:e].astype(float), xy[s:e], s2, cfg.min_segment_frames, pen
+            )
+            cost_diff = inc.fit_noise(np.array([s]), np.array([e - 1]), s2, cfg.blur_r)[2][0]
+            if cps and cost_lin < cost_diff + np.log(2 * (e - s)):
+                cuts = [s + k for k in cps]
+                if _stops_and_runs(frames, xy, [s, *cuts, e], s2, cfg.directed_min_chi2):
+                    refined += cuts
+    starts = refined
+    ends = [*starts[1:], n]
+    # A segment's steps run from its first point to the first point of the next segment.
+    descs = [
+        _describe(frames[s : e + 1], xy[s : e + 1], sigma2_px, cfg, u)
+        for s, e in zip(starts, ends, strict=True)
+    ]
+    # neighbouring stops are one stop
+    out: list[dict] = []
+    for d, s, e in zip(descs, starts, ends, strict=True):
+        if out and d["state"] == "immobile" and out[-1]["state"] == "immobile":
+            s0 = out[-1]["start"]
+            out[-1] = {
+                **_describe(frames[s0 : e + 1], xy[s0 : e + 1], sigma2_px, cfg, u),
+                "start": s0,
+                "end": e,
+            }
         else:
-            states[i] = "free"
-    return states
-
-
-def _merge_short(states: np.ndarray, min_len: int) -> np.ndarray:
-    states = states.copy()
-    while True:
-        bounds = np.flatnonzero(states[1:] != states[:-1]) + 1
-        starts = np.r_[0, bounds]
-        ends = np.r_[bounds, len(states)]
-        lengths = ends - starts
-        if len(starts) == 1 or lengths.min() >= min_len:
-            return states
-        k = int(np.argmin(lengths))
-        neighbour = starts[k] - 1 if k > 0 else ends[k]
-        if 0 < k < len(starts) - 1 and lengths[k + 1] > lengths[k - 1]:
-            neighbour = ends[k]
-        states[starts[k] : ends[k]] = states[neighbour]
+            out.append({**d, "start": s, "end": e})
+    return out
 
 
 def segment_tracks(
@@ -88,61 +658,121 @@ def segment_tracks(
     pixel_size_um: float,
     frame_interval_s: float,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Give each track point a motion state and cut tracks into single-state segments.
+    """Split every track into motion segments and label points and segments with a motion state.
+
+    Change points come from a penalised likelihood of the step vectors (:func:`changepoints`);
+    each segment is then classified (``directed`` if its net displacement is significant for its
+    own noise and diffusion, else ``immobile`` / ``confined`` / ``free`` from its noise-corrected
+    spread) and neighbours with the same state are merged.
 
     Parameters
     ----------
     tracks : DataFrame
-        ``frame, x, y`` (px) and ``particle``; gaps in frames are allowed.
+        trackpy-style table: ``frame`` (int), ``x, y`` (px), ``particle`` (int); frames may have
+        gaps; optional ``x_err, y_err`` (px) give the localisation error, otherwise it is estimated
+        from the steps. Other columns are kept.
     config : SegmentConfig
         Segmentation parameters.
-    pixel_size_um, frame_interval_s : float
-        Calibration, um/px and s.
+    pixel_size_um : float
+        Pixel size (um).
+    frame_interval_s : float
+        Frame interval (s).
 
     Returns
     -------
-    tracks : DataFrame
-        Input plus ``segment`` (int, per particle) and ``state``.
+    tracks_out : DataFrame
+        The input rows (sorted by particle, frame) plus ``segment`` (int, 0, 1, ... within each
+        particle) and ``state`` (one of :data:`spt.schema.STATES`).
     segments : DataFrame
-        One row per segment: ``particle, segment, start_frame, end_frame, n_points, state,
-        D_um2_s`` (from an MSD fit), ``alpha``, ``speed_um_s`` (net displacement / duration).
+        One row per (particle, segment), columns :data:`SEGMENT_TABLE_COLUMNS`: frames, number of
+        points, ``state``, ``D_um2_s`` (short-time D; 0 when immobile), ``alpha`` (MSD exponent;
+        0 when immobile), ``speed_um_s`` (net speed from a straight-line fit of position against
+        time), ``confinement_radius_um`` (immobile and confined segments; NaN otherwise),
+        ``motion`` (``"go"`` for directed/free, ``"stop"`` for immobile/confined), ``duration_s``,
+        ``net_displacement_um`` and ``drift_chi2`` (significance of the net displacement).
     """
-    out = tracks.sort_values(["particle", "frame"], ignore_index=True)
-    seg_cols = [c for c in SEGMENT_COLUMNS if c != "stage"]
-    if out.empty:
-        out = out.assign(segment=pd.Series(dtype="int64"), state=pd.Series(dtype=object))
-        return out, empty_table(seg_cols)
-    px, dt = pixel_size_um, frame_interval_s
-    states = np.empty(len(out), dtype=object)
-    segment_ids = np.zeros(len(out), dtype=np.int64)
+    _validate(tracks, pixel_size_um, frame_interval_s)
+    u = _Units(float(pixel_size_um), float(frame_interval_s))
+    if len(tracks) == 0:
+        out = tracks.copy()
+        out["segment"] = pd.Series(dtype="int64")
+        out["state"] = pd.Series(dtype=object)
+        return out, _empty(SEGMENT_TABLE_COLUMNS)
+    out = tracks.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)
+    seg_col = np.zeros(len(out), np.int64)
+    state_col = np.empty(len(out), dtype=object)
     rows = []
-    for particle, idx in out.groupby("particle", sort=False).indices.items():
-        x = out["x"].to_numpy()[idx]
-        y = out["y"].to_numpy()[idx]
-        f = out["frame"].to_numpy()[idx]
-        st = _merge_short(_point_states(x, y, f, config, px, dt), config.min_segment_frames)
-        states[idx] = st
-        bounds = np.r_[0, np.flatnonzero(st[1:] != st[:-1]) + 1, len(st)]
-        for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-            segment_ids[idx[a:b]] = k
-            lags, msd, counts = track_msd(f[a:b], x[a:b], y[a:b], max(2, (b - a) // 4))
-            D, alpha = fit_anomalous(lags * dt, msd * px**2, counts)
-            duration = (f[b - 1] - f[a]) * dt
-            net = np.hypot(x[b - 1] - x[a], y[b - 1] - y[a]) * px
+    has_err = "x_err" in out.columns and "y_err" in out.columns
+    pos = 0
+    for pid, g in out.groupby("particle", sort=True):
+        frames = g["frame"].to_numpy(np.int64)
+        xy = g[["x", "y"]].to_numpy(float)
+        sigma2 = None
+        if has_err:
+            err = g[["x_err", "y_err"]].to_numpy(float)
+            err = err[np.isfinite(err)]
+            sigma2 = float(np.mean(err**2)) if err.size else None
+        for k, d in enumerate(_segment_one(frames, xy, sigma2, config, u)):
+            sl = slice(pos + d["start"], pos + d["end"])
+            seg_col[sl] = k
+            state_col[sl] = d["state"]
             rows.append(
-                (
-                    particle,
-                    k,
-                    f[a],
-                    f[b - 1],
-                    b - a,
-                    st[a],
-                    D,
-                    alpha,
-                    net / duration if duration > 0 else 0.0,
-                )
+                {
+                    "particle": int(pid),
+                    "segment": k,
+                    "start_frame": int(frames[d["start"]]),
+                    "end_frame": int(frames[d["end"] - 1]),
+                    **{c: d[c] for c in SEGMENT_TABLE_COLUMNS if c in d and c != "n_points"},
+                    "n_points": int(d["end"] - d["start"]),
+                    "motion": "go" if d["state"] in ("directed", "free") else "stop",
+                }
             )
-    out["segment"] = segment_ids
-    out["state"] = pd.Categorical(states, categories=STATES).astype(object)
-    segments = pd.DataFrame(rows, columns=seg_cols).astype({c: "int64" for c in seg_cols[:5]})
-    return out, segments
+        pos += len(g)
+    out["segment"] = seg_col
+    out["state"] = state_col
+    segments = pd.DataFrame(rows, columns=list(SEGMENT_TABLE_COLUMNS))
+    return out, segments.astype({c: "int64" for c in _INT_COLUMNS if c in segments.columns})
+
+
+def run_stop_summary(segments: pd.DataFrame) -> pd.DataFrame:
+    """Per-track stop-and-go summary of a segments table from :func:`segment_tracks`.
+
+    Runs are ``go`` segments (directed or free), stops are ``stop`` segments (immobile or
+    confined). Run speeds are the segments' net speeds.
+
+    Returns
+    -------
+    DataFrame
+        One row per particle, columns :data:`RUN_STOP_COLUMNS` (times in s, speeds in um/s;
+        run statistics are NaN for a track without runs, stop statistics for one without stops).
+    """
+    missing = [
+        c for c in ("particle", "motion", "duration_s", "speed_um_s") if c not in segments.columns
+    ]
+    if missing:
+        raise SptInputError("segments", f"missing column(s) {', '.join(missing)}")
+    if segments.empty:
+        return _empty(RUN_STOP_COLUMNS)
+    rows = []
+    for pid, g in segments.groupby("particle", sort=True):
+        runs, stops = g[g["motion"] == "go"], g[g["motion"] == "stop"]
+        run_t, stop_t = float(runs["duration_s"].sum()), float(stops["duration_s"].sum())
+        total = run_t + stop_t
+        rows.append(
+            {
+                "particle": int(pid),
+                "n_runs": len(runs),
+                "n_stops": len(stops),
+                "run_time_s": run_t,
+                "stop_time_s": stop_t,
+                "run_fraction": run_t / total if total > 0 else float(len(stops) == 0),
+                "mean_run_duration_s": float(runs["duration_s"].mean()) if len(runs) else np.nan,
+                "mean_stop_duration_s": float(stops["duration_s"].mean()) if len(stops) else np.nan,
+                "mean_run_speed_um_s": float(runs["speed_um_s"].mean()) if len(runs) else np.nan,
+                "median_run_speed_um_s": float(runs["speed_um_s"].median())
+                if len(runs)
+                else np.nan,
+                "max_run_speed_um_s": float(runs["speed_um_s"].max()) if len(runs) else np.nan,
+            }
+        )
+    return pd.DataFrame(rows, columns=list(RUN_STOP_COLUMNS))

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from spt.msd import track_msd
+from spt.msd import msd_curve
 from spt.napari._layers import STATE_COLORS, UNASSIGNED_COLOR
 from spt.plot import STAGE_COLORS
 from spt.schema import STAGES
@@ -102,7 +102,7 @@ def draw_track(
 
     Notes
     -----
-    MSDs are time-averaged and gap-aware (:func:`spt.msd.track_msd`), up to a quarter of the
+    MSDs are time-averaged and gap-aware (:func:`spt.msd.msd_curve`), up to a quarter of the
     span; each segment's MSD is drawn in the colour of its motion state with its fitted
     ``4 D t^alpha`` dashed (Michalet 2010). A stop-and-go track shows why one power law over the
     whole track cannot describe it. The step-speed panel is shaded by the segments' stages.
@@ -118,7 +118,7 @@ def draw_track(
     def msd_of(points: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         frames = points["frame"].to_numpy()
         max_lag = max(1, int((frames[-1] - frames[0]) * MSD_MAX_LAG_FRACTION))
-        lags, msd, _ = track_msd(frames, points["x"].to_numpy(), points["y"].to_numpy(), max_lag)
+        lags, msd, _ = msd_curve(frames, points["x"].to_numpy(), points["y"].to_numpy(), max_lag)
         return lags * frame_interval_s, msd * pixel_size_um**2
 
     t, msd = msd_of(track)

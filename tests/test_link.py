@@ -1,0 +1,119 @@
+"""Linking: identities through flow, crossings, blinking and dense frames (spt.link)."""
+
+import tomllib
+from dataclasses import asdict
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spt.config import PipelineConfig
+from spt.errors import SptInputError
+from spt.link import LinkConfig, link
+from spt.metrics import isbi_scores, track_scores
+from spt.simulate import SimulationConfig, simulate_tracks
+
+PX, DT = 0.2, 1 / 30
+
+
+def _spots(rows) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["frame", "x", "y"])
+
+
+def test_empty_input_gives_typed_empty_tracks():
+    out = link(_spots([]), pixel_size_um=PX, frame_interval_s=DT)
+    assert len(out) == 0
+    assert out["particle"].dtype == np.int64
+    assert {"frame", "x", "y", "particle"} <= set(out.columns)
+
+
+def test_fast_flow_crossing_keeps_identities():
+    """Two particles at ~50 um/s (8 px/frame) cross each other; velocity prediction keeps them."""
+    rows, truth = [], []
+    rng = np.random.default_rng(0)
+    for t in range(30):
+        a = (10 + 8 * t, 100 + 0.5 * t)
+        b = (240 - 8 * t, 108 - 0.5 * t)
+        for pid, (x, y) in enumerate((a, b)):
+            x, y = x + rng.normal(0, 0.1), y + rng.normal(0, 0.1)
+            rows.append((t, x, y))
+            truth.append((t, pid, x, y))
+    out = link(_spots(rows), pixel_size_um=PX, frame_interval_s=DT)
+    assert out["particle"].nunique() == 2
+    for _, g in out.groupby("particle"):
+        steps = np.diff(g.sort_values("frame")["x"])
+        assert (np.sign(steps) == np.sign(steps[0])).all()  # never jumps to the other particle
+        assert len(g) == 30
+
+
+def test_blinking_gap_is_closed_and_lone_spots_dropped():
+    rows = [(t, 50 + 0.05 * t, 50.0) for t in range(40) if not 10 <= t < 25]  # 15-frame blink
+    rows += [(5, 200.0, 200.0)]  # a lone false detection
+    out = link(_spots(rows), LinkConfig(max_gap_frames=20), pixel_size_um=PX, frame_interval_s=DT)
+    assert out["particle"].nunique() == 1
+    assert len(out) == 25
+    short = link(_spots(rows), LinkConfig(max_gap_frames=5), pixel_size_um=PX, frame_interval_s=DT)
+    assert short["particle"].nunique() == 2
+
+
+def test_output_sorted_and_numbered():
+    rng = np.random.default_rng(1)
+    rows = [
+        (t, x + rng.normal(0, 0.05), y)
+        for t in range(10)
+        for x, y in ((20, 20), (60, 60), (100, 20))
+    ]
+    spots = _spots(rows).sample(frac=1, random_state=0)
+    spots["signal"] = 1.0
+    out = link(spots, pixel_size_um=PX, frame_interval_s=DT)
+    assert sorted(out["particle"].unique()) == [0, 1, 2]
+    assert (out.groupby("particle")["frame"].apply(lambda f: f.is_monotonic_increasing)).all()
+    assert out["particle"].is_monotonic_increasing
+    assert "signal" in out.columns
+
+
+def test_dense_frames_never_blow_up():
+    """3000 random spots per frame within the flow search radius of each other: no
+    combinatorial failure (trackpy raises SubnetOversizeException here), one spot per track per
+    frame."""
+    rng = np.random.default_rng(2)
+    rows = [(t, *rng.uniform(0, 200, 2)) for t in range(4) for _ in range(3000)]
+    out = link(_spots(rows), LinkConfig(min_track_length=1), pixel_size_um=PX, frame_interval_s=DT)
+    assert len(out) == len(rows)
+    assert not out.duplicated(["particle", "frame"]).any()
+
+
+def test_recovers_simulated_tracks():
+    """Ground-truth positions of a simulated movie (flow, blinking, stop-and-go) plus 0.1 px
+    localisation noise: most tracks whole, few identity switches, high ISBI JSC-theta."""
+    truth, _ = simulate_tracks(
+        SimulationConfig(shape=(256, 256), n_frames=300, n_particles=30, seed=3)
+    )
+    vis = truth[truth["visible"]].reset_index(drop=True)
+    rng = np.random.default_rng(3)
+    spots = vis[["frame", "x", "y"]] + np.column_stack(
+        [np.zeros(len(vis)), rng.normal(0, 0.1, (len(vis), 2))]
+    )
+    spots["frame"] = spots["frame"].astype(np.int64)
+    out = link(spots, pixel_size_um=0.2, frame_interval_s=1 / 30)
+    ts = track_scores(vis, out)
+    assert ts.recovered >= 0.8
+    assert ts.switches_per_100_links < 1.0
+    assert isbi_scores(vis, out).jsc_theta >= 0.9
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(SptInputError, match="missing"):
+        link(pd.DataFrame({"frame": [0], "x": [1.0]}), pixel_size_um=PX, frame_interval_s=DT)
+    with pytest.raises(SptInputError, match="NaN"):
+        link(_spots([(0, np.nan, 1.0)]), pixel_size_um=PX, frame_interval_s=DT)
+    with pytest.raises(SptInputError, match="pixel_size_um"):
+        link(_spots([(0, 1.0, 1.0)]), pixel_size_um=0, frame_interval_s=DT)
+    with pytest.raises(ValueError):
+        LinkConfig(max_gap_frames=-1)
+
+
+def test_config_is_toml_round_trip():
+    text = PipelineConfig(link=LinkConfig(max_speed_um_s=120.0)).to_toml()
+    assert PipelineConfig.from_dict(tomllib.loads(text)).link.max_speed_um_s == 120.0
+    assert all(isinstance(v, (int, float, str, bool)) for v in asdict(LinkConfig()).values())
