@@ -254,13 +254,17 @@ def process_one(
             n_parts=n_parts,
         )
         write_results(result, folder.parent, config)
-    except (SptInputError, OSError) as err:
-        return {**row, "status": "failed", "error": str(err), "seconds": _since(t0)}
+    except SptInputError as err:
+        return {**row, "status": "failed", "error": _one_line(str(err)), "seconds": _since(t0)}
+    except OSError as err:  # unwritable output, disk full, a file vanishing mid-run
+        where = f"{err.filename}: " if err.filename else f"{job.path}: "
+        error = _one_line(f"{where}{err.strerror or err}")
+        return {**row, "status": "failed", "error": error, "seconds": _since(t0)}
     except Exception as err:  # noqa: BLE001 - one movie's bug must not end a batch of hundreds
         return {
             **row,
             "status": "failed",
-            "error": f"{job.path}: internal error: {type(err).__name__}: {err}",
+            "error": _one_line(f"{job.path}: internal error: {type(err).__name__}: {err}"),
             "traceback": traceback.format_exc(),
             "seconds": _since(t0),
         }
@@ -275,6 +279,11 @@ def process_one(
         "seconds": _since(t0),
         **({"result": result} if keep_result else {}),
     }
+
+
+def _one_line(text: str) -> str:
+    """Error messages are one line: the summary CSV and the console stay one row per movie."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _since(t0: float) -> float:

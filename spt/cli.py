@@ -1,6 +1,7 @@
 """Command line: ``spt run``, ``spt classify``, ``spt simulate``, ``spt config``.
 
-Bad input ends with one line on standard error naming the file and the problem, and exit code 1.
+Bad input ends with one line on standard error naming the file and the problem, and exit code 1
+(2 for a malformed command line, 3 for an internal error; see docs/input_policy.md).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from pathlib import Path
 import spt
 from spt.errors import SptInputError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+#: Set this environment variable to get the full traceback of an internal error.
+DEBUG_ENV = "SPT_DEBUG"
 
 
 def _positive_float(text: str) -> float:
@@ -27,6 +30,34 @@ def _positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def _file_name(text: str) -> str:
+    if not text or text in (".", "..") or "/" in text or os.sep in text or "\x00" in text:
+        raise argparse.ArgumentTypeError(
+            f"must be a file name prefix without folders, got {text!r}"
+        )
+    return text
 
 
 def _add_calibration(p: argparse.ArgumentParser) -> None:
@@ -160,16 +191,22 @@ def build_parser() -> argparse.ArgumentParser:
         "<name>_masks.tif, <name>_truth.csv and <name>_simulation.toml.",
     )
     simulate.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    simulate.add_argument("--name", default="sim", help="file name prefix (default: sim)")
-    simulate.add_argument("--preset", default="default", help="sample, default, benchmark or large")
-    simulate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    simulate.add_argument("--frames", type=int, help="number of frames")
     simulate.add_argument(
-        "--size", type=int, nargs=2, metavar=("Y", "X"), help="frame size, pixels"
+        "--name", type=_file_name, default="sim", help="file name prefix (default: sim)"
     )
-    simulate.add_argument("--particles", type=int, help="number of particles")
-    simulate.add_argument("--photons", type=float, help="mean photons per spot per frame")
-    simulate.add_argument("--background", type=float, help="background photons per pixel")
+    simulate.add_argument("--preset", default="default", help="sample, default, benchmark or large")
+    simulate.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="random seed >= 0 (default: 0)"
+    )
+    simulate.add_argument("--frames", type=_positive_int, help="number of frames")
+    simulate.add_argument(
+        "--size", type=_positive_int, nargs=2, metavar=("Y", "X"), help="frame size, pixels"
+    )
+    simulate.add_argument("--particles", type=_non_negative_int, help="number of particles")
+    simulate.add_argument("--photons", type=_positive_float, help="mean photons per spot per frame")
+    simulate.add_argument(
+        "--background", type=_non_negative_float, help="background photons per pixel"
+    )
     return parser
 
 
@@ -181,6 +218,18 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
     return value
+
+
+def _check_out_dir(path: str | os.PathLike) -> Path:
+    """Refuse an output folder that is an existing file (or lies below one)."""
+    out = Path(path)
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                where = "is a file" if parent == out else f"lies inside {parent}, which is a file"
+                raise SptInputError(out, f"output folder {where}; give a folder with --out")
+            break
+    return out
 
 
 def _config(args: argparse.Namespace):
@@ -212,6 +261,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from spt.progress import BatchProgress
 
     config = _config(args)
+    _check_out_dir(args.out)
     if args.scheduler and args.workers > 1:
         raise SptInputError(
             "--workers", "give either --workers (this machine) or --scheduler (a Dask cluster)"
@@ -283,20 +333,29 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         raise SptInputError(
             args.tracks, f"a track table carries no calibration: pass {' and '.join(missing)}"
         )
+    out = _check_out_dir(args.out)
     tracks = read_track_table(args.tracks, pixel_size_um=px, frame_interval_s=dt)
     masks = _masks_for_table(args.masks, tracks) if args.masks else None
     analysis = analyze_tracks(tracks, config, pixel_size_um=px, frame_interval_s=dt, masks=masks)
-    out = Path(args.out)
+    tables = {
+        "tracks.csv": analysis.tracks,
+        "segments.csv": analysis.segments,
+        "stage_velocities.csv": analysis.stage_velocities,
+    }
     created = not out.exists()
+    # All tables are written to a hidden folder first and moved into place only when all are
+    # complete, so a failed or interrupted run never mixes new tables with those of a former run.
+    tmp = out / f".classify.partial-{os.getpid()}"
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        write_table(analysis.tracks, out / "tracks.csv")
-        write_table(analysis.segments, out / "segments.csv")
-        write_table(analysis.stage_velocities, out / "stage_velocities.csv")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name, table in tables.items():
+            write_table(table, tmp / name)
+        for name in tables:
+            os.replace(tmp / name, out / name)
     except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(out if created else tmp, ignore_errors=True)
         raise
+    tmp.rmdir()
     if not args.quiet:
         print(f"results in {out}")
         print(analysis.stage_velocities.to_string(index=False))
@@ -305,17 +364,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 def _masks_for_table(path: str, tracks):
     """Read a mask for a track table: its own shape must cover every track point."""
-    import tifffile
+    from spt.io import read_masks, tiff_plane_shape
 
-    from spt.io import read_masks
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            shape = tuple(tif.series[0].shape[-2:])
-    except FileNotFoundError:
-        raise SptInputError(path, "no such file") from None
-    except Exception as err:  # noqa: BLE001 - any reader failure is bad input here
-        raise SptInputError(path, f"cannot read mask image ({err})") from None
+    shape = tiff_plane_shape(path)
     masks = read_masks(path, shape=shape, n_frames=None)
     if len(tracks) and (tracks["x"].max() > shape[1] - 0.5 or tracks["y"].max() > shape[0] - 0.5):
         raise SptInputError(
@@ -345,10 +396,33 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         cfg = SimulationConfig(**overrides)
     except ValueError as err:
         raise SptInputError(None, f"invalid simulation parameters: {err}") from None
+    _check_out_dir(args.out)
+    _check_simulation_fits_in_memory(cfg)
     sim = simulate(cfg)
     paths = write_simulation(sim, args.out, args.name)
     print(f"movie: {paths['movie']}\nmasks: {paths['masks']}\nground truth: {paths['truth']}")
     return EXIT_OK
+
+
+def _check_simulation_fits_in_memory(cfg) -> None:
+    """Refuse a simulation whose movie and ground truth would not fit in half the RAM.
+
+    The simulator holds the whole movie (uint16) and every particle's sub-frame path in memory;
+    asking for more would end in a crash or a machine swapping for hours, not in a movie.
+    """
+    h, w = cfg.shape
+    need = cfg.n_frames * h * w * 2 + cfg.n_frames * cfg.n_particles * (16 * cfg.substeps + 200)
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - non-POSIX
+        return
+    if need > ram / 2:
+        raise SptInputError(
+            None,
+            f"a simulation of {cfg.n_frames} frames of {h} x {w} px with {cfg.n_particles} "
+            f"particles needs about {need / 1e9:.3g} GB of memory; this machine has "
+            f"{ram / 1e9:.3g} GB. Use fewer frames, particles or pixels",
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -363,11 +437,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except SptInputError as err:
-        print(f"spt: error: {err}", file=sys.stderr)
+        print(f"spt: error: {_one_line(str(err))}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as err:  # unwritable output, disk full, a file vanishing mid-run
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"spt: error: {where}{err.strerror or _one_line(str(err))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("spt: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(
+            f"spt: internal error (a bug in spt, please report it): {type(err).__name__}: "
+            f"{_one_line(str(err))}; run with {DEBUG_ENV}=1 for the traceback",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+def _one_line(text: str) -> str:
+    """A message on one line (CLI errors are one line, so scripts and logs can grep them)."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or "(no message)"
 
 
 if __name__ == "__main__":

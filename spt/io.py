@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import struct
 import tempfile
 import threading
 import xml.etree.ElementTree as ET
@@ -26,10 +27,16 @@ from spt.errors import SptInputError
 from spt.schema import MASK_LABELS
 
 __all__ = [
+    "MAX_COORDINATE_PX",
+    "MAX_FRAME",
     "Movie",
+    "TRACK_TABLE_COLUMNS",
+    "check_float_frames",
+    "check_track_table",
     "read_masks",
     "read_movie",
     "read_track_table",
+    "tiff_plane_shape",
     "write_movie",
     "write_table",
 ]
@@ -138,7 +145,8 @@ class Movie:
         Raises
         ------
         SptInputError
-            If the data cannot be read (damaged file) or a block holds NaN or infinite values.
+            If the data cannot be read (damaged file) or a block holds NaN, infinite or
+            out-of-float32-range values (see :func:`check_float_frames`).
         """
         if chunk_frames < 1:
             raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
@@ -146,7 +154,7 @@ class Movie:
         for start in range(0, self.n_frames, chunk_frames):
             stop = min(start + chunk_frames, self.n_frames)
             try:
-                block = np.asarray(self.frames[start:stop], dtype=np.float32)
+                block = np.asarray(self.frames[start:stop])
             except SptInputError:
                 raise
             except Exception as err:  # tifffile/zlib/mmap errors on damaged data
@@ -154,11 +162,8 @@ class Movie:
                     self.path, f"cannot read frames {start}-{stop - 1}: {_one_line(err)}"
                 ) from None
             if is_float:
-                finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)
-                if not finite.all():
-                    bad = start + int(np.flatnonzero(~finite)[0])
-                    raise SptInputError(self.path, f"frame {bad} contains NaN or infinite values")
-            yield start, block
+                check_float_frames(block, self.path, start)
+            yield start, block.astype(np.float32)
 
     def max_projection(self, chunk_frames: int = 64) -> np.ndarray:
         """Return the maximum over time, ``(Y, X)`` float32, streamed chunk by chunk."""
@@ -166,6 +171,38 @@ class Movie:
         for _, block in self.iter_chunks(chunk_frames):
             np.maximum(out, block.max(axis=0), out=out)
         return out
+
+
+def check_float_frames(block: np.ndarray, source: Any, start: int = 0) -> None:
+    """Refuse float frames holding NaN, infinity or values beyond the float32 range.
+
+    Parameters
+    ----------
+    block : ndarray, shape (n, Y, X)
+        Frames ``start .. start + n - 1``.
+    source : str or os.PathLike or None
+        The input, named in the error message.
+    start : int
+        Index of the first frame of ``block``.
+
+    Raises
+    ------
+    SptInputError
+        Naming the first bad frame. Frames are analysed as float32, so larger magnitudes
+        (> 3.4e38) would become infinite.
+    """
+    flat = block.reshape(len(block), -1)
+    finite = np.isfinite(flat).all(axis=1)
+    if not finite.all():
+        bad = start + int(np.flatnonzero(~finite)[0])
+        raise SptInputError(source, f"frame {bad} contains NaN or infinite values")
+    if block.dtype.itemsize > 4 and block.size:
+        big = (np.abs(flat) > np.finfo(np.float32).max).any(axis=1)
+        if big.any():
+            bad = start + int(np.flatnonzero(big)[0])
+            raise SptInputError(
+                source, f"frame {bad} holds values beyond the float32 range (|value| > 3.4e38)"
+            )
 
 
 class _PageFrames:
@@ -347,8 +384,12 @@ def _open_tiff(path: Path) -> tifffile.TiffFile:
         try:
             tif = tifffile.TiffFile(path)
         except Exception as err:
-            raise SptInputError(path, f"not a readable TIFF file ({_one_line(err)})") from None
+            hint = "; track tables go to `spt classify`" if path.suffix.lower() == ".csv" else ""
+            raise SptInputError(
+                path, f"not a readable TIFF file ({_one_line(err)}){hint}"
+            ) from None
         try:
+            _check_ifd_chain(path, size)
             if not tif.series:
                 raise SptInputError(path, "TIFF file holds no image data")
             series = tif.series[0]
@@ -368,6 +409,8 @@ def _open_tiff(path: Path) -> tifffile.TiffFile:
             problem = f"truncated TIFF file: pixel data end at byte {end}, file has {size} bytes"
     elif any(p is None for p in pages):
         problem = "corrupt TIFF file: image pages are missing"
+    elif any(len(p.dataoffsets) != len(p.databytecounts) for p in pages):
+        problem = "corrupt TIFF file: a page's strip/tile offsets and byte counts disagree"
     else:
         last = pages[-1]
         offsets, counts = last.dataoffsets, last.databytecounts
@@ -385,6 +428,45 @@ def _open_tiff(path: Path) -> tifffile.TiffFile:
         tif.close()
         raise SptInputError(path, problem)
     return tif
+
+
+def _check_ifd_chain(path: Path, size: int) -> None:
+    """Refuse a TIFF whose chain of image directories (IFDs) loops or leaves the file.
+
+    tifffile follows a directory that points back to itself (a damaged file) without end, so
+    the chain is walked here first: each IFD is read once, only its entry count and next offset.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        order = {b"II": "<", b"MM": ">"}.get(head[:2])
+        if order is None or len(head) < 8:
+            return  # tifffile has accepted it, e.g. as a non-classic variant: let it decide
+        version = int.from_bytes(head[2:4], "little" if order == "<" else "big")
+        big = version == 43
+        if version not in (42, 43) or (big and len(head) < 16):
+            return
+        unsigned = "<Q" if big and order == "<" else ">Q" if big else order + "I"
+        count_fmt, entry_size = (order + "Q", 20) if big else (order + "H", 12)
+        offset = struct.unpack(unsigned, head[8:16] if big else head[4:8])[0]
+        seen: set[int] = set()
+        while offset:
+            if offset in seen:
+                raise SptInputError(
+                    path, f"corrupt TIFF file: its image directories loop (at byte {offset})"
+                )
+            if offset >= size:
+                return  # truncated: reported by the checks that follow
+            seen.add(offset)
+            fh.seek(offset)
+            raw = fh.read(struct.calcsize(count_fmt))
+            if len(raw) < struct.calcsize(count_fmt):
+                return
+            n_entries = struct.unpack(count_fmt, raw)[0]
+            fh.seek(offset + len(raw) + n_entries * entry_size)
+            raw = fh.read(struct.calcsize(unsigned))
+            if len(raw) < struct.calcsize(unsigned):
+                return
+            offset = struct.unpack(unsigned, raw)[0]
 
 
 def _lazy_frames(tif: tifffile.TiffFile, path: Path, *, channel: int | None, z: int | None):
@@ -431,10 +513,15 @@ def _lazy_frames(tif: tifffile.TiffFile, path: Path, *, channel: int | None, z: 
 
     c_axis = choose("CS", channel, "channel", "channel")
     if c_axis is not None:
+        n = shape[c_axis]
+        if all(i == c_axis for i in extra):  # e.g. an ImageJ stack saved as channels
+            raise SptInputError(
+                path,
+                f"{n} channels and no time axis ({shown}): if the {n} planes are frames, save "
+                f"the file with axes TYX (ImageJ: Image > Properties, Frames = {n})",
+            )
         raise SptInputError(
-            path,
-            f"movie has {shape[c_axis]} channels ({shown}); choose one with --channel N "
-            f"(0 to {shape[c_axis] - 1})",
+            path, f"movie has {n} channels ({shown}); choose one with --channel N (0 to {n - 1})"
         )
     z_axis = choose("Z", z, "z-plane", "z")
     time_note = ""
@@ -629,6 +716,25 @@ def _one_line(err: Any) -> str:
     return text[0][:200] if text else type(err).__name__
 
 
+def tiff_plane_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """Shape ``(Y, X)`` of the images in a TIFF file, with the checks of :func:`read_movie`.
+
+    Raises
+    ------
+    SptInputError
+        Missing, empty, non-TIFF, truncated or corrupt file, or no 2-D image in it.
+    """
+    path = _check_file(path)
+    tif = _open_tiff(path)
+    try:
+        shape = tif.series[0].shape
+    finally:
+        tif.close()
+    if len(shape) < 2:
+        raise SptInputError(path, f"no 2-D image in the file (shape {tuple(shape)})")
+    return int(shape[-2]), int(shape[-1])
+
+
 # --------------------------------------------------------------------------- masks
 
 
@@ -699,6 +805,112 @@ def read_masks(
 # --------------------------------------------------------------------------- track tables
 
 _TRACKMATE = {"FRAME": "frame", "POSITION_X": "x", "POSITION_Y": "y", "TRACK_ID": "particle"}
+#: Columns every track table needs.
+TRACK_TABLE_COLUMNS: tuple[str, ...] = ("frame", "x", "y", "particle")
+#: Largest frame number accepted (exclusive): more frames than any TIFF movie holds; larger
+#: values are timestamps or ids in the wrong column.
+MAX_FRAME = 2**31
+#: Largest |x| or |y| accepted, pixels: far beyond any camera, small enough that squared
+#: displacements stay exact to well below a pixel in float64.
+MAX_COORDINATE_PX = 1e9
+
+
+def check_track_table(tracks: pd.DataFrame, source: str | os.PathLike = "tracks") -> pd.DataFrame:
+    """Validate a track table and return it normalised.
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        ``frame, x, y, particle`` (x, y in pixels) plus any other columns. Values may still be
+        text (as read from a file); they must convert to numbers.
+    source : str or os.PathLike
+        Name of the input, used in error messages.
+
+    Returns
+    -------
+    DataFrame
+        ``frame`` (int64), ``x``, ``y`` (float64, pixels), ``particle`` (int64), then the other
+        columns, sorted by particle and frame, with a fresh index. An empty table (header only)
+        is valid and comes back empty with these dtypes.
+
+    Raises
+    ------
+    SptInputError
+        Not a DataFrame; missing or non-numeric columns; missing (NaN) or infinite values;
+        non-integer, negative or implausibly large (>= 2**31) frames; coordinates beyond
+        1e9 px; or a particle with two points in one frame.
+    """
+    if not isinstance(tracks, pd.DataFrame):
+        raise SptInputError(source, f"expected a table (DataFrame), got {type(tracks).__name__}")
+    needed = list(TRACK_TABLE_COLUMNS)
+    missing = [c for c in needed if c not in tracks.columns]
+    if missing:
+        found = ", ".join(map(str, tracks.columns)) or "none"
+        raise SptInputError(
+            source,
+            f"missing column(s) {', '.join(missing)}; found {found}. A track table needs frame, "
+            "x, y, particle (trackpy) or FRAME, POSITION_X, POSITION_Y, TRACK_ID (TrackMate)",
+        )
+    if tracks.columns.duplicated().any():
+        dup = sorted({str(c) for c in tracks.columns[tracks.columns.duplicated()]})
+        raise SptInputError(source, f"duplicate column name(s) {', '.join(dup)}")
+    df = tracks.copy()
+    for c in needed:
+        values = pd.to_numeric(df[c], errors="coerce")
+        bad = values.isna() & df[c].notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise SptInputError(
+                source, f"column {c} is not numeric (row {row + 1}: {df[c].iloc[row]!r})"
+            )
+        df[c] = values.astype(np.float64)
+    nan = df[needed].isna().any(axis=1)
+    if nan.any():
+        first = int(np.flatnonzero(nan.to_numpy())[0]) + 1
+        raise SptInputError(
+            source,
+            f"{int(nan.sum())} row(s) with missing frame/x/y/particle (first: row {first})",
+        )
+    xy = df[["x", "y"]].to_numpy(np.float64)
+    if not np.isfinite(xy).all():
+        raise SptInputError(source, "infinite x or y coordinates")
+    if xy.size and np.abs(xy).max() > MAX_COORDINATE_PX:
+        raise SptInputError(
+            source,
+            f"x/y coordinate {np.abs(xy).max():g} px is beyond {MAX_COORDINATE_PX:g} px; "
+            "positions must be in pixels",
+        )
+    for c in ("frame", "particle"):
+        values = df[c].to_numpy(np.float64)
+        if not np.isfinite(values).all():
+            raise SptInputError(source, f"infinite values in column {c}")
+        if not (values == np.round(values)).all():
+            raise SptInputError(source, f"column {c} must hold whole numbers")
+        if np.abs(values).max(initial=0) >= 2**63:
+            raise SptInputError(source, f"column {c} holds numbers too large for an integer")
+        df[c] = values.astype(np.int64)
+    if len(df) and df["frame"].min() < 0:
+        raise SptInputError(
+            source, f"negative frame number {int(df['frame'].min())}; frames count from 0"
+        )
+    if len(df) and df["frame"].max() >= MAX_FRAME:
+        raise SptInputError(
+            source,
+            f"frame number {int(df['frame'].max())} is not a frame index (at most "
+            f"{MAX_FRAME - 1}); for times in seconds name the column t or time_s and give the "
+            "frame interval",
+        )
+    dup = df.duplicated(["particle", "frame"])
+    if dup.any():
+        first = df.loc[dup].iloc[0]
+        raise SptInputError(
+            source,
+            f"particle {int(first['particle'])} has several points in frame {int(first['frame'])}",
+        )
+    others = [c for c in df.columns if c not in needed]
+    return (
+        df[needed + others].sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)
+    )
 
 
 def read_track_table(
@@ -712,7 +924,8 @@ def read_track_table(
     Parameters
     ----------
     path : str or os.PathLike
-        CSV (comma, semicolon or tab separated; detected from the header line).
+        CSV (comma, semicolon or tab separated; detected from the header line; with semicolons,
+        decimal commas as written by a European Excel are understood).
         trackpy style: columns ``frame, x, y, particle`` (x, y in pixels) plus any others.
         TrackMate "Spots" export: ``TRACK_ID, POSITION_X, POSITION_Y, FRAME`` with positions in
         the image's physical unit (its extra header rows of names and units are skipped).
@@ -727,12 +940,13 @@ def read_track_table(
     -------
     DataFrame
         ``frame`` (int), ``x``, ``y`` (float, pixels), ``particle`` (int), then the other columns,
-        sorted by particle and frame. TrackMate spots without a track are dropped.
+        sorted by particle and frame (see :func:`check_track_table`). TrackMate spots without a
+        track are dropped. A table with a header but no rows gives an empty table (no tracks).
 
     Raises
     ------
     SptInputError
-        Unreadable or empty table, missing or non-numeric columns, NaN coordinates, negative or
+        Unreadable or empty file, missing or non-numeric columns, NaN coordinates, negative or
         non-integer frames, or a particle with two points in one frame.
     """
     path = _check_file(path)
@@ -741,18 +955,26 @@ def read_track_table(
             header = fh.readline()
     except UnicodeDecodeError:
         raise SptInputError(path, "not a text table (not UTF-8)") from None
+    if "\x00" in header:
+        raise SptInputError(path, "not a text table (binary data)")
     sep = max([",", ";", "\t"], key=header.count)
     if header.count(sep) == 0:
-        raise SptInputError(path, "not a table: no comma, semicolon or tab in the header line")
-    try:
-        df = pd.read_csv(path, sep=sep, encoding="utf-8-sig", low_memory=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise SptInputError(path, f"cannot parse table ({_one_line(err)})") from None
+        raise SptInputError(
+            path, "not a table: no comma, semicolon or tab in the header line (frame,x,y,particle)"
+        )
+    df = _parse_csv(path, sep, ".")
+    if sep == ";" and _has_decimal_commas(df):
+        df = _parse_csv(path, sep, ",")
     df.columns = [str(c).strip() for c in df.columns]
     df = df.loc[:, [c for c in df.columns if c and not c.startswith("Unnamed:")]]
-    for c in list(df.columns):  # trackpy's to_csv writes 'frame' as index and column
-        if c.endswith(".1") and c[:-2] in df.columns:
-            df = df.drop(columns=c)
+    if df.columns.duplicated().any():  # e.g. "x" and "x " (pandas renames exact repeats)
+        dup = sorted(set(df.columns[df.columns.duplicated()]))
+        raise SptInputError(path, f"duplicate column(s) {', '.join(dup)}")
+    for c in list(df.columns):
+        if c.endswith(".1") and c[:-2] in df.columns:  # pandas' name for a repeated column
+            if not df[c].equals(df[c[:-2]]):
+                raise SptInputError(path, f"duplicate column(s) {c[:-2]} with different values")
+            df = df.drop(columns=c)  # trackpy's to_csv writes 'frame' as index and column
 
     px_per_unit = 1.0
     if "POSITION_X" in df.columns or "TRACK_ID" in df.columns:
@@ -763,53 +985,28 @@ def read_track_table(
             df = df.rename(columns={time_col: "_time_s"})
             df["frame"] = _frames_from_time(df, "_time_s", frame_interval_s, path)
             df = df.drop(columns="_time_s")
+    tracks = check_track_table(df, path)
+    if px_per_unit != 1.0:  # TrackMate positions in physical units
+        tracks[["x", "y"]] *= px_per_unit
+        tracks = check_track_table(tracks, path)
+    return tracks
 
-    needed = ["frame", "x", "y", "particle"]
-    missing = [c for c in needed if c not in df.columns]
-    if missing:
-        raise SptInputError(
-            path, f"missing column(s) {', '.join(missing)}; found {', '.join(df.columns) or 'none'}"
-        )
-    if len(df) == 0:
-        raise SptInputError(path, "table has no rows")
-    for c in needed:
-        values = pd.to_numeric(df[c], errors="coerce")
-        bad = values.isna() & df[c].notna()
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise SptInputError(
-                path, f"column {c} is not numeric (row {row + 1}: {df[c].iloc[row]!r})"
-            )
-        df[c] = values
-    nan = df[needed].isna().any(axis=1)
-    if nan.any():
-        first = int(np.flatnonzero(nan.to_numpy())[0]) + 1
-        raise SptInputError(
-            path, f"{int(nan.sum())} row(s) with missing frame/x/y/particle (first: row {first})"
-        )
-    if not np.isfinite(df[["x", "y"]].to_numpy(float)).all():
-        raise SptInputError(path, "infinite x or y coordinates")
-    for c in ("frame", "particle"):
-        if not (df[c] == np.round(df[c])).all():
-            raise SptInputError(path, f"column {c} must hold whole numbers")
-        df[c] = df[c].astype(np.int64)
-    if (df["frame"] < 0).any():
-        raise SptInputError(
-            path, f"negative frame number {int(df['frame'].min())}; frames count from 0"
-        )
-    dup = df.duplicated(["particle", "frame"])
-    if dup.any():
-        first = df.loc[dup].iloc[0]
-        raise SptInputError(
-            path,
-            f"particle {int(first['particle'])} has several points in frame {int(first['frame'])}",
-        )
-    df["x"] = df["x"].astype(np.float64) * px_per_unit
-    df["y"] = df["y"].astype(np.float64) * px_per_unit
-    others = [c for c in df.columns if c not in needed]
-    return (
-        df[needed + others].sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)
-    )
+
+def _parse_csv(path: Path, sep: str, decimal: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, sep=sep, decimal=decimal, encoding="utf-8-sig", low_memory=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
+        raise SptInputError(path, f"cannot parse table ({_one_line(err)})") from None
+
+
+def _has_decimal_commas(df: pd.DataFrame) -> bool:
+    """Whether x/y (or TrackMate positions) are text like ``12,5`` that parse with a comma."""
+    for c in ("x", "y", "POSITION_X", "POSITION_Y"):
+        if c in df.columns and not pd.api.types.is_numeric_dtype(df[c]):
+            text = df[c].dropna().astype(str).str.strip()
+            if len(text) and text.str.fullmatch(r"[-+]?\d+,\d*([eE][-+]?\d+)?").any():
+                return True
+    return False
 
 
 def _from_trackmate(
@@ -941,6 +1138,8 @@ def write_movie(
         raise ValueError(f"frames must have shape (T, Y, X), got {data.shape}")
     if not (pixel_size_um > 0 and frame_interval_s > 0):
         raise ValueError("pixel_size_um and frame_interval_s must be positive")
+    if imagej and data.shape[2] == 1:  # tifffile writes these as one (T, Y) page, unreadable
+        raise ValueError("ImageJ TIFF cannot hold frames 1 pixel wide; write OME-TIFF instead")
     with _atomic(path) as tmp:
         if imagej:
             tifffile.imwrite(

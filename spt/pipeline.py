@@ -27,7 +27,14 @@ from spt.camera import Camera
 from spt.config import PipelineConfig
 from spt.detect import locate_chunks, resolve_camera_and_psf
 from spt.errors import SptInputError
-from spt.io import Movie, read_masks, read_movie, write_table
+from spt.io import (
+    Movie,
+    check_float_frames,
+    check_track_table,
+    read_masks,
+    read_movie,
+    write_table,
+)
 from spt.link import link
 from spt.provenance import PROVENANCE_FILE, environment, file_record, now_utc
 from spt.report import write_movie_report
@@ -86,15 +93,38 @@ def masks_for(movie_path: Path, masks_path: str | os.PathLike | None) -> Path | 
     return None
 
 
+#: Smallest frame side (px) the pipeline accepts: a spot and the background around it must fit.
+MIN_FRAME_PX = 3
+
+
+def check_frame_shape(shape: tuple[int, ...], source: str | os.PathLike | None) -> None:
+    """Refuse frames smaller than :data:`MIN_FRAME_PX` on a side (nothing can be detected)."""
+    if min(shape) < MIN_FRAME_PX:
+        raise SptInputError(
+            source,
+            f"frames of {' x '.join(map(str, shape))} px are too small to detect spots "
+            f"(need at least {MIN_FRAME_PX} x {MIN_FRAME_PX})",
+        )
+
+
 def array_chunks(frames: np.ndarray, chunk_frames: int = 64) -> Iterator[tuple[int, np.ndarray]]:
-    """Split an in-memory (T, Y, X) array into ``(first frame, chunk)`` pairs."""
+    """Split an in-memory (T, Y, X) array into ``(first frame, chunk)`` pairs.
+
+    Raises
+    ------
+    SptInputError
+        Not 3-D, not integer or float pixels, or (float) NaN, infinite or beyond float32 range.
+    """
     frames = np.asarray(frames)
     if frames.ndim != 3:
         raise SptInputError(None, f"expected a movie of shape (T, Y, X), got shape {frames.shape}")
+    if frames.dtype.kind not in "uif":
+        raise SptInputError(None, f"unsupported pixel type {frames.dtype}; need integer or float")
+    check_frame_shape(frames.shape[1:], None)
     for start in range(0, len(frames), chunk_frames):
         chunk = frames[start : start + chunk_frames]
-        if np.issubdtype(chunk.dtype, np.floating) and not np.isfinite(chunk).all():
-            raise SptInputError(None, f"frames {start}-{start + len(chunk) - 1} contain NaN or inf")
+        if chunk.dtype.kind == "f":
+            check_float_frames(chunk, None, start)
         yield start, chunk
 
 
@@ -159,7 +189,12 @@ def analyze_tracks(
     frame_interval_s: float,
     masks: np.ndarray | None = None,
 ) -> Analysis:
-    """Segment tracks into motion states, classify delivery stages and summarise per stage."""
+    """Segment tracks into motion states, classify delivery stages and summarise per stage.
+
+    ``tracks`` is validated first (:func:`spt.io.check_track_table`): bad tables raise
+    :class:`~spt.errors.SptInputError`; an empty table gives empty, headed results.
+    """
+    tracks = check_track_table(tracks, "tracks")
     # Analysis solves many tiny linear systems: multi-threaded BLAS only adds overhead (3x
     # slower on 2 cores), so it runs single-threaded.
     with threadpool_limits(limits=1, user_api="blas"):
@@ -228,6 +263,7 @@ def process_movie(
     """
     t0 = time.perf_counter()
     movie = open_movie(path, config)
+    check_frame_shape(movie.shape, path)
     masks = None
     if masks_path is not None:
         masks = read_masks(masks_path, shape=movie.shape, n_frames=movie.n_frames)

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import tifffile
 
 from spt.config import PipelineConfig
 from spt.errors import SptInputError
-from spt.io import Movie, read_masks, read_movie, read_track_table
+from spt.io import Movie, read_masks, read_movie, read_track_table, tiff_plane_shape
 from spt.napari._layers import (
     LayerDataTuple,
     Run,
@@ -95,11 +94,9 @@ def _read_movie_file(movie: Movie, calibrated: bool, _path: object = None) -> li
 
 def _tiff_plane_shape(path: Path) -> tuple[int, int] | None:
     try:
-        with tifffile.TiffFile(path) as tif:
-            shape = tif.series[0].shape
-    except Exception:  # not a TIFF we can open: another plugin may
+        return tiff_plane_shape(path)
+    except SptInputError:  # not a TIFF we can open: another plugin may
         return None
-    return (int(shape[-2]), int(shape[-1])) if len(shape) >= 2 else None
 
 
 def _read_masks_file(path: Path, _path: object = None) -> list[LayerDataTuple]:
