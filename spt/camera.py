@@ -142,10 +142,12 @@ def estimate_camera(frames: np.ndarray, kind: str = "emccd", max_frames: int = 2
     quiet = (np.abs(level - med) < 4 * spread) & (smooth_res < 3 * mad_r)
     quiet = ndimage.binary_erosion(quiet, np.ones((1, 5, 5), bool))
     r = resid[quiet]
+    if r.size < 2:  # a crop too small or too crowded for quiet background: use every pixel
+        r = (data - local).ravel()
     n_local = 49.0
     k2 = float(np.mean(r**2)) / (1 - 1 / n_local)
     k3 = float(np.mean(r**3)) / (1 - 3 / n_local)
-    mean = float(np.mean(level[quiet])) if r.size else float(np.median(data))
+    mean = float(np.mean(level[quiet])) if quiet.any() else float(np.median(data))
     ratio = 3.0 if kind == "emccd" else 1.0
     if r.size > 1000 and k2 > 0 and k3 > 0:
         g = k3 / (ratio * k2)

@@ -750,6 +750,11 @@ def estimate_psf_sigma(
     return sigma
 
 
+#: Frames smaller than this (px, either side) give no spots: there is no room for a spot and
+#: the background around it.
+MIN_FRAME_PX = 16
+
+
 def resolve_camera_and_psf(frames: np.ndarray, config: DetectConfig) -> tuple[Camera, float]:
     """The camera model and PSF s.d. (px) detection will use: from ``config``, else estimated.
 
@@ -850,6 +855,10 @@ def locate_movie(
     chunks = _iter_chunks(frames, config.chunk_frames)
     first = next(chunks, None)
     if first is None:
+        return empty_table(SPOT_COLUMNS)
+    if min(np.shape(first[1])[-2:]) < MIN_FRAME_PX:
+        # Too small for the band-pass and the camera estimate: a crop this size holds no
+        # resolvable spot with its background, so it yields an empty (headed) table.
         return empty_table(SPOT_COLUMNS)
     camera, sigma = resolved or resolve_camera_and_psf(first[1], config)
     threads = config.n_threads or (

@@ -503,19 +503,10 @@ DEGENERATE_MOVIES = {
 }
 
 
-SMALL_FRAME_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="spt/detect.py: frames of 3 to ~12 px (up to ~17 px, depending on content) crash with "
-    "ZeroDivisionError in "
-    "spt/_filters.py:112 (_bandpass_kernel via bandpass_snr <- _snr_map (detect.py:175) <- "
-    "_candidates <- estimate_psf_sigma (detect.py:722) <- resolve_camera_and_psf), after "
-    "RuntimeWarnings 'Mean of empty slice': the band-pass box is larger than the frame. The "
-    "detector should return no spots (or refuse the size) instead",
-)
 #: Frames from the smallest accepted (3 x 3) up to sizes the detector handles.
 SMALL_MOVIES = {
-    "tiny-3x3": pytest.param(movie(5, (3, 3)), False, marks=SMALL_FRAME_BUG),
-    "small-8x8": pytest.param(movie(5, (8, 8)), False, marks=SMALL_FRAME_BUG),
+    "tiny-3x3": pytest.param(movie(5, (3, 3)), False),
+    "small-8x8": pytest.param(movie(5, (8, 8)), False),
     "small-16x16": pytest.param(movie(5, (16, 16)), True),
 }
 
@@ -548,13 +539,6 @@ def _run_degenerate(tmp_path: Path, case: str, frames: np.ndarray, has_particle:
         assert all(len(t) == 0 for t in tables.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spt/plot.py:170 figure_speed_distributions calls axes[0].legend() when no line has a "
-    "label (a movie without tracks): matplotlib UserWarning 'No artists with labels found to put "
-    "in legend', once in the movie report and once in the batch report. Fix in plot.py: call "
-    "legend() only when axes[0].get_legend_handles_labels()[0] is not empty.",
-)
 def test_a_movie_without_particles_gives_no_warning_from_spt(tmp_path):
     path = ome(tmp_path / "blank.ome.tif", np.full((6, 32, 32), 100, np.uint16))
     code, _, err = cli("run", path, "--out", tmp_path / "out", "--quiet")
@@ -585,7 +569,6 @@ def test_in_memory_arrays_refuse_non_pixel_data_and_accept_no_frames():
     assert {"frame", "x", "y", "particle"} <= set(tracks.columns)
 
 
-@SMALL_FRAME_BUG
 def test_in_memory_frames_of_3_px_give_empty_tables():
     run = dict(n_frames=4, pixel_size_um=PX, frame_interval_s=DT)
     for frames in (movie(4, (3, 3)).astype(float), np.ones((2, 3, 40))):
@@ -884,13 +867,6 @@ def test_config_files_and_overrides_are_checked(tmp_path, good_movie):
     assert files_in(tmp_path / "out") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spt/config.py accepts nan/inf numbers (--set detect.threshold=nan); a run then "
-    "fails with 'internal error: ValueError: Out of range float values are not JSON compliant' "
-    "when provenance.json is written. Fix in config.py (owned by issue 6): refuse non-finite "
-    "numbers in _number()/_coerce.",
-)
 def test_non_finite_config_numbers_are_refused():
     code, _, err = cli("config", "--show", "--set", "detect.threshold=nan")
     assert_refused(code, err, "--set", r"detect.threshold")
