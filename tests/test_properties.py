@@ -24,11 +24,10 @@ import tifffile
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import spt.msd
-import spt.stages
 from spt.config import PipelineConfig
 from spt.errors import SptInputError
 from spt.io import MAX_COORDINATE_PX, check_track_table, read_movie, read_track_table, write_movie
+from spt.msd import msd_curve
 from spt.pipeline import analyze_tracks, array_chunks, track_frames
 from spt.schema import SEGMENT_COLUMNS, STAGE_VELOCITY_COLUMNS, STAGES, STATES
 from spt.segment import segment_tracks
@@ -320,10 +319,6 @@ def test_detection_of_any_intensity_scale_gives_finite_in_frame_spots(scale, off
 
 # ----------------------------------------------------------------------------- MSD
 
-#: The per-track MSD of :mod:`spt.msd` (``msd_curve`` or, in older versions, ``track_msd``):
-#: ``(frames, x, y, max_lag) -> (lags, msd, counts)``.
-track_msd = getattr(spt.msd, "msd_curve", None) or spt.msd.track_msd
-
 
 @st.composite
 def one_track(draw, max_points: int = 80):
@@ -340,7 +335,7 @@ def one_track(draw, max_points: int = 80):
 )
 def test_msd_is_finite_non_negative_and_translation_and_scale_consistent(track, max_lag, shift, k):
     f, x, y = (track[c].to_numpy() for c in ("frame", "x", "y"))
-    lags, msd, counts = track_msd(f, x, y, max_lag)
+    lags, msd, counts = msd_curve(f, x, y, max_lag)
     assert len(lags) == len(msd) == len(counts)
     assert np.isfinite(msd).all() and (msd >= 0).all()
     assert (np.diff(lags) > 0).all() and ((lags >= 1) & (lags <= max_lag)).all()
@@ -353,9 +348,9 @@ def test_msd_is_finite_non_negative_and_translation_and_scale_consistent(track, 
             np.mean((x[j] - x[i]) ** 2 + (y[j] - y[i]) ** 2), rel=1e-9, abs=1e-9
         )
     x0, y0 = x - x.mean(), y - y.mean()
-    lags0, msd0, _ = track_msd(f, x0, y0, max_lag)
-    _, msd_shift, _ = track_msd(f, x0 + shift, y0 - shift, max_lag)
-    _, msd_k, _ = track_msd(f, k * x0, k * y0, max_lag)
+    lags0, msd0, _ = msd_curve(f, x0, y0, max_lag)
+    _, msd_shift, _ = msd_curve(f, x0 + shift, y0 - shift, max_lag)
+    _, msd_k, _ = msd_curve(f, k * x0, k * y0, max_lag)
     np.testing.assert_array_equal(lags0, lags)
     np.testing.assert_allclose(msd_shift, msd0, rtol=1e-6, atol=1e-6 * (1 + abs(shift)))
     np.testing.assert_allclose(msd_k, k**2 * msd0, rtol=1e-9, atol=1e-12)
@@ -430,13 +425,6 @@ def _directed_then_free() -> pd.DataFrame:
     return pd.DataFrame({"frame": np.arange(80), "x": xy[:, 0], "y": xy[:, 1], "particle": 0})
 
 
-@pytest.mark.xfail(
-    condition=not hasattr(spt.stages, "decode_stages"),
-    strict=True,
-    reason="this branch still has the first-cut stages.py (motion rules per point, no ordered "
-    "decoding), which labels a slow directed run 'internalization' and the free diffusion after "
-    "it 'extracellular'; issue 5's Viterbi decoder (spt.stages.decode_stages) keeps delivery order",
-)
 @budget(40)
 @given(tracks=track_tables(max_points=80))
 @example(tracks=_directed_then_free())
