@@ -93,7 +93,7 @@ def masks_for(movie_path: Path, masks_path: str | os.PathLike | None) -> Path | 
     return None
 
 
-#: Smallest frame side (px) the pipeline accepts: a spot and the background around it must fit.
+#: Smallest frame side (px) the pipeline accepts: below it no pixel has neighbours on both sides.
 MIN_FRAME_PX = 3
 
 

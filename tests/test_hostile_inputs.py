@@ -383,6 +383,20 @@ def test_spt_run_refuses_bad_tiff_with_one_line_and_writes_nothing(tiff_corpus, 
 PIPELINE_ONLY = ("empty-folder", "thin-2x32")
 
 
+def test_spt_run_refuses_tables_and_list_files_naming_nothing_usable(tmp_path):
+    table = tmp_path / "tracks.csv"
+    table.write_text("frame,x,y,particle\n0,1,1,0\n")
+    code, _, err = cli("run", table, "--out", tmp_path / "a", "--quiet")
+    assert_refused(
+        code, err, table, r"not a readable TIFF file .*track tables go to `spt classify`"
+    )
+    listing = tmp_path / "movies.txt"
+    listing.write_text("# today's movies\nmissing.tif\n")
+    code, _, err = cli("run", listing, "--out", tmp_path / "b", "--quiet")
+    assert_refused(code, err, tmp_path / "missing.tif", r"no such file or folder$")
+    assert files_in(tmp_path / "a") == files_in(tmp_path / "b") == []
+
+
 @pytest.mark.parametrize("case", [c for c in TIFF_REFUSED if c not in PIPELINE_ONLY])
 def test_python_api_refuses_bad_tiff_with_spt_input_error(tiff_corpus, case):
     path, args, pattern = tiff_corpus[case]
