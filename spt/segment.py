@@ -510,6 +510,10 @@ def _describe(
         )
         if state == "immobile":
             out["D_um2_s"], out["alpha"] = 0.0, 0.0
+        else:
+            # One displacement: the only D it supports is d^2 / (4 t); no exponent can be fitted.
+            out["D_um2_s"] = out["net_displacement_um"] ** 2 / (4 * max(out["duration_s"], dt))
+            out["alpha"] = 1.0
         return {**out, "state": state}
     inc = _Increments(frames, xy)
     mu, s2, rho, _ = (v[0] for v in inc.fit(np.array([0]), np.array([inc.m])))

@@ -395,13 +395,6 @@ def test_segments_tile_each_track_exactly_with_finite_values(tracks):
     np.testing.assert_array_equal(merged["x"], merged["x_out"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spt/segment.py _describe (line ~497-511): a 2-point segment that moves is 'directed' "
-    "with D_um2_s = alpha = NaN (left at their NaN defaults; only immobile ones get 0). Found by "
-    "the tiling property in explore mode (frames 0 and 4). Finite input should give finite D "
-    "(e.g. d^2 / (4 dt) from the one displacement) and alpha (1, or 0 with the state saying so)",
-)
 def test_two_point_tracks_have_finite_motion_parameters():
     tracks = pd.DataFrame(
         {"frame": [0, 4], "x": [-0.039631, -0.008161], "y": [0.192127, 0.031426], "particle": 0}
