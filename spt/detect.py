@@ -752,7 +752,7 @@ def estimate_psf_sigma(
 
 #: Frames smaller than this (px, either side) give no spots: there is no room for a spot and
 #: the background around it.
-MIN_FRAME_PX = 16
+MIN_DETECT_FRAME_PX = 16
 
 
 def resolve_camera_and_psf(frames: np.ndarray, config: DetectConfig) -> tuple[Camera, float]:
@@ -856,7 +856,7 @@ def locate_movie(
     first = next(chunks, None)
     if first is None:
         return empty_table(SPOT_COLUMNS)
-    if min(np.shape(first[1])[-2:]) < MIN_FRAME_PX:
+    if min(np.shape(first[1])[-2:]) < MIN_DETECT_FRAME_PX:
         # Too small for the band-pass and the camera estimate: a crop this size holds no
         # resolvable spot with its background, so it yields an empty (headed) table.
         return empty_table(SPOT_COLUMNS)
