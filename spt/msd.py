@@ -7,10 +7,12 @@ localisation error and motion blur, with model choice by BIC (Michalet 2010).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numba import njit
 from scipy.optimize import least_squares
 
 from spt.errors import SptInputError
@@ -541,16 +543,25 @@ def track_msd_fits(
 
 
 def fit_fbm(
-    frames: np.ndarray, x: np.ndarray, y: np.ndarray, *, max_points: int = 150
+    frames: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    max_points: int = 150,
+    max_gapped_points: int = 64,
 ) -> tuple[float, float, float]:
     """Maximum-likelihood fit of fractional Brownian motion plus static noise to one track.
 
     The steps of the track are modelled as a zero-mean Gaussian vector with the exact covariance
     of fBm observed with white localisation noise: per axis ``Var(X(t) - X(s)) = 2 K |t - s|^alpha``
     (2-D MSD ``4 K t^alpha``) plus ``sigma^2`` on every position. ``K`` is profiled out in closed
-    form; ``alpha`` and ``sigma^2 / K`` are found numerically. Frame gaps enter the covariance
-    exactly. Much less variable than a fit of the time-averaged MSD for short tracks (cf.
-    Weiss, PRE 88, 010101, 2013; Lanoiselée et al., J Phys A 2018 for likelihood-based alpha).
+    form; ``alpha`` and ``sigma^2 / K`` are found by a compiled Nelder-Mead search. Without frame
+    gaps the step covariance is Toeplitz and the likelihood costs O(n^2) (Durbin-Levinson);
+    frame gaps enter the covariance exactly (Cholesky, O(n^3)), so a track with gaps is fitted
+    on its longest gap-free stretch when that holds at least half of its points (or
+    ``max_points``), else on its first ``max_gapped_points`` localisations. Much less variable
+    than a fit of the time-averaged MSD for short tracks (cf. Weiss, PRE 88, 010101, 2013;
+    Lanoiselée et al., J Phys A 2018 for likelihood-based alpha).
 
     Parameters
     ----------
@@ -559,7 +570,9 @@ def fit_fbm(
     x, y : ndarray
         Positions (any unit; ``K`` and ``sigma`` come out in that unit per frame^alpha).
     max_points : int
-        Only the first ``max_points`` localisations are used (the cost grows as n^3).
+        At most this many consecutive localisations are used.
+    max_gapped_points : int
+        At most this many when they include frame gaps (the cost grows as n^3).
 
     Returns
     -------
@@ -570,67 +583,159 @@ def fit_fbm(
     sigma : float
         Static localisation error, unit.
     """
-    from scipy.linalg import cho_factor, cho_solve, toeplitz
-    from scipy.optimize import minimize
-
-    t = np.asarray(frames, float)[:max_points]
-    d = np.column_stack(
-        [np.diff(np.asarray(x, float)[:max_points]), np.diff(np.asarray(y, float)[:max_points])]
-    )
+    t = np.asarray(frames, float)
+    xy = np.column_stack([np.asarray(x, float), np.asarray(y, float)])
+    gapless = bool(np.all(np.diff(t[:max_points]) == 1))
+    if not gapless:
+        cut = np.flatnonzero(np.diff(t) != 1) + 1
+        starts, ends = np.r_[0, cut], np.r_[cut, t.size]
+        k = int(np.argmax(ends - starts))
+        if ends[k] - starts[k] >= min(max_points, 0.5 * t.size):
+            t, xy, gapless = t[starts[k] : ends[k]], xy[starts[k] : ends[k]], True
+    t = t[: max_points if gapless else max_gapped_points]
+    d = np.diff(xy[: t.size], axis=0)
     m = len(d)
     if m < 3:
         return np.nan, np.nan, np.nan
-    noise = 2 * np.eye(m) - np.eye(m, k=1) - np.eye(m, k=-1)  # of the steps, per unit sigma^2
     scale = float(np.mean(d * d)) or 1.0
-    d = d / np.sqrt(scale)
-    if np.all(np.diff(t) == 1):
-        # no gaps: the step covariance is Toeplitz, built from its first row
-        k = np.arange(m, dtype=float)
-
-        def cov(alpha: float) -> np.ndarray:
-            row = 0.5 * ((k + 1) ** alpha + np.abs(k - 1) ** alpha - 2 * k**alpha)
-            return toeplitz(row)
-
-    else:
-        t0, t1 = t[:-1], t[1:]
-        # |time differences| between step end points, as logs (0 where equal)
-        pairs = [
-            t1[None, :] - t0[:, None],
-            t0[None, :] - t1[:, None],
-            t1[None, :] - t1[:, None],
-            t0[None, :] - t0[:, None],
-        ]
-        logs = [np.log(np.where(p == 0, 1.0, np.abs(p))) for p in pairs]
-        zero = [p == 0 for p in pairs]
-        sign = (1, 1, -1, -1)
-
-        def cov(alpha: float) -> np.ndarray:
-            return 0.5 * sum(
-                sg * np.where(z, 0.0, np.exp(alpha * lg))
-                for sg, lg, z in zip(sign, logs, zero, strict=True)
-            )
-
-    def nll(theta: np.ndarray) -> float:
-        alpha, log_lam = theta
-        S = cov(alpha) + np.exp(log_lam) * noise
-        try:
-            c, low = cho_factor(S, lower=True, check_finite=False)
-        except np.linalg.LinAlgError:
-            return 1e300
-        q = float(np.sum(d * cho_solve((c, low), d, check_finite=False)))
-        K = max(q / (2 * m), 1e-300)
-        return 2 * np.sum(np.log(np.diag(c))) + m * np.log(K)  # per axis, up to constants / 2
-
-    best = minimize(
-        nll,
-        np.array([1.0, np.log(0.1)]),
-        method="L-BFGS-B",
-        bounds=[(0.01, 1.99), (-12.0, 6.0)],
-        options={"ftol": 1e-7},
-    )
-    alpha, log_lam = best.x
-    S = cov(alpha) + np.exp(log_lam) * noise
-    c, low = cho_factor(S, lower=True, check_finite=False)
-    K = float(np.sum(d * cho_solve((c, low), d, check_finite=False))) / (2 * m) * scale
-    # cov(alpha) is in units of the per-axis step variance K; MSD_axis(1) = 2 K' with K' = K / 2
+    d = np.ascontiguousarray(d / np.sqrt(scale))
+    alpha, log_lam = _fbm_fit(t, d, gapless)
+    K = _fbm_terms(alpha, log_lam, t, d, gapless)[1] / (2 * m) * scale
     return K / 2, float(alpha), float(np.sqrt(np.exp(log_lam) * K))
+
+
+@njit(cache=True)
+def _fbm_terms(alpha, log_lam, t, d, gapless):  # pragma: no cover - compiled
+    """log det and quadratic form (both axes) of the fBm + white-noise step covariance in units
+    of K (the per-axis variance of a one-frame fBm step), with ``lambda = sigma^2 / K``."""
+    m = d.shape[0]
+    lam = math.exp(log_lam)
+    logdet, quad = 0.0, 0.0
+    if gapless:
+        # Toeplitz step covariance: Durbin-Levinson recursion, O(m^2)
+        r = np.empty(m)
+        for k in range(m):
+            r[k] = 0.5 * ((k + 1.0) ** alpha + abs(k - 1.0) ** alpha - 2.0 * float(k) ** alpha)
+        r[0] += 2.0 * lam
+        if m > 1:
+            r[1] -= lam
+        phi = np.zeros(m)
+        old = np.zeros(m)
+        v = r[0]
+        logdet = math.log(v)
+        quad = (d[0, 0] ** 2 + d[0, 1] ** 2) / v
+        for tt in range(1, m):
+            acc = r[tt]
+            for j in range(1, tt):
+                acc -= phi[j] * r[tt - j]
+            kap = acc / v
+            for j in range(1, tt):
+                old[j] = phi[j]
+            for j in range(1, tt):
+                phi[j] = old[j] - kap * old[tt - j]
+            phi[tt] = kap
+            v *= 1.0 - kap * kap
+            if v <= 0.0:
+                return np.inf, np.inf
+            ex, ey = d[tt, 0], d[tt, 1]
+            for j in range(1, tt + 1):
+                ex -= phi[j] * d[tt - j, 0]
+                ey -= phi[j] * d[tt - j, 1]
+            logdet += math.log(v)
+            quad += (ex * ex + ey * ey) / v
+    else:
+        # frame gaps: general step covariance from a table of |frame difference|^alpha, Cholesky
+        span = int(t[-1] - t[0]) + 1
+        pw = np.empty(span + 1)
+        for k in range(span + 1):
+            pw[k] = float(k) ** alpha
+        S = np.empty((m, m))
+        for i in range(m):
+            a0, a1 = int(t[i] - t[0]), int(t[i + 1] - t[0])
+            for j in range(i + 1):
+                b0, b1 = int(t[j] - t[0]), int(t[j + 1] - t[0])
+                S[i, j] = 0.5 * (
+                    pw[abs(a1 - b0)] + pw[abs(a0 - b1)] - pw[abs(a1 - b1)] - pw[abs(a0 - b0)]
+                )
+            S[i, i] += 2.0 * lam
+            if i > 0:
+                S[i, i - 1] -= lam
+        zx = np.empty(m)
+        zy = np.empty(m)
+        for i in range(m):
+            for j in range(i + 1):
+                acc = S[i, j]
+                for k in range(j):
+                    acc -= S[i, k] * S[j, k]
+                if j == i:
+                    if acc <= 0.0:
+                        return np.inf, np.inf
+                    S[i, i] = math.sqrt(acc)
+                else:
+                    S[i, j] = acc / S[j, j]
+            ax, ay = d[i, 0], d[i, 1]
+            for k in range(i):
+                ax -= S[i, k] * zx[k]
+                ay -= S[i, k] * zy[k]
+            zx[i] = ax / S[i, i]
+            zy[i] = ay / S[i, i]
+            logdet += 2.0 * math.log(S[i, i])
+            quad += zx[i] * zx[i] + zy[i] * zy[i]
+    return logdet, quad
+
+
+@njit(cache=True)
+def _fbm_nll(alpha, log_lam, t, d, gapless):  # pragma: no cover - compiled
+    """-2 log likelihood per axis (up to constants) of the steps ``d`` with K profiled out."""
+    logdet, quad = _fbm_terms(alpha, log_lam, t, d, gapless)
+    if not quad < np.inf:
+        return 1e300
+    return logdet + d.shape[0] * math.log(max(quad / (2.0 * d.shape[0]), 1e-300))
+
+
+@njit(cache=True)
+def _fbm_fit(t, d, gapless):  # pragma: no cover - compiled
+    """Nelder-Mead minimisation of :func:`_fbm_nll` over (alpha, log lambda) in the box
+    [0.01, 1.99] x [-12, 6]; returns alpha, log lambda."""
+    lo0, hi0, lo1, hi1 = 0.01, 1.99, -12.0, 6.0
+    P = np.array([[1.0, math.log(0.1)], [1.3, math.log(0.1)], [1.0, math.log(0.1) + 1.5]])
+    f = np.empty(3)
+    for k in range(3):
+        f[k] = _fbm_nll(P[k, 0], P[k, 1], t, d, gapless)
+    for _ in range(200):
+        order = np.argsort(f)
+        P, f = P[order], f[order]
+        if (
+            abs(f[2] - f[0]) <= 1e-8 * (abs(f[0]) + 1.0)
+            and abs(P[2, 0] - P[0, 0]) + abs(P[1, 0] - P[0, 0]) < 1e-3
+        ):
+            break
+        c0 = 0.5 * (P[0, 0] + P[1, 0])
+        c1 = 0.5 * (P[0, 1] + P[1, 1])
+        # reflection, expansion, contraction, shrink (points clipped to the box)
+        x0 = min(max(c0 + (c0 - P[2, 0]), lo0), hi0)
+        x1 = min(max(c1 + (c1 - P[2, 1]), lo1), hi1)
+        fr = _fbm_nll(x0, x1, t, d, gapless)
+        if fr < f[0]:
+            e0 = min(max(c0 + 2.0 * (c0 - P[2, 0]), lo0), hi0)
+            e1 = min(max(c1 + 2.0 * (c1 - P[2, 1]), lo1), hi1)
+            fe = _fbm_nll(e0, e1, t, d, gapless)
+            if fe < fr:
+                P[2, 0], P[2, 1], f[2] = e0, e1, fe
+            else:
+                P[2, 0], P[2, 1], f[2] = x0, x1, fr
+        elif fr < f[1]:
+            P[2, 0], P[2, 1], f[2] = x0, x1, fr
+        else:
+            k0 = c0 + 0.5 * (P[2, 0] - c0)
+            k1 = c1 + 0.5 * (P[2, 1] - c1)
+            fk = _fbm_nll(k0, k1, t, d, gapless)
+            if fk < f[2]:
+                P[2, 0], P[2, 1], f[2] = k0, k1, fk
+            else:
+                for k in (1, 2):
+                    P[k, 0] = P[0, 0] + 0.5 * (P[k, 0] - P[0, 0])
+                    P[k, 1] = P[0, 1] + 0.5 * (P[k, 1] - P[0, 1])
+                    f[k] = _fbm_nll(P[k, 0], P[k, 1], t, d, gapless)
+    k = int(np.argmin(f))
+    return P[k, 0], P[k, 1]

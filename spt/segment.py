@@ -71,7 +71,7 @@ class SegmentConfig:
     min_segment_frames : int
         Shortest segment, in localisations. Shorter stretches are not split off.
     changepoint_penalty : float
-        Multiplier of the BIC penalty ``5 log(2 m)`` (m steps) that a split must beat in -2 log
+        Multiplier of the BIC penalty ``5 log(2 m)`` (m steps) that each segment pays in -2 log
         likelihood. Larger gives fewer change points.
     directed_min_chi2 : float
         A segment is ``directed`` when its net displacement is this many times (chi^2 with 2
@@ -218,10 +218,6 @@ class _Increments:
         q_ratio, cost = _ma1_fixed_noise(self.d, self.n, a, b, mu, _Q_GRID, sigma2, blur_r)
         return mu, q_ratio * sigma2, cost
 
-    def cost(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """-2 log likelihood of each stretch [a_k, b_k) under its own MA(1) model (:meth:`fit`)."""
-        return self.fit(a, b)[3]
-
 
 # The two likelihoods below evaluate, for each stretch [a_k, b_k) and each grid value, the exact
 # Gaussian likelihood of a tridiagonal (MA(1)) step covariance by an LDL^T (Thomas) recursion,
@@ -323,6 +319,124 @@ _RHO_GRID = np.array(
 )
 
 
+@njit(cache=True)
+def _stretch_cost(g, k, logacc, prod, szz, szw0, szw1, sww, floor, mu0, mu1):  # pragma: no cover
+    """-2 log likelihood of a stretch of k steps at grid value g, s2 profiled, drift mu."""
+    quad = szz[g] - 2.0 * (mu0 * szw0[g] + mu1 * szw1[g]) + (mu0 * mu0 + mu1 * mu1) * sww[g]
+    s2 = max(quad / (2.0 * k), floor)
+    return 2.0 * (logacc[g] + math.log(prod[g])) + 2.0 * k * (
+        math.log(s2) + 1.0 + math.log(2.0 * math.pi)
+    )
+
+
+@njit(cache=True)
+def _optimal_partition(d, n, rho_grid, floor, L, pen, margin):  # pragma: no cover - compiled
+    """Exact optimal partitioning of the steps (d, n) into stretches of >= L steps, each with its
+    own MA(1) model (see ``_Increments.fit``; here mu is the GLS drift), with PELT pruning
+    (Killick et al., JASA 2012); returns the segment starts (step indices, ascending, without 0).
+
+    For each end b one backward LDL^T pass over the steps gives the cost of every stretch [i, b)
+    at every grid value of rho; the best rho is followed along i by a local search on the grid
+    (the profile is smooth in rho and changes little from one i to the next).
+    """
+    m, G = n.size, rho_grid.size
+    F = np.full(m + 1, np.inf)
+    F[0] = -pen
+    prev = np.zeros(m + 1, np.int64)
+    pruned_at = np.full(m + 1, m + L + 1)  # end at which a start was found to be hopeless
+    last = np.full(m + 1, np.inf)  # F[i] + C(i, b) of the latest end b
+    inv = np.empty(G)
+    z0 = np.empty(G)
+    z1 = np.empty(G)
+    w = np.empty(G)
+    prod = np.empty(G)
+    logacc = np.empty(G)
+    szz = np.empty(G)
+    szw0 = np.empty(G)
+    szw1 = np.empty(G)
+    sww = np.empty(G)
+    lo = 0
+    for b in range(L, m + 1):
+        while lo < b and pruned_at[lo] + L <= b:
+            lo += 1
+        best, arg = np.inf, -1
+        for g in range(G):
+            inv[g] = 0.0
+            z0[g] = 0.0
+            z1[g] = 0.0
+            w[g] = 0.0
+            prod[g] = 1.0
+            logacc[g] = 0.0
+            szz[g] = 0.0
+            szw0[g] = 0.0
+            szw1[g] = 0.0
+            sww[g] = 0.0
+        gs = G // 2
+        sd0, sd1, sn = 0.0, 0.0, 0.0
+        for i in range(b - 1, lo - 1, -1):
+            k = b - i
+            ni = n[i]
+            d0 = d[i, 0]
+            d1 = d[i, 1]
+            for g in range(G):
+                rho = rho_grid[g]
+                lk = rho * inv[g]
+                dk = max(ni + 2.0 * rho * (ni - 1.0) - lk * rho, 1e-9)
+                iv = 1.0 / dk
+                a0 = d0 - lk * z0[g]
+                a1 = d1 - lk * z1[g]
+                aw = ni - lk * w[g]
+                prod[g] *= dk
+                szz[g] += (a0 * a0 + a1 * a1) * iv
+                szw0[g] += a0 * aw * iv
+                szw1[g] += a1 * aw * iv
+                sww[g] += aw * aw * iv
+                inv[g] = iv
+                z0[g] = a0
+                z1[g] = a1
+                w[g] = aw
+            if k % 32 == 0:
+                for g in range(G):
+                    logacc[g] += math.log(prod[g])
+                    prod[g] = 1.0
+            sd0 += d0
+            sd1 += d1
+            sn += ni
+            if k < L or F[i] == np.inf or pruned_at[i] + L <= b:
+                continue
+            mu0, mu1 = sd0 / sn, sd1 / sn
+            c = _stretch_cost(gs, k, logacc, prod, szz, szw0, szw1, sww, floor, mu0, mu1)
+            for step in (-1, 1):
+                while 0 <= gs + step < G:
+                    c2 = _stretch_cost(
+                        gs + step, k, logacc, prod, szz, szw0, szw1, sww, floor, mu0, mu1
+                    )
+                    if c2 >= c:
+                        break
+                    c, gs = c2, gs + step
+            last[i] = F[i] + c
+            if last[i] + pen < best:
+                best, arg = last[i] + pen, i
+        F[b], prev[b] = best, arg
+        for i in range(lo, b - L + 1):
+            if pruned_at[i] > m and last[i] > F[b] + margin:
+                pruned_at[i] = b
+    out = []
+    j = prev[m]
+    while j > 0:
+        out.append(j)
+        j = prev[j]
+    res = np.empty(len(out), np.int64)
+    for t in range(len(out)):
+        res[t] = out[len(out) - 1 - t]
+    return res
+
+
+# PELT keeps a start until it is this much (-2 log L) worse than the best: splitting a stretch
+# need not lower an MA(1) cost exactly (the correlation across the cut is lost).
+_PELT_MARGIN = 0.0
+
+
 def changepoints(
     frames: np.ndarray,
     xy: np.ndarray,
@@ -330,12 +444,13 @@ def changepoints(
 ) -> np.ndarray:
     """Change points of one track, as indices of the localisations that start a new segment.
 
-    Penalised-likelihood segmentation of the step vectors with the cost of
-    :meth:`_Increments.cost`: candidate change points are the local maxima of a multi-scale
-    moving-window likelihood-ratio scan (MOSUM; Eichinger & Kirch, Bernoulli 2018), the best
-    subset is chosen by optimal partitioning with a BIC penalty (dynamic programming; Jackson et
-    al. 2005, Killick et al. 2012), and each chosen change point is finally re-optimised between
-    its neighbours.
+    Penalised-likelihood segmentation of the step vectors: every stretch of steps gets its own
+    MA(1) model (:meth:`_Increments.fit`: drift, step variance and lag-1 correlation), and the
+    partition into stretches of at least ``min_segment_frames - 1`` steps that minimises the
+    total -2 log likelihood plus a BIC penalty per segment is found exactly by optimal
+    partitioning (dynamic programming; Jackson et al., IEEE SPL 2005) with PELT pruning (Killick
+    et al., JASA 2012), in one compiled pass per end point (O(n^2) at worst, close to O(n) when
+    the track changes often).
 
     Parameters
     ----------
@@ -351,58 +466,14 @@ def changepoints(
         Sorted indices into ``frames`` (each in ``[1, n-1]``); empty when the track is one segment.
     """
     inc = _Increments(np.asarray(frames), np.asarray(xy, float))
-    m = inc.m
     L = max(int(config.min_segment_frames) - 1, 2)
-    if m < 2 * L:
+    if inc.m < 2 * L:
         return np.zeros(0, np.int64)
-    pen = config.changepoint_penalty * 5 * np.log(2 * m)
-    cost = inc.cost
-
-    # 1. candidates: local maxima of the windowed split gain at several window sizes
-    cand: set[int] = set()
-    h = L
-    while h <= max(L, m // 2):
-        ks = np.arange(h, m - h + 1)
-        a, b = ks - h, ks + h
-        gain = cost(a, b) - cost(a, ks) - cost(ks, b)
-        for j in np.flatnonzero(gain > 0.25 * pen):
-            lo, hi = max(0, j - L // 2), min(gain.size, j + L // 2 + 1)
-            if gain[j] == gain[lo:hi].max():
-                cand.add(int(ks[j]))
-        h *= 2
-    if not cand:
-        return np.zeros(0, np.int64)
-    # 2. optimal partitioning over the candidates (min length L between change points)
-    P = np.array([0, *sorted(cand), m])
-    ii, jj = np.triu_indices(P.size, k=1)
-    ok = P[jj] - P[ii] >= L
-    ii, jj = ii[ok], jj[ok]
-    pair_cost = np.full((P.size, P.size), np.inf)
-    pair_cost[ii, jj] = cost(P[ii], P[jj])
-    F = np.full(P.size, np.inf)
-    F[0] = -pen
-    prev = np.zeros(P.size, np.int64)
-    for j in range(1, P.size):
-        tot = F[:j] + pair_cost[:j, j] + pen
-        prev[j] = int(np.argmin(tot))
-        F[j] = tot[prev[j]]
-    cps: list[int] = []
-    j = P.size - 1
-    while j > 0:
-        j = int(prev[j])
-        if j > 0:
-            cps.append(int(P[j]))
-    cps.sort()
-    # 3. refinement: each change point re-optimised with its neighbours fixed
-    for j in range(len(cps)):
-        a = cps[j - 1] if j > 0 else 0
-        b = cps[j + 1] if j + 1 < len(cps) else m
-        ks = np.arange(a + L, b - L + 1)
-        if ks.size:
-            tot = cost(np.full(ks.size, a), ks) + cost(ks, np.full(ks.size, b))
-            cps[j] = int(ks[int(np.argmin(tot))])
+    pen = config.changepoint_penalty * 5 * np.log(2 * inc.m)
     # Increment k joins localisations k and k+1; the new motion starts at localisation k.
-    return np.asarray(cps, np.int64)
+    return _optimal_partition(
+        np.ascontiguousarray(inc.d), inc.n, _RHO_GRID, inc.floor, L, pen, _PELT_MARGIN
+    )
 
 
 def _linear_changepoints(
@@ -424,41 +495,57 @@ def _linear_changepoints(
     cost : float
         -2 log likelihood of the steps plus ``pen`` per change point.
     """
-    n = len(t)
-    t = t - t[0]
+    return _linear_partition(t - t[0], np.ascontiguousarray(xy, float), sigma2, min(L, len(t)), pen)
 
-    def cum(a: np.ndarray) -> np.ndarray:
-        return np.concatenate([[0.0], np.cumsum(a)])
 
-    S1, St, Stt = cum(np.ones(n)), cum(t), cum(t * t)
-    i, j = np.triu_indices(n + 1, k=min(L, n))  # piece = points [i, j)
-    cnt = S1[j] - S1[i]
-    ctt = Stt[j] - Stt[i] - (St[j] - St[i]) ** 2 / cnt
-    rss = np.zeros(i.size)
-    for k in range(2):
-        x = xy[:, k]
-        Sx, Stx, Sxx = cum(x), cum(t * x), cum(x * x)
-        cxx = Sxx[j] - Sxx[i] - (Sx[j] - Sx[i]) ** 2 / cnt
-        ctx = Stx[j] - Stx[i] - (St[j] - St[i]) * (Sx[j] - Sx[i]) / cnt
-        rss += cxx - np.where(ctt > 0, ctx**2 / np.where(ctt > 0, ctt, 1.0), 0.0)
-    log2pis = np.log(2 * np.pi * sigma2)
-    cost = np.full((n + 1, n + 1), np.inf)
-    cost[i, j] = np.maximum(rss, 0.0) / sigma2 + 2 * (cnt - 1) * log2pis + 2 * np.log(cnt)
+@njit(cache=True)
+def _linear_partition(t, xy, sigma2, L, pen):  # pragma: no cover - compiled
+    """Optimal partitioning for :func:`_linear_changepoints`; O(1) per piece from cumulative
+    sums of t, t^2, x, t x and x^2."""
+    n = t.size
+    c = np.zeros((n + 1, 8))  # cumulative 1, t, t^2, x, y, t x, t y, x^2 + y^2
+    for k in range(n):
+        x, y, tk = xy[k, 0], xy[k, 1], t[k]
+        c[k + 1, 0] = c[k, 0] + 1.0
+        c[k + 1, 1] = c[k, 1] + tk
+        c[k + 1, 2] = c[k, 2] + tk * tk
+        c[k + 1, 3] = c[k, 3] + x
+        c[k + 1, 4] = c[k, 4] + y
+        c[k + 1, 5] = c[k, 5] + tk * x
+        c[k + 1, 6] = c[k, 6] + tk * y
+        c[k + 1, 7] = c[k, 7] + x * x + y * y
+    log2pis = math.log(2.0 * math.pi * sigma2)
     # a later piece also pays for the step that joins it to the previous one (pure noise)
-    join = pen + 2 * (np.log(4 * np.pi * sigma2) + 1)
+    join = pen + 2.0 * (math.log(4.0 * math.pi * sigma2) + 1.0)
     F = np.full(n + 1, np.inf)
     F[0] = -join
     prev = np.zeros(n + 1, np.int64)
-    for e in range(min(L, n), n + 1):
-        tot = F[: e - min(L, n) + 1] + cost[: e - min(L, n) + 1, e] + join
-        prev[e] = int(np.argmin(tot))
-        F[e] = tot[prev[e]]
-    cps, e = [], n
+    for e in range(L, n + 1):
+        for i in range(0, e - L + 1):
+            if F[i] == np.inf:
+                continue
+            cnt = c[e, 0] - c[i, 0]
+            st = c[e, 1] - c[i, 1]
+            sx = c[e, 3] - c[i, 3]
+            sy = c[e, 4] - c[i, 4]
+            ctt = c[e, 2] - c[i, 2] - st * st / cnt
+            ctx = c[e, 5] - c[i, 5] - st * sx / cnt
+            cty = c[e, 6] - c[i, 6] - st * sy / cnt
+            rss = c[e, 7] - c[i, 7] - (sx * sx + sy * sy) / cnt
+            if ctt > 0:
+                rss -= (ctx * ctx + cty * cty) / ctt
+            cost = max(rss, 0.0) / sigma2 + 2.0 * (cnt - 1.0) * log2pis + 2.0 * math.log(cnt)
+            tot = F[i] + cost + join
+            if tot < F[e]:
+                F[e], prev[e] = tot, i
+    cps = []
+    e = n
     while e > 0:
-        e = int(prev[e])
+        e = prev[e]
         if e > 0:
             cps.append(e)
-    return sorted(cps), float(F[n])
+    cps.sort()
+    return cps, F[n]
 
 
 def _stops_and_runs(
