@@ -102,7 +102,7 @@ class SegmentConfig:
     """
 
     min_segment_frames: int = 6
-    changepoint_penalty: float = 1.0
+    changepoint_penalty: float = 0.85
     directed_min_chi2: float = 30.0
     directed_min_speed_um_s: float = 0.05
     directed_min_alpha: float = 1.8
@@ -320,26 +320,30 @@ _RHO_GRID = np.array(
 
 
 @njit(cache=True)
-def _stretch_cost(g, k, logacc, prod, szz, szw0, szw1, sww, floor, mu0, mu1):  # pragma: no cover
-    """-2 log likelihood of a stretch of k steps at grid value g, s2 profiled, drift mu."""
+def _stretch_cost(g, k, logacc, prod, szz, szw0, szw1, sww, mu0, mu1, floor):  # pragma: no cover
+    """-2 log likelihood of a stretch of k steps at grid value g with drift mu (per frame), the
+    scale s2 of the covariance profiled out."""
     quad = szz[g] - 2.0 * (mu0 * szw0[g] + mu1 * szw1[g]) + (mu0 * mu0 + mu1 * mu1) * sww[g]
     s2 = max(quad / (2.0 * k), floor)
-    return 2.0 * (logacc[g] + math.log(prod[g])) + 2.0 * k * (
-        math.log(s2) + 1.0 + math.log(2.0 * math.pi)
-    )
+    logdet = logacc[g] + math.log(prod[g])
+    return 2.0 * logdet + 2.0 * k * (math.log(s2) + 1.0 + math.log(2.0 * math.pi))
 
 
 @njit(cache=True)
-def _optimal_partition(d, n, rho_grid, floor, L, pen, margin):  # pragma: no cover - compiled
+def _optimal_partition(d, n, A, B, C, floor, L, pen, margin):  # pragma: no cover
     """Exact optimal partitioning of the steps (d, n) into stretches of >= L steps, each with its
-    own MA(1) model (see ``_Increments.fit``; here mu is the GLS drift), with PELT pruning
-    (Killick et al., JASA 2012); returns the segment starts (step indices, ascending, without 0).
+    own MA(1) model, with PELT pruning (Killick et al., JASA 2012); returns the segment starts
+    (step indices, ascending, without 0).
 
-    For each end b one backward LDL^T pass over the steps gives the cost of every stretch [i, b)
-    at every grid value of rho; the best rho is followed along i by a local search on the grid
-    (the profile is smooth in rho and changes little from one i to the next).
+    A stretch's steps have mean ``mu n`` (mu: its net displacement per frame), per-axis variance
+    ``s2 (A_g + B_g n)`` and covariance ``s2 C_g`` between neighbours, for the grid value g that
+    fits best, with s2 profiled out (:meth:`_Increments.fit`: ``A = -2 rho, B = 1 + 2 rho,
+    C = rho``). For each end
+    b one backward LDL^T pass over the steps gives the cost of every stretch [i, b) at every grid
+    value; the best g is followed along i by a local search on the grid (the profile is smooth
+    in g and changes little from one i to the next).
     """
-    m, G = n.size, rho_grid.size
+    m, G = n.size, A.size
     F = np.full(m + 1, np.inf)
     F[0] = -pen
     prev = np.zeros(m + 1, np.int64)
@@ -379,9 +383,8 @@ def _optimal_partition(d, n, rho_grid, floor, L, pen, margin):  # pragma: no cov
             d0 = d[i, 0]
             d1 = d[i, 1]
             for g in range(G):
-                rho = rho_grid[g]
-                lk = rho * inv[g]
-                dk = max(ni + 2.0 * rho * (ni - 1.0) - lk * rho, 1e-9)
+                lk = C[g] * inv[g]
+                dk = max(A[g] + B[g] * ni - lk * C[g], 1e-12)
                 iv = 1.0 / dk
                 a0 = d0 - lk * z0[g]
                 a1 = d1 - lk * z1[g]
@@ -405,11 +408,11 @@ def _optimal_partition(d, n, rho_grid, floor, L, pen, margin):  # pragma: no cov
             if k < L or F[i] == np.inf or pruned_at[i] + L <= b:
                 continue
             mu0, mu1 = sd0 / sn, sd1 / sn
-            c = _stretch_cost(gs, k, logacc, prod, szz, szw0, szw1, sww, floor, mu0, mu1)
+            c = _stretch_cost(gs, k, logacc, prod, szz, szw0, szw1, sww, mu0, mu1, floor)
             for step in (-1, 1):
                 while 0 <= gs + step < G:
                     c2 = _stretch_cost(
-                        gs + step, k, logacc, prod, szz, szw0, szw1, sww, floor, mu0, mu1
+                        gs + step, k, logacc, prod, szz, szw0, szw1, sww, mu0, mu1, floor
                     )
                     if c2 >= c:
                         break
@@ -472,7 +475,15 @@ def changepoints(
     pen = config.changepoint_penalty * 5 * np.log(2 * inc.m)
     # Increment k joins localisations k and k+1; the new motion starts at localisation k.
     return _optimal_partition(
-        np.ascontiguousarray(inc.d), inc.n, _RHO_GRID, inc.floor, L, pen, _PELT_MARGIN
+        np.ascontiguousarray(inc.d),
+        inc.n,
+        -2.0 * _RHO_GRID,
+        1.0 + 2.0 * _RHO_GRID,
+        _RHO_GRID,
+        inc.floor,
+        L,
+        pen,
+        _PELT_MARGIN,
     )
 
 
