@@ -23,7 +23,14 @@ chosen by BIC (spt.msd.track_msd_fits).
    as pixel 0.2 um and 1/30 s (the simulator's camera, so the default SegmentConfig applies) and
    D is converted back to px^2/frame for scoring.
 
-Timings are wall-clock on whatever machine runs this (ours: 2 shared, loaded cores).
+3. ``speed``: CPU and wall time of ``segment_tracks`` (default SegmentConfig, as in
+   ``spt run``) on an existing track table, e.g. the tracks.csv that ``spt run`` writes for the
+   600-frame ``spt simulate --preset benchmark --seed 1`` movie; min of ``--repeat`` runs::
+
+       PYTHONPATH=. python benchmarks/motion.py speed out/m1/tracks.csv
+
+Timings are on whatever machine runs this (ours: 2 shared, loaded cores); CPU seconds
+(``time.process_time``) are printed beside wall-clock seconds and the load average.
 """
 
 from __future__ import annotations
@@ -344,9 +351,9 @@ def run_sim(args: argparse.Namespace) -> None:
     tracks = obs[["frame", "x", "y", "particle"]]
     config = SegmentConfig(blur_r=cfg.exposure_fraction / 6)
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out, segs = segment_tracks(tracks, config, pixel_size_um=PX_UM, frame_interval_s=DT_S)
-    t_seg = time.perf_counter() - t0
+    t_seg, c_seg = time.perf_counter() - t0, time.process_time() - c0
     ref = reference_segments(tracks, pixel_size_um=PX_UM, frame_interval_s=DT_S)
     ref_state = (
         obs[["particle"]]
@@ -400,7 +407,25 @@ def run_sim(args: argparse.Namespace) -> None:
         "D within x1.3 for segments >= 30 points\n"
     )
     print(pd.DataFrame(table).to_string(float_format=lambda v: f"{v:.3f}"))
-    print(f"\ntime: spt.segment {t_seg:.1f} s for {len(obs)} points")
+    print(f"\ntime: spt.segment {c_seg:.1f} s CPU, {t_seg:.1f} s wall for {len(obs)} points")
+
+
+def run_speed(args: argparse.Namespace) -> None:
+    tracks = pd.read_csv(args.tracks)
+    tracks = tracks[[c for c in tracks.columns if c not in ("state", "stage", "segment")]]
+    kw = dict(pixel_size_um=args.pixel_size, frame_interval_s=args.frame_interval)
+    segment_tracks(tracks.head(500), **kw)  # compile the numba kernels (cached on disk)
+    cpu, wall = [], []
+    for _ in range(args.repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        _, segs = segment_tracks(tracks, **kw)
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - t0)
+    print(
+        f"segment_tracks: {len(tracks)} localisations, {tracks['particle'].nunique()} tracks -> "
+        f"{len(segs)} segments; min of {args.repeat}: {min(cpu):.2f} s CPU, "
+        f"{min(wall):.2f} s wall; load average {os.getloadavg()[0]:.1f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -419,8 +444,13 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--sigma-um", type=float, default=0.03, help="localisation noise added, um")
     s.add_argument("--cp-tol", type=int, default=3, help="change-point tolerance, frames")
+    v = sub.add_parser("speed", help="time segment_tracks on a track table (CSV)")
+    v.add_argument("tracks", help="track table: frame, x, y, particle (+ x_err, y_err)")
+    v.add_argument("--pixel-size", type=float, default=PX_UM, help="um")
+    v.add_argument("--frame-interval", type=float, default=DT_S, help="s")
+    v.add_argument("--repeat", type=int, default=3)
     args = p.parse_args(argv)
-    {"andi": run_andi, "sim": run_sim}[args.which](args)
+    {"andi": run_andi, "sim": run_sim, "speed": run_speed}[args.which](args)
 
 
 if __name__ == "__main__":

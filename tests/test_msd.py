@@ -151,3 +151,26 @@ def test_fbm_likelihood_handles_gaps():
     K, alpha, sigma = fit_fbm(keep, xy[keep, 0], xy[keep, 1])
     assert alpha == pytest.approx(0.6, abs=0.2)
     assert K == pytest.approx(0.5, rel=0.5)
+
+
+def test_fbm_toeplitz_and_general_likelihoods_agree():
+    """The O(n^2) Durbin-Levinson likelihood (no gaps) equals the general Cholesky one."""
+    from spt.msd import _fbm_nll
+
+    rng = np.random.default_rng(7)
+    d = np.ascontiguousarray(np.diff(fbm(rng, 60, 0.7, 0.5, 0.2), axis=0))
+    t = np.arange(60, dtype=float)
+    for alpha, log_lam in ((0.3, -2.0), (1.0, 0.0), (1.8, -5.0)):
+        fast = _fbm_nll(alpha, log_lam, t, d, True)
+        general = _fbm_nll(alpha, log_lam, t, d, False)
+        assert fast == pytest.approx(general, rel=1e-9, abs=1e-9)
+
+
+def test_fbm_fit_uses_a_long_gap_free_stretch():
+    """One blink near the end of a long track: alpha from the gap-free part, as without the gap."""
+    rng = np.random.default_rng(8)
+    xy = fbm(rng, 200, 1.4, 0.5, 0.2)
+    keep = np.r_[0:190, 192:200]
+    K, alpha, _ = fit_fbm(keep, xy[keep, 0], xy[keep, 1])
+    assert alpha == pytest.approx(fit_fbm(np.arange(190), *xy[:190].T)[1], abs=1e-6)
+    assert alpha == pytest.approx(1.4, abs=0.2) and K == pytest.approx(0.5, rel=0.5)

@@ -187,3 +187,36 @@ def test_states_on_the_project_simulator():
         frame_interval_s=cfg.frame_interval_s,
     )
     assert np.mean(out["state"].to_numpy() == obs["state"].to_numpy()) >= 0.8
+
+
+def test_changepoints_are_the_exact_optimal_partition():
+    """The compiled optimal partitioning (PELT, local search over rho) returns the partition that
+    minimises the penalised MA(1) cost, found here by brute-force dynamic programming."""
+    from spt.segment import _Increments
+
+    rng = np.random.default_rng(15)
+    for trial in range(3):
+        a = brownian(rng, 25, 0.05, SIGMA_PX)
+        b = directed(rng, 20, (0.3, -0.2), 0.0, SIGMA_PX, start=a[-1])
+        c = brownian(rng, 25, 0.5, SIGMA_PX, start=b[-1])
+        xy = np.vstack([a, b, c])
+        frames = np.arange(len(xy))
+        cfg = SegmentConfig()
+        inc = _Increments(frames, xy)
+        L, m = cfg.min_segment_frames - 1, inc.m
+        pen = cfg.changepoint_penalty * 5 * np.log(2 * m)
+        F, prev = np.full(m + 1, np.inf), np.zeros(m + 1, int)
+        F[0] = -pen
+        for e in range(L, m + 1):
+            starts = np.array([i for i in range(e - L + 1) if np.isfinite(F[i])])
+            tot = F[starts] + inc.fit(starts, np.full(starts.size, e))[3] + pen
+            F[e], prev[e] = tot.min(), starts[np.argmin(tot)]
+        best, e = [], m
+        while e > 0:
+            e = prev[e]
+            if e > 0:
+                best.insert(0, e)
+        cps = changepoints(frames, xy, cfg)
+        assert cps.tolist() == best
+        assert len(best) >= 1
+        assert np.min(np.abs(cps - 25)) <= 3 or np.min(np.abs(cps - 45)) <= 3
