@@ -452,8 +452,8 @@ def changepoints(
     partition into stretches of at least ``min_segment_frames - 1`` steps that minimises the
     total -2 log likelihood plus a BIC penalty per segment is found exactly by optimal
     partitioning (dynamic programming; Jackson et al., IEEE SPL 2005) with PELT pruning (Killick
-    et al., JASA 2012), in one compiled pass per end point (O(n^2) at worst, close to O(n) when
-    the track changes often).
+    et al., JASA 2012), in one compiled pass per end point (O(n^2) at worst: a track without
+    changes; PELT drops the starts that can no longer win).
 
     Parameters
     ----------

@@ -195,7 +195,7 @@ def test_changepoints_are_the_exact_optimal_partition():
     from spt.segment import _Increments
 
     rng = np.random.default_rng(15)
-    for trial in range(3):
+    for _ in range(3):
         a = brownian(rng, 25, 0.05, SIGMA_PX)
         b = directed(rng, 20, (0.3, -0.2), 0.0, SIGMA_PX, start=a[-1])
         c = brownian(rng, 25, 0.5, SIGMA_PX, start=b[-1])
