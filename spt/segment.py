@@ -506,7 +506,9 @@ def _linear_changepoints(
     cost : float
         -2 log likelihood of the steps plus ``pen`` per change point.
     """
-    return _linear_partition(t - t[0], np.ascontiguousarray(xy, float), sigma2, min(L, len(t)), pen)
+    # centred: the cumulative sums of x^2 lose all precision far from the origin
+    xy = np.ascontiguousarray(xy - xy.mean(axis=0), float)
+    return _linear_partition(t - t[0], xy, sigma2, min(L, len(t)), pen)
 
 
 @njit(cache=True)
