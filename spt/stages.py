@@ -54,7 +54,7 @@ MOTION_COSTS: np.ndarray = np.array(
         [0.0, 6.0, 8.0, 10.0, 10.0, 0.0],  # circulation
         [8.0, 0.0, 3.0, 3.0, 4.0, 1.0],  # extravasation
         [8.0, 3.0, 0.0, 2.0, 4.0, 0.0],  # extracellular
-        [8.0, 4.0, 3.0, 0.0, 1.0, 0.0],  # membrane_binding
+        [8.0, 4.0, 3.0, 0.0, 2.0, 0.0],  # membrane_binding
         [8.0, 0.0, 3.0, 1.5, 0.0, 0.0],  # internalization
         [8.0, 4.0, 2.0, 0.0, 1.0, 0.0],  # perinuclear
     ]
@@ -578,13 +578,15 @@ def rule_costs(features: pd.DataFrame, config: StageConfig = StageConfig()) -> n
     cell = features["cell_depth_um"].to_numpy()
     nucleus = features["nucleus_distance_um"].to_numpy()
     closest = features["nucleus_closest_um"].to_numpy()
+    # Internalisation starts where the particle was bound: its place includes the cell edge.
+    edge = c.location_tolerance_um / 2
     violations = np.column_stack(
         [
             -vessel,
             -vessel - c.wall_distance_um,
-            np.maximum(vessel, cell - c.membrane_distance_um),
+            np.maximum(vessel, cell),
             np.abs(cell) - c.membrane_distance_um,
-            np.maximum(-cell, c.perinuclear_distance_um - closest),
+            np.maximum(-cell - edge, c.perinuclear_distance_um - closest),
             np.maximum.reduce(
                 [
                     -cell,
