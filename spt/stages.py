@@ -371,6 +371,12 @@ def motion_features(
     cpath = np.r_[0.0, np.cumsum(step)]
     c_unit_sq = np.r_[0.0, np.cumsum(np.where(unit, step**2, 0.0))]
     c_unit = np.r_[0, np.cumsum(unit)]
+    # products of consecutive one-frame steps (covariance-based D, Vestergaard et al. 2014)
+    d_xy = np.r_[zero, np.diff(xy, axis=0)] if n else np.zeros((0, 2))
+    pair = unit & np.r_[False, unit[:-1]] if n else np.zeros(0, bool)
+    prod = np.r_[0.0, np.sum(d_xy[1:] * d_xy[:-1], axis=1)] if n else np.zeros(0)
+    c_pair = np.r_[0.0, np.cumsum(np.where(pair, prod, 0.0))]
+    c_npair = np.r_[0, np.cumsum(pair)]
     feats: dict[str, np.ndarray] = {}
     for h in FEATURE_WINDOWS:
         lo, hi = _window_bounds(codes, frames, h) if n else (np.zeros(0, int),) * 2
@@ -386,14 +392,17 @@ def motion_features(
             feats[f"straightness_{h}"] = np.where(path > 0, net / path, np.nan)
             if h == 25:
                 feats["net_25_um"] = net
-            if h == 8:
+            if h in (8, 25):
+                # steps lo+1..hi-1 lie in the window; pairs of steps lo+2..hi-1
                 n_unit = c_unit[hi] - c_unit[lo + 1]
                 msd1 = (c_unit_sq[hi] - c_unit_sq[lo + 1]) * px**2 / n_unit
+                p0 = np.minimum(lo + 2, hi)
+                cov1 = (c_pair[hi] - c_pair[p0]) * px**2 / (c_npair[hi] - c_npair[p0])
+                name = "D_local_um2_s" if h == 8 else f"D_{h}_um2_s"
+                feats[name] = msd1 / (4 * dt) + cov1 / (2 * dt)
     sigma = loc_error_um
     if sigma is None:
         sigma = estimate_localization_error_um(tracks, pixel_size_um=px) if n else np.nan
-    with np.errstate(invalid="ignore"):
-        feats["D_local_um2_s"] = (msd1 - 4 * np.nan_to_num(sigma) ** 2) / (4 * dt)
     feats["loc_error_um"] = np.full(n, sigma)
     out = pd.DataFrame(feats, index=tracks.index)
     seg = _segment_features(tracks, segments, px)
@@ -521,7 +530,7 @@ def _motion_class(features: pd.DataFrame, config: StageConfig) -> np.ndarray:
             directed = (features["speed_net_25_um_s"].to_numpy() > c.directed_min_speed_um_s) & (
                 features["net_25_um"].to_numpy() > c.directed_min_displacement_um
             )
-            free = features["D_local_um2_s"].to_numpy() > c.free_min_D_um2_s
+            free = features["D_25_um2_s"].to_numpy() > c.free_min_D_um2_s
         cls[immobile] = MOTION_CLASSES.index("immobile")
         cls[directed] = MOTION_CLASSES.index("directed")
         cls[free] = MOTION_CLASSES.index("free")
