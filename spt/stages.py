@@ -844,6 +844,8 @@ def classify_stages(
     if tracks.empty:
         tracks["stage"] = pd.Series(dtype=object)
         return tracks, segments.assign(stage=pd.Series(dtype=object))
+    if masks is not None:
+        masks = _check_masks(masks, tracks)
     if classifier is None and config.classifier_path:
         classifier = StageClassifier.load(config.classifier_path)
     if frame_interval_s is None:
@@ -854,8 +856,6 @@ def classify_stages(
         )
         if classifier is not None:
             raise SptInputError("frame_interval_s", "a trained classifier needs the frame interval")
-    if masks is not None:
-        masks = _check_masks(masks, tracks)
     sigma = estimate_localization_error_um(tracks, pixel_size_um=pixel_size_um)
     # Whole tracks are classified a chunk at a time, so the features (tens of float columns)
     # never exist for the whole table at once: memory stays flat on movies of 10^5-10^6 points.
