@@ -518,7 +518,8 @@ def _motion_class(features: pd.DataFrame, config: StageConfig) -> np.ndarray:
     c = config
     cls = np.full(len(features), MOTION_CLASSES.index("confined"))
     fast_speed = features["speed_net_3_um_s"].to_numpy()
-    if np.isnan(fast_speed).all():
+    # no frame interval: no speed anywhere although some windows span time
+    if np.isnan(fast_speed).all() and np.isfinite(features["straightness_3"].to_numpy()).any():
         for state in ("directed", "free", "immobile"):
             cls[features[f"state_{state}"].to_numpy() > 0] = MOTION_CLASSES.index(state)
         fast_speed = features["seg_speed_um_s"].to_numpy()

@@ -206,18 +206,22 @@ def test_localisation_error_is_measured_from_the_tracks():
     assert sigma == pytest.approx(0.3 * PX, rel=0.1)
 
 
-def test_trained_classifier_round_trips_and_generalises(movie, tmp_path):
+def test_trained_classifier_round_trips_and_generalises(movie, sample_movie, tmp_path):
     from threadpoolctl import threadpool_limits
 
     # one OpenMP thread: the CI machine is small and shared (this test is about results, not speed)
     with threadpool_limits(limits=1):
-        _check_classifier(movie, tmp_path)
+        _check_classifier(movie, sample_movie, tmp_path)
 
 
-def _check_classifier(movie, tmp_path):
-    train_tracks, train_segments, _ = _labelled_tracks(seed=4)
+def _check_classifier(movie, sample_movie, tmp_path):
+    """Trained on the bundled movie (spt's detections and tracks), tested on another one."""
+    train_tracks, train_segments, _ = sample_movie
+    known = train_tracks["true_stage"].notna().to_numpy()
     features = stage_features(train_tracks, train_segments, pixel_size_um=PX, frame_interval_s=DT)
-    classifier = StageClassifier(max_iter=30).fit(features, train_tracks["true_stage"])
+    classifier = StageClassifier(max_iter=30).fit(
+        features[known], train_tracks["true_stage"][known]
+    )
     tracks, segments, _ = movie
     out, _ = classify_stages(
         tracks, segments, pixel_size_um=PX, frame_interval_s=DT, classifier=classifier
@@ -267,3 +271,84 @@ def test_masks_from_a_second_channel_match_the_tissue(movie):
     assert (combined == masks).all()
     with pytest.raises(SptInputError, match="uniform"):
         threshold_mask(np.ones((8, 8)))
+
+
+def test_classifying_in_chunks_gives_the_same_stages(movie, monkeypatch):
+    """classify_stages works on chunks of whole tracks (bounded memory): the chunk size must
+    not change a single stage."""
+    import spt.stages
+
+    tracks, segments, masks = movie
+    whole, whole_segs = classify_stages(
+        tracks, segments, masks=masks, pixel_size_um=PX, frame_interval_s=DT
+    )
+    monkeypatch.setattr(spt.stages, "_CHUNK_POINTS", 37)
+    chunked, chunked_segs = classify_stages(
+        tracks, segments, masks=masks, pixel_size_um=PX, frame_interval_s=DT
+    )
+    assert (chunked["stage"] == whole["stage"]).all()
+    assert (chunked_segs["stage"] == whole_segs["stage"]).all()
+
+
+def _cell_with_nucleus(size: int = 100, cell_px: int = 45, nucleus_px: int = 10) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    r2 = (yy - size // 2) ** 2 + (xx - size // 2) ** 2
+    masks = np.zeros((size, size), np.uint8)
+    masks[r2 < cell_px**2] = MASK_LABELS["cell"]
+    masks[r2 < nucleus_px**2] = MASK_LABELS["nucleus"]
+    return masks
+
+
+def test_perinuclear_starts_on_arrival_and_keeps_its_wanderings():
+    """A particle stops inside a cell, runs to the nucleus, arrives within 1 um of it and then
+    diffuses in a 0.4 um region around its point of arrival, mostly farther than 1 um: it is
+    internalising until it arrives (within a few frames) and perinuclear from then on."""
+    rng = np.random.default_rng(7)
+    masks = _cell_with_nucleus()
+    centre, edge_px = 50.0, 10 - 0.5  # nucleus edge at 9.5 px from the centre pixel
+    dist_um = np.r_[np.full(60, 3.5), np.linspace(3.5, 0.95, 80), np.zeros(150)]
+    wander = 1.0 + 0.25 * np.sin(np.linspace(0, 12, 150)) + 0.1  # 0.85-1.35 um, mostly > 1
+    dist_um[140:] = wander
+    x = centre + edge_px + dist_um / PX + rng.normal(0, 0.15, dist_um.size)
+    y = centre + rng.normal(0, 0.15, dist_um.size)
+    tracks = pd.DataFrame({"frame": np.arange(dist_um.size), "x": x, "y": y, "particle": 0})
+    tracks, segments = segment_tracks(tracks, pixel_size_um=PX, frame_interval_s=DT)
+    out, _ = classify_stages(tracks, segments, masks=masks, pixel_size_um=PX, frame_interval_s=DT)
+    stage = out["stage"].to_numpy()
+    arrival = int(np.argmax(dist_um < 1.0))
+    assert (stage[: arrival - 3] == "internalization").all()
+    assert (stage[arrival + 3 :] == "perinuclear").all()
+    assert (dist_um[arrival:] > 1.0).mean() > 0.5  # most of the perinuclear stay is beyond 1 um
+
+
+def test_a_lone_detection_takes_its_stage_from_where_it_is():
+    """A one-point track has no motion: its place decides (vessel lumen -> circulation)."""
+    masks = np.zeros((40, 40), np.uint8)
+    masks[5:20] = MASK_LABELS["vessel"]
+    tracks = pd.DataFrame({"frame": [3], "x": [20.0], "y": [12.0], "particle": [0]})
+    tracks, segments = segment_tracks(tracks, pixel_size_um=PX, frame_interval_s=DT)
+    out, segs = classify_stages(
+        tracks, segments, masks=masks, pixel_size_um=PX, frame_interval_s=DT
+    )
+    assert out["stage"].tolist() == ["circulation"]
+    assert segs["stage"].tolist() == ["circulation"]
+
+
+@pytest.mark.parametrize("noise_um", [0.03, 0.08])
+def test_local_diffusion_coefficient_is_free_of_localisation_noise(noise_um):
+    """The covariance-based D (Vestergaard et al. 2014) needs no noise estimate: Brownian
+    motion gives its D, a particle at rest ~0, whatever the localisation error."""
+    rng = np.random.default_rng(3)
+    n, D = 600, 0.25
+    walk = np.cumsum(rng.normal(0, np.sqrt(2 * D * DT), (n, 2)), axis=0)
+    rows = []
+    for particle, path in enumerate((walk, np.zeros((n, 2)))):
+        xy = (path + rng.normal(0, noise_um, (n, 2))) / PX + 50
+        rows.append(pd.DataFrame({"frame": np.arange(n), "x": xy[:, 0], "y": xy[:, 1]}))
+        rows[-1]["particle"] = particle
+    tracks = pd.concat(rows, ignore_index=True).assign(segment=0, state="free")
+    segments = tracks[["particle", "segment"]].drop_duplicates()
+    features = stage_features(tracks, segments, pixel_size_um=PX, frame_interval_s=DT)
+    d25 = features.groupby(tracks["particle"])["D_25_um2_s"].median()
+    assert d25[0] == pytest.approx(D, rel=0.2)
+    assert abs(d25[1]) < 0.02
