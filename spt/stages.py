@@ -38,16 +38,18 @@ __all__ = [
 #: Half-widths (frames) of the rolling windows of the per-point motion features.
 FEATURE_WINDOWS: tuple[int, ...] = (3, 8, 25, 60)
 
-#: Motion classes of a point for the rule-based costs: its segment's motion state, or ``fast``
-#: when it moves faster than blood flow could be mistaken for (:attr:`StageConfig.flow_speed_um_s`).
+#: Motion classes of a point for the rule-based costs, from its own windowed motion (see
+#: :class:`StageConfig`); ``unknown`` for a lone point (a one-point track), whose place decides.
 MOTION_CLASSES: tuple[str, ...] = ("fast", "directed", "free", "confined", "immobile", "unknown")
 
 #: Cost (nats) of each stage (rows, :data:`STAGES` order) for a point of each motion class
 #: (columns, :data:`MOTION_CLASSES` order). 0 means "typical", larger "unlikely". Documented
 #: defaults after the stage descriptions of Tada et al., Cancer Res. 67:1138 (2007): flow is fast
 #: and directed; crossing the wall and runs toward the nucleus are slow directed motion; the
-#: interstitium is free diffusion; membrane-bound and perinuclear particles are confined; stops
-#: between internalisation runs are immobile.
+#: interstitium is free diffusion; membrane-bound and perinuclear particles are confined (a
+#: membrane-bound QD keeps diffusing within its confinement, so "immobile" costs it 2); stops
+#: between internalisation runs are immobile. A point of unknown motion costs nothing, except a
+#: slight preference for flow over extravasation inside the lumen (most particles there flow).
 MOTION_COSTS: np.ndarray = np.array(
     [
         # fast directed free confined immobile unknown
@@ -74,19 +76,28 @@ class StageConfig:
     flow_speed_um_s : float
         A point whose net speed over +-3 frames exceeds this is carried by blood flow.
     free_min_D_um2_s : float
-        ...otherwise it diffuses freely if its short-time D (noise-corrected, over +-8 frames)
+        ...otherwise it diffuses freely if its local D over +-25 frames (covariance-based
+        estimator, free of localisation noise; Vestergaard et al., PRE 89, 022726, 2014)
         exceeds this;
     directed_min_speed_um_s : float
-        ...otherwise it is directed if its net speed over +-25 frames exceeds this;
+        ...otherwise it is directed if its net speed over +-25 frames exceeds this
+    directed_min_displacement_um : float
+        ...and its net displacement over that window exceeds this (a short window of a
+        confined particle can show a high "speed" from a small, noisy displacement);
     immobile_max_radius_um : float
         ...otherwise it is immobile if its noise-corrected radius of gyration over +-25 frames,
         ``sqrt(rg^2 - 2 sigma^2)``, is below this, and confined if not.
     wall_distance_um : float
-        Points within this distance of the vessel wall (either side) may be extravasating.
+        Points in the vessel lumen or outside it within this distance of the wall may be
+        extravasating (a particle that stopped flowing is crossing, wherever it is in the lumen).
     membrane_distance_um : float
         Points within this distance of a cell boundary (either side) may be membrane-bound.
     perinuclear_distance_um : float
-        Points inside a cell within this distance of a nucleus may be perinuclear.
+        Internalisation ends, and the perinuclear stage starts, when a particle inside a cell
+        first comes within this distance of a nucleus.
+    perinuclear_reach_um : float
+        Once arrived, a perinuclear particle may wander up to this much farther from the
+        nucleus (its confinement region) and stays perinuclear (hysteresis).
     membrane_max_radius_um : float
         Confined points whose confinement radius (noise-corrected spread over +-60 frames) is
         below this look membrane-bound, above it perinuclear.
@@ -346,12 +357,15 @@ def motion_features(
     DataFrame
         Same index as ``tracks``: for each h ``speed_net_h_um_s`` (net displacement over the
         window / its duration), ``rg_h_um`` (radius of gyration), ``straightness_h`` (net /
-        path length, 0-1); ``D_local_um2_s``, the short-time diffusion coefficient from the
-        mean squared one-frame step over +-8 frames minus localisation noise,
-        ``(<dr^2> - 4 sigma^2) / (4 dt)``; the segment's ``seg_speed_um_s, seg_D_um2_s,
-        seg_alpha, seg_radius_um`` (confinement radius if given, else sqrt(2) x radius of
-        gyration), ``seg_n_points``, one-hot ``state_<state>`` columns, and ``loc_error_um``
-        (:func:`estimate_localization_error_um`, the same for every point).
+        path length, 0-1); ``net_25_um`` (net displacement over +-25 frames);
+        ``D_local_um2_s`` and ``D_25_um2_s``, local diffusion coefficients over +-8 and +-25
+        frames from the covariance-based estimator ``<dr_k^2> / (4 dt) + <dr_k . dr_k+1> /
+        (2 dt)`` over one-frame steps (Vestergaard, Blainey & Flyvbjerg, PRE 89, 022726, 2014),
+        which needs no estimate of the localisation error; the segment's ``seg_speed_um_s,
+        seg_D_um2_s, seg_alpha, seg_radius_um`` (confinement radius if given, else sqrt(2) x
+        radius of gyration), ``seg_n_points``, one-hot ``state_<state>`` columns, and
+        ``loc_error_um`` (``loc_error_um`` if given, else
+        :func:`estimate_localization_error_um`; the same for every point).
     """
     px = float(pixel_size_um)
     dt = float(frame_interval_s) if frame_interval_s is not None else np.nan
@@ -452,7 +466,9 @@ def stage_features(
     """All per-point features used to classify stages (motion, and location if ``masks``).
 
     With masks this also gives ``nucleus_approach_um_s``: how fast the point closes in on the
-    nearest nucleus over +-8 frames (positive = toward the nucleus).
+    nearest nucleus over +-8 frames (positive = toward the nucleus), and
+    ``nucleus_closest_um``: the closest the track has come to a nucleus up to this point
+    (running minimum of the 3-point median distance, so one stray localisation does not count).
 
     ``tracks`` must be sorted by ``particle, frame``; see :func:`motion_features` and
     :func:`location_features` for the columns. Use it with :meth:`StageClassifier.fit` to train
@@ -563,12 +579,19 @@ def rule_costs(features: pd.DataFrame, config: StageConfig = StageConfig()) -> n
     pays up to ``location_cost``:
 
     - circulation: in the vessel lumen;
-    - extravasation: within ``wall_distance_um`` of the vessel wall;
-    - extracellular: outside the vessel and not deeper than ``membrane_distance_um`` in a cell;
-    - membrane_binding: within ``membrane_distance_um`` of a cell boundary;
-    - internalization: inside a cell, farther than ``perinuclear_distance_um`` from the nucleus,
-      and beyond the membrane zone unless directed;
-    - perinuclear: inside a cell within ``perinuclear_distance_um`` of the nucleus.
+    - extravasation: in the lumen, or outside it within ``wall_distance_um`` of the wall;
+    - extracellular: outside the vessel and outside cells;
+    - membrane_binding: within ``membrane_distance_um`` of a cell boundary, either side;
+    - internalization: inside a cell (its edge included: internalisation starts where the
+      particle was bound) and not yet arrived at a nucleus, i.e. never closer than
+      ``perinuclear_distance_um`` so far along its track (``nucleus_closest_um``);
+    - perinuclear: inside a cell, arrived (closest approach so far within
+      ``perinuclear_distance_um``) and now within ``perinuclear_distance_um +
+      perinuclear_reach_um`` of the nucleus: entering needs the short distance, staying only
+      the longer one (hysteresis).
+
+    The soft edge of every rule (``location_tolerance_um``) absorbs the localisation error
+    (~0.04-0.09 um at 400-150 photons) and the pixelation of the masks.
 
     Returns
     -------
