@@ -16,6 +16,9 @@ Run by hand (not in CI):
 
     PYTHONPATH=. python benchmarks/stages.py            # 3 seeds x {400, 150} photons
     PYTHONPATH=. python benchmarks/stages.py --quick    # 1 seed, 400 photons
+    PYTHONPATH=. python benchmarks/stages.py --speed TRACKS.csv MASKS.tif [--tile 21]
+        # CPU time and memory of classify_stages on a track table (segmented first), and on
+        # the table repeated --tile times (e.g. 21 x 26k points = a 2 GB movie's 540k points)
 """
 
 from __future__ import annotations
@@ -207,6 +210,48 @@ def evaluate(
     return row, cm
 
 
+def speed_and_memory(tracks_csv: str, masks_tif: str, tile: int, px: float, dt: float) -> None:
+    """CPU seconds (min of 3) and memory of classify_stages, rules with masks."""
+    import resource
+    import tracemalloc
+
+    import tifffile
+
+    tracks = pd.read_csv(tracks_csv)
+    tracks = tracks[[c for c in tracks.columns if c not in ("state", "stage", "segment")]]
+    masks = tifffile.imread(masks_tif)
+    with threadpool_limits(limits=1):
+        tracks, segments = segment_tracks(tracks, pixel_size_um=px, frame_interval_s=dt)
+
+    def run(t: pd.DataFrame, s: pd.DataFrame) -> float:
+        c0 = time.process_time()
+        classify_stages(t, s, masks=masks, pixel_size_um=px, frame_interval_s=dt)
+        return time.process_time() - c0
+
+    cpu = min(run(tracks, segments) for _ in range(3))
+    print(f"{len(tracks)} points: classify_stages {cpu:.2f} CPU s (min of 3)")
+    offset = int(tracks["particle"].max()) + 1
+    big = pd.concat(
+        [tracks.assign(particle=tracks["particle"] + k * offset) for k in range(tile)],
+        ignore_index=True,
+    )
+    big_segments = pd.concat(
+        [segments.assign(particle=segments["particle"] + k * offset) for k in range(tile)],
+        ignore_index=True,
+    )
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+    tracemalloc.start()
+    cpu = run(big, big_segments)
+    peak = tracemalloc.get_traced_memory()[1] / 1e6
+    tracemalloc.stop()
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+    size = big.memory_usage(deep=True).sum() / 1e6
+    print(
+        f"{len(big)} points ({tile} copies, table {size:.0f} MB): {cpu:.2f} CPU s; peak of "
+        f"Python allocations during the call {peak:.0f} MB; peak RSS {rss0:.0f} -> {rss1:.0f} MB"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[11, 12, 13])
@@ -216,7 +261,14 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="one seed, 400 photons, 1 training seed"
     )
+    parser.add_argument("--speed", nargs=2, metavar=("TRACKS_CSV", "MASKS_TIF"))
+    parser.add_argument("--tile", type=int, default=21)
+    parser.add_argument("--pixel-size", type=float, default=0.2)
+    parser.add_argument("--frame-interval", type=float, default=1 / 30)
     args = parser.parse_args()
+    if args.speed:
+        speed_and_memory(*args.speed, args.tile, args.pixel_size, args.frame_interval)
+        return
     if args.quick:
         args.seeds, args.photons, args.train_seeds = args.seeds[:1], [400.0], args.train_seeds[:1]
     config = PipelineConfig()

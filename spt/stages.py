@@ -38,25 +38,27 @@ __all__ = [
 #: Half-widths (frames) of the rolling windows of the per-point motion features.
 FEATURE_WINDOWS: tuple[int, ...] = (3, 8, 25, 60)
 
-#: Motion classes of a point for the rule-based costs: its segment's motion state, or ``fast``
-#: when it moves faster than blood flow could be mistaken for (:attr:`StageConfig.flow_speed_um_s`).
-MOTION_CLASSES: tuple[str, ...] = ("fast", "directed", "free", "confined", "immobile")
+#: Motion classes of a point for the rule-based costs, from its own windowed motion (see
+#: :class:`StageConfig`); ``unknown`` for a lone point (a one-point track), whose place decides.
+MOTION_CLASSES: tuple[str, ...] = ("fast", "directed", "free", "confined", "immobile", "unknown")
 
 #: Cost (nats) of each stage (rows, :data:`STAGES` order) for a point of each motion class
 #: (columns, :data:`MOTION_CLASSES` order). 0 means "typical", larger "unlikely". Documented
 #: defaults after the stage descriptions of Tada et al., Cancer Res. 67:1138 (2007): flow is fast
 #: and directed; crossing the wall and runs toward the nucleus are slow directed motion; the
-#: interstitium is free diffusion; membrane-bound and perinuclear particles are confined; stops
-#: between internalisation runs are immobile.
+#: interstitium is free diffusion; membrane-bound and perinuclear particles are confined (a
+#: membrane-bound QD keeps diffusing within its confinement, so "immobile" costs it 2); stops
+#: between internalisation runs are immobile. A point of unknown motion costs nothing, except a
+#: slight preference for flow over extravasation inside the lumen (most particles there flow).
 MOTION_COSTS: np.ndarray = np.array(
     [
-        # fast directed free confined immobile
-        [0.0, 6.0, 8.0, 10.0, 10.0],  # circulation
-        [8.0, 0.0, 3.0, 3.0, 4.0],  # extravasation
-        [8.0, 3.0, 0.0, 2.0, 4.0],  # extracellular
-        [8.0, 4.0, 3.0, 0.0, 1.0],  # membrane_binding
-        [8.0, 0.0, 3.0, 1.5, 0.0],  # internalization
-        [8.0, 4.0, 2.0, 0.0, 1.0],  # perinuclear
+        # fast directed free confined immobile unknown
+        [0.0, 6.0, 8.0, 10.0, 10.0, 0.0],  # circulation
+        [8.0, 0.0, 3.0, 3.0, 4.0, 1.0],  # extravasation
+        [8.0, 3.0, 0.0, 2.0, 4.0, 0.0],  # extracellular
+        [8.0, 4.0, 3.0, 0.0, 2.0, 0.0],  # membrane_binding
+        [8.0, 0.0, 3.0, 1.5, 0.0, 0.0],  # internalization
+        [8.0, 4.0, 2.0, 0.0, 1.0, 0.0],  # perinuclear
     ]
 )
 MOTION_COSTS.setflags(write=False)
@@ -74,19 +76,28 @@ class StageConfig:
     flow_speed_um_s : float
         A point whose net speed over +-3 frames exceeds this is carried by blood flow.
     free_min_D_um2_s : float
-        ...otherwise it diffuses freely if its short-time D (noise-corrected, over +-8 frames)
+        ...otherwise it diffuses freely if its local D over +-25 frames (covariance-based
+        estimator, free of localisation noise; Vestergaard et al., PRE 89, 022726, 2014)
         exceeds this;
     directed_min_speed_um_s : float
-        ...otherwise it is directed if its net speed over +-25 frames exceeds this;
+        ...otherwise it is directed if its net speed over +-25 frames exceeds this
+    directed_min_displacement_um : float
+        ...and its net displacement over that window exceeds this (a short window of a
+        confined particle can show a high "speed" from a small, noisy displacement);
     immobile_max_radius_um : float
         ...otherwise it is immobile if its noise-corrected radius of gyration over +-25 frames,
         ``sqrt(rg^2 - 2 sigma^2)``, is below this, and confined if not.
     wall_distance_um : float
-        Points within this distance of the vessel wall (either side) may be extravasating.
+        Points in the vessel lumen or outside it within this distance of the wall may be
+        extravasating (a particle that stopped flowing is crossing, wherever it is in the lumen).
     membrane_distance_um : float
         Points within this distance of a cell boundary (either side) may be membrane-bound.
     perinuclear_distance_um : float
-        Points inside a cell within this distance of a nucleus may be perinuclear.
+        Internalisation ends, and the perinuclear stage starts, when a particle inside a cell
+        first comes within this distance of a nucleus.
+    perinuclear_reach_um : float
+        Once arrived, a perinuclear particle may wander up to this much farther from the
+        nucleus (its confinement region) and stays perinuclear (hysteresis).
     membrane_max_radius_um : float
         Confined points whose confinement radius (noise-corrected spread over +-60 frames) is
         below this look membrane-bound, above it perinuclear.
@@ -109,11 +120,13 @@ class StageConfig:
     flow_speed_um_s: float = 5.0
     free_min_D_um2_s: float = 0.1
     directed_min_speed_um_s: float = 0.3
+    directed_min_displacement_um: float = 0.3
     immobile_max_radius_um: float = 0.07
     wall_distance_um: float = 1.0
     membrane_distance_um: float = 0.5
     perinuclear_distance_um: float = 1.0
-    membrane_max_radius_um: float = 0.25
+    perinuclear_reach_um: float = 0.4
+    membrane_max_radius_um: float = 0.18
     location_tolerance_um: float = 0.2
     location_cost: float = 12.0
     switch_cost: float = 8.0
@@ -126,10 +139,12 @@ class StageConfig:
             "flow_speed_um_s",
             "free_min_D_um2_s",
             "directed_min_speed_um_s",
+            "directed_min_displacement_um",
             "immobile_max_radius_um",
             "wall_distance_um",
             "membrane_distance_um",
             "perinuclear_distance_um",
+            "perinuclear_reach_um",
             "membrane_max_radius_um",
             "location_tolerance_um",
         ):
@@ -220,13 +235,18 @@ def location_features(
         Same index as ``tracks``: ``vessel_depth_um, cell_depth_um, nucleus_distance_um``
         (bilinear interpolation between pixel centres) and ``label`` (nearest pixel).
     """
-    masks = _check_masks(masks, tracks)
+    return _location_features(tracks, _check_masks(masks, tracks), pixel_size_um, {})
+
+
+def _location_features(
+    tracks: pd.DataFrame, masks: np.ndarray, pixel_size_um: float, cache: dict
+) -> pd.DataFrame:
+    """:func:`location_features` with a cache of distance maps (shared between calls)."""
     planes = masks[None] if masks.ndim == 2 else masks
     plane_of_point = (
         np.zeros(len(tracks), np.int64) if masks.ndim == 2 else tracks["frame"].to_numpy(np.int64)
     )
     # Identical planes (a static scene stored per frame) share one set of distance maps.
-    cache: dict[bytes, dict[str, np.ndarray]] = {}
     out = {k: np.empty(len(tracks)) for k in ("vessel_depth_um", "cell_depth_um")}
     out["nucleus_distance_um"] = np.empty(len(tracks))
     label = np.empty(len(tracks), np.int64)
@@ -237,11 +257,13 @@ def location_features(
         plane = planes[p]
         key = plane.tobytes()
         if key not in cache:
-            cache[key] = mask_distances(plane, pixel_size_um=pixel_size_um)
+            cache[key] = {
+                name: np.where(np.isfinite(image), image, np.sign(image) * _FAR_UM)
+                for name, image in mask_distances(plane, pixel_size_um=pixel_size_um).items()
+            }
         coords = np.vstack([np.clip(y[sel], 0, h - 1), np.clip(x[sel], 0, w - 1)])
         for name, image in cache[key].items():
-            finite = np.where(np.isfinite(image), image, np.sign(image) * _FAR_UM)
-            out[name][sel] = ndimage.map_coordinates(finite, coords, order=1, mode="nearest")
+            out[name][sel] = ndimage.map_coordinates(image, coords, order=1, mode="nearest")
         label[sel] = plane[
             np.clip(np.round(y[sel]).astype(int), 0, h - 1),
             np.clip(np.round(x[sel]).astype(int), 0, w - 1),
@@ -259,6 +281,14 @@ def _window_bounds(codes: np.ndarray, frames: np.ndarray, half: int) -> tuple[np
     return np.searchsorted(key, key - half, "left"), np.searchsorted(key, key + half, "right")
 
 
+def _sorted_by_track(tracks: pd.DataFrame) -> bool:
+    """True when the rows are in ``particle, frame`` order."""
+    p = tracks["particle"].to_numpy()
+    f = tracks["frame"].to_numpy()
+    dp, df = np.diff(p), np.diff(f)
+    return bool(np.all((dp > 0) | ((dp == 0) & (df > 0))))
+
+
 def estimate_localization_error_um(tracks: pd.DataFrame, *, pixel_size_um: float) -> float:
     """Static localisation error (s.d. per axis, um) measured from the tracks themselves.
 
@@ -270,7 +300,9 @@ def estimate_localization_error_um(tracks: pd.DataFrame, *, pixel_size_um: float
     underestimates sigma. Falls back to the median of ``x_err, y_err`` (px); NaN if neither.
     """
     keys = ["particle", "segment"] if "segment" in tracks else ["particle"]
-    t = tracks.sort_values(["particle", "frame"])
+    t = tracks[list(dict.fromkeys([*keys, "frame", "x", "y"]))]
+    if not _sorted_by_track(t):
+        t = t.sort_values(["particle", "frame"])
     g = t.groupby(keys, sort=False).ngroup().to_numpy()
     f = t["frame"].to_numpy()
     xy = t[["x", "y"]].to_numpy(float)
@@ -299,6 +331,7 @@ def motion_features(
     *,
     pixel_size_um: float,
     frame_interval_s: float | None,
+    loc_error_um: float | None = None,
 ) -> pd.DataFrame:
     """Motion of each track point: rolling-window and segment features, in um and s.
 
@@ -316,18 +349,23 @@ def motion_features(
         Pixel size, um.
     frame_interval_s : float or None
         Frame interval, s; without it the speed and D features are NaN.
+    loc_error_um : float, optional
+        Localisation error (s.d. per axis, um); estimated from ``tracks`` when not given.
 
     Returns
     -------
     DataFrame
         Same index as ``tracks``: for each h ``speed_net_h_um_s`` (net displacement over the
         window / its duration), ``rg_h_um`` (radius of gyration), ``straightness_h`` (net /
-        path length, 0-1); ``D_local_um2_s``, the short-time diffusion coefficient from the
-        mean squared one-frame step over +-8 frames minus localisation noise,
-        ``(<dr^2> - 4 sigma^2) / (4 dt)``; the segment's ``seg_speed_um_s, seg_D_um2_s,
-        seg_alpha, seg_radius_um`` (confinement radius if given, else sqrt(2) x radius of
-        gyration), ``seg_n_points``, one-hot ``state_<state>`` columns, and ``loc_error_um``
-        (:func:`estimate_localization_error_um`, the same for every point).
+        path length, 0-1); ``net_25_um`` (net displacement over +-25 frames);
+        ``D_local_um2_s`` and ``D_25_um2_s``, local diffusion coefficients over +-8 and +-25
+        frames from the covariance-based estimator ``<dr_k^2> / (4 dt) + <dr_k . dr_k+1> /
+        (2 dt)`` over one-frame steps (Vestergaard, Blainey & Flyvbjerg, PRE 89, 022726, 2014),
+        which needs no estimate of the localisation error; the segment's ``seg_speed_um_s,
+        seg_D_um2_s, seg_alpha, seg_radius_um`` (confinement radius if given, else sqrt(2) x
+        radius of gyration), ``seg_n_points``, one-hot ``state_<state>`` columns, and
+        ``loc_error_um`` (``loc_error_um`` if given, else
+        :func:`estimate_localization_error_um`; the same for every point).
     """
     px = float(pixel_size_um)
     dt = float(frame_interval_s) if frame_interval_s is not None else np.nan
@@ -347,6 +385,12 @@ def motion_features(
     cpath = np.r_[0.0, np.cumsum(step)]
     c_unit_sq = np.r_[0.0, np.cumsum(np.where(unit, step**2, 0.0))]
     c_unit = np.r_[0, np.cumsum(unit)]
+    # products of consecutive one-frame steps (covariance-based D, Vestergaard et al. 2014)
+    d_xy = np.r_[zero, np.diff(xy, axis=0)] if n else np.zeros((0, 2))
+    pair = unit & np.r_[False, unit[:-1]] if n else np.zeros(0, bool)
+    prod = np.r_[0.0, np.sum(d_xy[1:] * d_xy[:-1], axis=1)] if n else np.zeros(0)
+    c_pair = np.r_[0.0, np.cumsum(np.where(pair, prod, 0.0))]
+    c_npair = np.r_[0, np.cumsum(pair)]
     feats: dict[str, np.ndarray] = {}
     for h in FEATURE_WINDOWS:
         lo, hi = _window_bounds(codes, frames, h) if n else (np.zeros(0, int),) * 2
@@ -360,12 +404,19 @@ def motion_features(
             feats[f"speed_net_{h}_um_s"] = np.where(duration > 0, net / (duration * dt), np.nan)
             feats[f"rg_{h}_um"] = np.sqrt(var) * px
             feats[f"straightness_{h}"] = np.where(path > 0, net / path, np.nan)
-            if h == 8:
+            if h == 25:
+                feats["net_25_um"] = net
+            if h in (8, 25):
+                # steps lo+1..hi-1 lie in the window; pairs of steps lo+2..hi-1
                 n_unit = c_unit[hi] - c_unit[lo + 1]
                 msd1 = (c_unit_sq[hi] - c_unit_sq[lo + 1]) * px**2 / n_unit
-    sigma = estimate_localization_error_um(tracks, pixel_size_um=px) if n else np.nan
-    with np.errstate(invalid="ignore"):
-        feats["D_local_um2_s"] = (msd1 - 4 * np.nan_to_num(sigma) ** 2) / (4 * dt)
+                p0 = np.minimum(lo + 2, hi)
+                cov1 = (c_pair[hi] - c_pair[p0]) * px**2 / (c_npair[hi] - c_npair[p0])
+                name = "D_local_um2_s" if h == 8 else f"D_{h}_um2_s"
+                feats[name] = msd1 / (4 * dt) + cov1 / (2 * dt)
+    sigma = loc_error_um
+    if sigma is None:
+        sigma = estimate_localization_error_um(tracks, pixel_size_um=px) if n else np.nan
     feats["loc_error_um"] = np.full(n, sigma)
     out = pd.DataFrame(feats, index=tracks.index)
     seg = _segment_features(tracks, segments, px)
@@ -409,22 +460,32 @@ def stage_features(
     pixel_size_um: float,
     frame_interval_s: float | None = None,
     masks: np.ndarray | None = None,
+    loc_error_um: float | None = None,
+    _distance_cache: dict | None = None,
 ) -> pd.DataFrame:
     """All per-point features used to classify stages (motion, and location if ``masks``).
 
     With masks this also gives ``nucleus_approach_um_s``: how fast the point closes in on the
-    nearest nucleus over +-8 frames (positive = toward the nucleus).
+    nearest nucleus over +-8 frames (positive = toward the nucleus), and
+    ``nucleus_closest_um``: the closest the track has come to a nucleus up to this point
+    (running minimum of the 3-point median distance, so one stray localisation does not count).
 
     ``tracks`` must be sorted by ``particle, frame``; see :func:`motion_features` and
     :func:`location_features` for the columns. Use it with :meth:`StageClassifier.fit` to train
     a classifier from labelled tracks.
     """
     feats = motion_features(
-        tracks, segments, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
+        tracks,
+        segments,
+        pixel_size_um=pixel_size_um,
+        frame_interval_s=frame_interval_s,
+        loc_error_um=loc_error_um,
     )
     if masks is None:
         return feats
-    loc = location_features(tracks, masks, pixel_size_um=pixel_size_um)
+    loc = _location_features(
+        tracks, masks, pixel_size_um, {} if _distance_cache is None else _distance_cache
+    )
     codes = pd.factorize(tracks["particle"])[0].astype(np.int64)
     frames = tracks["frame"].to_numpy(np.int64)
     lo, hi = _window_bounds(codes, frames, 8)
@@ -433,7 +494,26 @@ def stage_features(
     dt = frame_interval_s if frame_interval_s is not None else np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         approach = np.where(duration > 0, (d[lo] - d[hi - 1]) / (duration * dt), 0.0)
-    return pd.concat([feats, loc.assign(nucleus_approach_um_s=approach)], axis=1)
+    loc["nucleus_approach_um_s"] = approach
+    loc["nucleus_closest_um"] = _closest_so_far(codes, d)
+    return pd.concat([feats, loc], axis=1)
+
+
+def _closest_so_far(codes: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """Running minimum along each track of the distance, median-filtered over 3 points.
+
+    The median filter keeps one stray localisation (or a mislinked point) from counting as an
+    arrival.
+    """
+    n = len(distance)
+    prev = np.r_[distance[:1], distance[:-1]]
+    nxt = np.r_[distance[1:], distance[-1:]]
+    first = np.r_[True, codes[1:] != codes[:-1]]
+    last = np.r_[codes[1:] != codes[:-1], True]
+    prev = np.where(first, distance, prev)
+    nxt = np.where(last, distance, nxt)
+    smooth = np.median(np.stack([prev, distance, nxt]), axis=0) if n else distance
+    return pd.Series(smooth).groupby(codes).cummin().to_numpy()
 
 
 # ----------------------------------------------------------------------------- rule-based costs
@@ -454,7 +534,8 @@ def _motion_class(features: pd.DataFrame, config: StageConfig) -> np.ndarray:
     c = config
     cls = np.full(len(features), MOTION_CLASSES.index("confined"))
     fast_speed = features["speed_net_3_um_s"].to_numpy()
-    if np.isnan(fast_speed).all():
+    # no frame interval: no speed anywhere although some windows span time
+    if np.isnan(fast_speed).all() and np.isfinite(features["straightness_3"].to_numpy()).any():
         for state in ("directed", "free", "immobile"):
             cls[features[f"state_{state}"].to_numpy() > 0] = MOTION_CLASSES.index(state)
         fast_speed = features["seg_speed_um_s"].to_numpy()
@@ -463,13 +544,16 @@ def _motion_class(features: pd.DataFrame, config: StageConfig) -> np.ndarray:
         rg2 = features["rg_25_um"].to_numpy() ** 2 - 2 * sigma**2
         with np.errstate(invalid="ignore"):
             immobile = rg2 < c.immobile_max_radius_um**2
-            directed = features["speed_net_25_um_s"].to_numpy() > c.directed_min_speed_um_s
-            free = features["D_local_um2_s"].to_numpy() > c.free_min_D_um2_s
+            directed = (features["speed_net_25_um_s"].to_numpy() > c.directed_min_speed_um_s) & (
+                features["net_25_um"].to_numpy() > c.directed_min_displacement_um
+            )
+            free = features["D_25_um2_s"].to_numpy() > c.free_min_D_um2_s
         cls[immobile] = MOTION_CLASSES.index("immobile")
         cls[directed] = MOTION_CLASSES.index("directed")
         cls[free] = MOTION_CLASSES.index("free")
     with np.errstate(invalid="ignore"):
         cls[fast_speed > c.flow_speed_um_s] = MOTION_CLASSES.index("fast")
+    cls[np.isnan(fast_speed)] = MOTION_CLASSES.index("unknown")  # a lone point: no motion seen
     return cls
 
 
@@ -495,12 +579,19 @@ def rule_costs(features: pd.DataFrame, config: StageConfig = StageConfig()) -> n
     pays up to ``location_cost``:
 
     - circulation: in the vessel lumen;
-    - extravasation: within ``wall_distance_um`` of the vessel wall;
-    - extracellular: outside the vessel and not deeper than ``membrane_distance_um`` in a cell;
-    - membrane_binding: within ``membrane_distance_um`` of a cell boundary;
-    - internalization: inside a cell, farther than ``perinuclear_distance_um`` from the nucleus,
-      and beyond the membrane zone unless directed;
-    - perinuclear: inside a cell within ``perinuclear_distance_um`` of the nucleus.
+    - extravasation: in the lumen, or outside it within ``wall_distance_um`` of the wall;
+    - extracellular: outside the vessel and outside cells;
+    - membrane_binding: within ``membrane_distance_um`` of a cell boundary, either side;
+    - internalization: inside a cell (its edge included: internalisation starts where the
+      particle was bound) and not yet arrived at a nucleus, i.e. never closer than
+      ``perinuclear_distance_um`` so far along its track (``nucleus_closest_um``);
+    - perinuclear: inside a cell, arrived (closest approach so far within
+      ``perinuclear_distance_um``) and now within ``perinuclear_distance_um +
+      perinuclear_reach_um`` of the nucleus: entering needs the short distance, staying only
+      the longer one (hysteresis).
+
+    The soft edge of every rule (``location_tolerance_um``) absorbs the localisation error
+    (~0.04-0.09 um at 400-150 photons) and the pixelation of the masks.
 
     Returns
     -------
@@ -519,14 +610,23 @@ def rule_costs(features: pd.DataFrame, config: StageConfig = StageConfig()) -> n
     vessel = features["vessel_depth_um"].to_numpy()
     cell = features["cell_depth_um"].to_numpy()
     nucleus = features["nucleus_distance_um"].to_numpy()
+    closest = features["nucleus_closest_um"].to_numpy()
+    # Internalisation starts where the particle was bound: its place includes the cell edge.
+    edge = c.location_tolerance_um / 2
     violations = np.column_stack(
         [
             -vessel,
-            np.abs(vessel) - c.wall_distance_um,
-            np.maximum(vessel, cell - c.membrane_distance_um),
+            -vessel - c.wall_distance_um,
+            np.maximum(vessel, cell),
             np.abs(cell) - c.membrane_distance_um,
-            np.maximum(-cell, c.perinuclear_distance_um - nucleus),
-            np.maximum(-cell, nucleus - c.perinuclear_distance_um),
+            np.maximum(-cell - edge, c.perinuclear_distance_um - closest),
+            np.maximum.reduce(
+                [
+                    -cell,
+                    nucleus - c.perinuclear_distance_um - c.perinuclear_reach_um,
+                    closest - c.perinuclear_distance_um,
+                ]
+            ),
         ]
     )
     return costs + c.location_cost * _ramp(violations, c.location_tolerance_um)
@@ -619,7 +719,7 @@ class StageClassifier:
 
     def _columns(self, features: pd.DataFrame) -> list[str]:
         location = {"vessel_depth_um", "cell_depth_um", "nucleus_distance_um", "label"}
-        location.add("nucleus_approach_um_s")
+        location |= {"nucleus_approach_um_s", "nucleus_closest_um"}
         return [c for c in features.columns if self.use_masks or c not in location]
 
     def fit(self, features: pd.DataFrame, stages: Any) -> StageClassifier:
@@ -768,36 +868,66 @@ def classify_stages(
     if tracks.empty:
         tracks["stage"] = pd.Series(dtype=object)
         return tracks, segments.assign(stage=pd.Series(dtype=object))
+    if masks is not None:
+        masks = _check_masks(masks, tracks)
     if classifier is None and config.classifier_path:
         classifier = StageClassifier.load(config.classifier_path)
-    features = stage_features(
-        tracks,
-        segments,
-        pixel_size_um=pixel_size_um,
-        frame_interval_s=frame_interval_s,
-        masks=masks,
-    )
     if frame_interval_s is None:
         warnings.warn(
             "classify_stages without frame_interval_s: motion comes from the segment states "
             "only, which is markedly less accurate (see docs/stages.md)",
             stacklevel=2,
         )
-    if classifier is not None:
-        if frame_interval_s is None:
+        if classifier is not None:
             raise SptInputError("frame_interval_s", "a trained classifier needs the frame interval")
-        costs = classifier.costs(features)
-    else:
-        costs = rule_costs(features, config)
-    tracks["stage"] = np.asarray(STAGES, dtype=object)[
-        decode_stages(tracks["particle"].to_numpy(), costs, config)
-    ]
-    majority = (
-        tracks.groupby(["particle", "segment"])["stage"]
-        .agg(lambda s: s.value_counts().idxmax())
-        .rename("stage")
-        .reset_index()
+    sigma = estimate_localization_error_um(tracks, pixel_size_um=pixel_size_um)
+    # Whole tracks are classified a chunk at a time, so the features (tens of float columns)
+    # never exist for the whole table at once: memory stays flat on movies of 10^5-10^6 points.
+    particle = tracks["particle"].to_numpy()
+    codes = np.empty(len(tracks), np.int8)
+    cache: dict = {}
+    for lo, hi in _track_chunks(particle, _CHUNK_POINTS):
+        chunk = tracks.iloc[lo:hi]
+        features = stage_features(
+            chunk,
+            segments,
+            pixel_size_um=pixel_size_um,
+            frame_interval_s=frame_interval_s,
+            masks=masks,
+            loc_error_um=sigma,
+            _distance_cache=cache,
+        )
+        costs = (
+            classifier.costs(features) if classifier is not None else rule_costs(features, config)
+        )
+        codes[lo:hi] = decode_stages(particle[lo:hi], costs, config)
+        del features, costs
+    tracks["stage"] = np.asarray(STAGES, dtype=object)[codes]
+    keys = tracks[["particle", "segment"]].assign(code=codes)
+    counts = keys.groupby(["particle", "segment", "code"], sort=False).size().reset_index(name="n")
+    # majority stage; ties go to the earlier stage (the first in delivery order)
+    counts = counts.sort_values(
+        ["particle", "segment", "n", "code"], ascending=[True, True, False, True]
     )
-    segments = segments.merge(majority, on=["particle", "segment"], how="left")
+    majority = counts.drop_duplicates(["particle", "segment"])
+    majority = majority.assign(stage=np.asarray(STAGES, dtype=object)[majority["code"].to_numpy()])
+    segments = segments.merge(
+        majority[["particle", "segment", "stage"]], on=["particle", "segment"], how="left"
+    )
     segments = segments.sort_values(["particle", "segment"], ignore_index=True)
     return tracks, segments
+
+
+#: Points per chunk of whole tracks in :func:`classify_stages` (bounds its memory).
+_CHUNK_POINTS = 50_000
+
+
+def _track_chunks(particle: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """Row ranges [lo, hi) of about ``size`` points that never split a track."""
+    n = len(particle)
+    starts = np.flatnonzero(np.r_[True, particle[1:] != particle[:-1]])
+    bounds = [0]
+    while bounds[-1] < n:
+        k = np.searchsorted(starts, bounds[-1] + size, "left")
+        bounds.append(int(starts[k]) if k < len(starts) and starts[k] > bounds[-1] else n)
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
