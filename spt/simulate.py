@@ -280,11 +280,13 @@ class _Tissue:
         return image[..., min(max(int(round(y)), 0), h - 1), min(max(int(round(x)), 0), w - 1)]
 
     def towards_nucleus(self, x: float, y: float) -> tuple[np.ndarray, float]:
-        """Unit vector (dx, dy) toward the nearest nucleus pixel and the distance to it, px."""
+        """Unit vector (dx, dy) toward the nearest nucleus pixel and the distance (px) to the
+        nucleus edge: to that pixel's centre less half a pixel, the convention of
+        :func:`spt.stages.mask_distances` (distances to pixel edges)."""
         r, c = self._lookup(self.nucleus_nearest, x, y)
         d = np.array([c - x, r - y], dtype=float)
         n = float(np.hypot(*d))
-        return (d / n if n > 0 else np.zeros(2)), n
+        return (d / n if n > 0 else np.zeros(2)), max(n - 0.5, 0.0)
 
 
 def _make_tissue(cfg: SimulationConfig, rng: np.random.Generator) -> _Tissue:
@@ -475,7 +477,8 @@ class _Mover:
         elif name == "extravasation":
             p.y += p.cross_speed * self.dt / self.px
             p.x += self._diffuse(0.002)[0]
-            if p.y > bottom + m.extravasation_depth_um / self.px:
+            # depth below the lumen's edge (the lower edge of its last row of pixels)
+            if p.y > np.floor(bottom) + 0.5 + m.extravasation_depth_um / self.px:
                 self._enter_stage(p, STAGES.index("extracellular"))
         elif name == "extracellular":
             nx, ny = np.array([p.x, p.y]) + self._diffuse(m.extracellular_D_um2_s)
