@@ -29,6 +29,13 @@ from spt.localize import crlb
 from spt.metrics import detection_scores, isbi_scores, match_spots, track_scores
 from spt.simulate import SimulationConfig, simulate
 
+#: Benchmark-only simulator settings calibrated so that trackpy scores close to issue 3's
+#: reference row (see docs/benchmarks.md): 4 cells as in the simulator's ``benchmark`` preset,
+#: fewer particles and a smaller share starting in the flow than the simulator's defaults.
+CALIBRATED = dict(n_cells=4, stage_weights=(0.1, 0.1, 0.2, 0.2, 0.2, 0.2))
+#: The simulator's defaults (2 cells, 25% of the particles in the flow): a crowded field.
+CROWDED = dict(n_cells=2)
+
 
 @dataclass(frozen=True)
 class Case:
@@ -37,16 +44,48 @@ class Case:
     n_particles: int
     photons: float
     seeds: tuple[int, ...]
+    sim: tuple[tuple[str, object], ...] = tuple(CALIBRATED.items())
 
 
+#: Seeds 11-13 were used to calibrate the movies and to tune spt; the reported seeds are 1-3.
 FULL = (
-    Case("256x256, 400 ph", (256, 256), 40, 400.0, (1, 2, 3)),
-    Case("256x256, 150 ph", (256, 256), 40, 150.0, (1, 2)),
-    Case("256x256, 1000 ph", (256, 256), 40, 1000.0, (1,)),
-    Case("256x256, 2000 ph", (256, 256), 40, 2000.0, (1,)),
-    Case("512x512, 400 ph, 160 particles", (512, 512), 160, 400.0, (1,)),
+    Case("256x256, 400 ph", (256, 256), 25, 400.0, (1, 2, 3)),
+    Case("256x256, 150 ph", (256, 256), 25, 150.0, (1, 2)),
+    Case("256x256, 1000 ph", (256, 256), 25, 1000.0, (1,)),
+    Case("256x256, 2000 ph", (256, 256), 25, 2000.0, (1,)),
+    # twice the vessel length and cells of 256x256: the same density of particles per cell
+    Case(
+        "512x512, 400 ph, 50 particles",
+        (512, 512),
+        50,
+        400.0,
+        (1,),
+        tuple({**CALIBRATED, "n_cells": 8}.items()),
+    ),
+    Case(
+        "crowded 256x256, 400 ph, 40 particles",
+        (256, 256),
+        40,
+        400.0,
+        (1, 2),
+        tuple(CROWDED.items()),
+    ),
 )
-QUICK = (Case("256x256, 400 ph", (256, 256), 40, 400.0, (1,)),)
+QUICK = (FULL[0],)
+
+
+def visible_truth(sim) -> pd.DataFrame:
+    """True spots to find: the QD is on and the centre of its (exposure-averaged) image lies in
+    the field. The simulator keeps a particle from the frame its end-of-frame position enters the
+    field, so a spot entering the vessel can be centred up to ~2 px outside the image, with most
+    of its light outside; neither method can be asked to find those. Nearest visible neighbour
+    distance in column ``nn``."""
+    h, w = sim.movie.shape[1:]
+    t = sim.truth
+    inside = t["x"].between(-0.5, w - 0.5) & t["y"].between(-0.5, h - 0.5)
+    truth = t[t["visible"] & inside].reset_index(drop=True)
+    truth["nn"] = _nearest_neighbour(truth)
+    return truth
 
 
 def _nearest_neighbour(truth: pd.DataFrame) -> np.ndarray:
@@ -172,11 +211,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--out", help="also write the tables to this markdown file")
     parser.add_argument("--no-trackpy", action="store_true")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds of every movie")
+    parser.add_argument("--movies", type=int, nargs="+", help="indices of the movies to run")
     args = parser.parse_args(argv)
     rows = []
     _warm_up()
-    for case in QUICK if args.quick else FULL:
-        for seed in case.seeds:
+    cases = QUICK if args.quick else FULL
+    if args.movies:
+        cases = tuple(cases[i] for i in args.movies)
+    for case in cases:
+        for seed in args.seeds or case.seeds:
             cfg = SimulationConfig(
                 shape=case.shape,
                 n_frames=args.frames,
@@ -184,10 +228,10 @@ def main(argv: list[str] | None = None) -> int:
                 photons=case.photons,
                 background=20.0,
                 seed=seed,
+                **dict(case.sim),
             )
             sim = simulate(cfg)
-            truth = sim.truth[sim.truth["visible"]].reset_index(drop=True)
-            truth["nn"] = _nearest_neighbour(truth)
+            truth = visible_truth(sim)
             cam = sim.camera
             methods = {
                 "spt": DetectConfig(

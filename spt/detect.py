@@ -19,7 +19,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from spt._filters import bandpass_snr
+from spt._filters import bandpass_snr, local_maxima
 from spt.camera import EXCESS_NOISE, Camera, camera_from_parameters, estimate_camera
 from spt.errors import SptInputError
 from spt.localize import Fit, fit_groups, fit_spots, pixel_integrals, scatter_windows
@@ -206,25 +206,7 @@ def _temporal_support(snr: np.ndarray, frames: int) -> np.ndarray | None:
 
 def _peaks(snr: np.ndarray, radius: int, threshold: float):
     """Local maxima above ``threshold`` within a (2 radius + 1)^2 window: frame, row, column."""
-    t, y, x = np.nonzero(snr > threshold)
-    if len(t) == 0:
-        return t, y, x
-    # tested only at the thresholded pixels (few), not by a full maximum filter
-    _, ny, nx = snr.shape
-    value = snr[t, y, x]
-    is_max = np.ones(len(t), bool)
-    for dy in range(-radius, radius + 1):
-        yy = np.clip(y + dy, 0, ny - 1)
-        for dx in range(-radius, radius + 1):
-            if dy == 0 and dx == 0:
-                continue
-            xx = np.clip(x + dx, 0, nx - 1)
-            # ties: the first pixel in raster order wins
-            later = (dy, dx) > (0, 0)
-            neighbour = snr[t, yy, xx]
-            same = (yy == y) & (xx == x)
-            is_max &= (value > neighbour) | ((value == neighbour) & later) | same
-    return t[is_max], y[is_max], x[is_max]
+    return local_maxima(snr, radius, threshold)
 
 
 def _candidates(eff: np.ndarray, sigma: float, radius: int, read_var: float, threshold: float):

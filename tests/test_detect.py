@@ -203,3 +203,20 @@ def test_chunked_movie_gives_the_same_spots_however_it_is_cut(sim):
         pd.testing.assert_frame_equal(locate_chunks(chunks, cfg), whole)
     with pytest.raises(SptInputError, match="expected 16"):
         locate_chunks([(0, sim.movie[:16]), (20, sim.movie[20:30])], cfg)
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3])
+def test_local_maxima_match_a_maximum_filter(radius):
+    from scipy import ndimage
+
+    from spt._filters import local_maxima
+
+    rng = np.random.default_rng(radius)
+    img = rng.normal(size=(3, 40, 33)).astype(np.float32)
+    t, y, x = local_maxima(img, radius, 1.0)
+    size = (1, 2 * radius + 1, 2 * radius + 1)
+    ref = (img == ndimage.maximum_filter(img, size=size, mode="constant", cval=-np.inf)) & (
+        img > 1.0
+    )
+    assert len(t) > 10
+    assert set(zip(t, y, x, strict=True)) == set(zip(*np.nonzero(ref), strict=True))
