@@ -579,7 +579,14 @@ def _split_merged(eff, t, ox, oy, x, y, n, b, s, errs, ok, half, sigma, read_var
     )
     fx, fy, fn, ferr, fok, ll2 = two
     sep = np.hypot(fx[:, 0] - fx[:, 1], fy[:, 0] - fy[:, 1])
-    split = fok & (2 * (ll2 - ll1) > 25) & (fn.min(axis=1) >= 0.7 * typical) & (sep >= 1.0)
+    gain, weakest = 2 * (ll2 - ll1), fn.min(axis=1)
+    # a spot about twice as bright as typical is likely two emitters: a weaker test suffices
+    # (a blurred streak of one emitter is only about typical in total, its halves ~0.5 each)
+    double = n[cand] >= 1.4 * typical
+    split = (gain > 25) & (weakest >= 0.7 * typical) | double & (gain > 12) & (
+        weakest >= 0.5 * typical
+    )
+    split &= fok & (sep >= 1.0)
     split &= (np.abs(fx - x[cand, None]) <= hw).all(axis=1) & (
         np.abs(fy - y[cand, None]) <= hw
     ).all(axis=1)
