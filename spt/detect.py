@@ -739,6 +739,9 @@ def estimate_psf_sigma(
     return sigma
 
 
+#: Largest number of pixels (frames x Y x X) detection works on at once.
+_CHUNK_PIXELS = 32 * 256 * 256
+
 #: Frames smaller than this (px, either side) give no spots: there is no room for a spot and
 #: the background around it.
 MIN_DETECT_FRAME_PX = 16
@@ -857,7 +860,18 @@ def locate_movie(
     def work(item: tuple[int, np.ndarray]) -> tuple[int, pd.DataFrame]:
         i, arr = item
         arr = _check_frames(arr, "frames")
-        return len(arr), _locate_chunk(arr, config, camera, sigma, start_frame + i)
+        # Halve the chunk until its full-size work images stay under ~8 MB (float32): bigger
+        # arrays are fresh memory maps for the allocator, and touching their pages costs more
+        # than the fitting itself at 512 x 512. Halving keeps the caller's chunk boundaries.
+        sub = len(arr)
+        while sub > 1 and sub * arr.shape[1] * arr.shape[2] > _CHUNK_PIXELS:
+            sub = (sub + 1) // 2
+        parts = [
+            _locate_chunk(arr[j : j + sub], config, camera, sigma, start_frame + i + j)
+            for j in range(0, len(arr), sub)
+        ]
+        parts = [p for p in parts if len(p)]
+        return len(arr), pd.concat(parts, ignore_index=True) if parts else empty_table(SPOT_COLUMNS)
 
     results: list[pd.DataFrame] = []
     done = 0
