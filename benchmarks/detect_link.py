@@ -211,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one 256x256 movie only")
     parser.add_argument("--frames", type=int, default=600)
-    parser.add_argument("--out", help="also write the tables to this markdown file")
+    parser.add_argument(
+        "--out", help="also write the tables to this markdown file (and the rows to OUT.csv)"
+    )
     parser.add_argument("--no-trackpy", action="store_true")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds of every movie")
     parser.add_argument("--movies", type=int, nargs="+", help="indices of the movies to run")
@@ -260,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         with open(args.out, "w") as fh:
             fh.write(text)
+        table.to_csv(args.out + ".csv", index=False)
     return 0
 
 
@@ -294,6 +297,10 @@ def _markdown(table: pd.DataFrame) -> str:
             cells = []
             for method in methods:
                 v = g.loc[g["method"] == method, metric].to_numpy(float)
+                v = v[np.isfinite(v)]  # e.g. flow recall of a movie without flow
+                if len(v) == 0:
+                    cells.append("-")
+                    continue
                 cell = _fmt(float(v.mean()))
                 if len(v) > 1:
                     cell += f" ({_fmt(float(v.min()))}-{_fmt(float(v.max()))})"
