@@ -47,12 +47,13 @@ class LinkConfig:
         used when neither prediction fits (log-likelihood units).
     min_track_length : int
         Drop tracks with fewer spots than this (isolated false detections). 1 keeps all.
-    intensity_sd : float or None
+    intensity_sd : float
         Expected s.d. of the natural log of a spot's ``signal`` around its track's running mean
         (quantum dots keep their brightness while on). A link to a spot much brighter or dimmer
         than the track costs ``(z^2 - 1) / 2`` more, ``z`` the log-ratio over this s.d. (capped
         at ``intensity_max_cost``), which keeps tracks off false detections and off the
-        other particle where two meet. None, or spots without a ``signal`` column: position only.
+        other particle where two meet. 0, or spots without a positive ``signal`` column: position
+        only.
     intensity_max_cost : float
         Cap of the intensity term (log-likelihood units), so that a merged or partly hidden spot
         is still linkable when nothing else fits.
@@ -65,7 +66,7 @@ class LinkConfig:
     gap_penalty: float = 0.3
     model_switch_penalty: float = 4.0
     min_track_length: int = 3
-    intensity_sd: float | None = 0.3
+    intensity_sd: float = 0.3
     intensity_max_cost: float = 6.0
 
     def __post_init__(self) -> None:
@@ -75,8 +76,8 @@ class LinkConfig:
             raise ValueError("max_gap_frames must be >= 0 and min_track_length >= 1")
         if self.gap_penalty < 0 or self.model_switch_penalty < 0:
             raise ValueError("gap_penalty and model_switch_penalty must be >= 0")
-        if self.intensity_sd is not None and self.intensity_sd <= 0:
-            raise ValueError("intensity_sd must be > 0 or None")
+        if self.intensity_sd < 0 or self.intensity_max_cost < 0:
+            raise ValueError("intensity_sd and intensity_max_cost must be >= 0")
 
 
 def _check(spots: pd.DataFrame, pixel_size_um: float, frame_interval_s: float) -> None:
@@ -161,7 +162,7 @@ def link(
     frames = spots["frame"].to_numpy(np.int64)
     xy = spots[["x", "y"]].to_numpy(np.float64)
     log_signal = None
-    if config.intensity_sd is not None and "signal" in spots.columns:
+    if config.intensity_sd > 0 and "signal" in spots.columns:
         signal = pd.to_numeric(spots["signal"], errors="coerce").to_numpy(np.float64)
         if np.isfinite(signal).all() and (signal > 0).all():
             log_signal = np.log(signal)
