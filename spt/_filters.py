@@ -29,7 +29,7 @@ def _bandpass_kernel(eff, kern, box, read_var, snr, scale):
     h = box // 2
     tmp = np.empty((ny, nx), np.float32)
     smooth = np.empty((ny, nx), np.float32)
-    rows = np.empty((ny, nx), np.float64)
+    rows = np.empty((ny, nx), np.float32)
     col = np.empty(nx, np.float64)
     inv = 1.0 / (box * box)
     for t in range(n_t):
@@ -54,13 +54,19 @@ def _bandpass_kernel(eff, kern, box, read_var, snr, scale):
                 yy = _reflect(y + k, ny)
                 for x in range(nx):
                     smooth[y, x] += w * tmp[yy, x]
-        for y in range(ny):  # running box sum along x
+        for y in range(ny):  # running box sum along x (reflected indices only at the ends)
             acc = 0.0
             for k in range(-h, h + 1):
                 acc += smooth[y, _reflect(k, nx)]
             rows[y, 0] = acc
-            for x in range(1, nx):
-                acc += smooth[y, _reflect(x + h, nx)] - smooth[y, _reflect(x - h - 1, nx)]
+            for x in range(1, h + 1):
+                acc += smooth[y, x + h] - smooth[y, _reflect(x - h - 1, nx)]
+                rows[y, x] = acc
+            for x in range(h + 1, nx - h):
+                acc += smooth[y, x + h] - smooth[y, x - h - 1]
+                rows[y, x] = acc
+            for x in range(max(nx - h, h + 1), nx):
+                acc += smooth[y, _reflect(x + h, nx)] - smooth[y, x - h - 1]
                 rows[y, x] = acc
         for x in range(nx):  # running box sum along y, then the SNR
             col[x] = 0.0
@@ -122,3 +128,66 @@ def bandpass_snr(
     scale = np.empty(eff.shape, np.float32)
     _bandpass_kernel(eff, kern, int(box), float(read_var), snr, scale)
     return snr, scale
+
+
+@njit(cache=True, nogil=True)
+def _maxima_kernel(img, radius, threshold, out):
+    n_t, ny, nx = img.shape
+    n = 0
+    for t in range(n_t):
+        for y in range(ny):
+            for x in range(nx):
+                v = img[t, y, x]
+                if not v > threshold:
+                    continue
+                is_max = True
+                for dy in range(-radius, radius + 1):
+                    yy = y + dy
+                    if yy < 0 or yy >= ny:
+                        continue
+                    for dx in range(-radius, radius + 1):
+                        xx = x + dx
+                        if xx < 0 or xx >= nx or (dy == 0 and dx == 0):
+                            continue
+                        u = img[t, yy, xx]
+                        # ties: the first pixel in raster order wins
+                        if u > v or (u == v and (dy < 0 or (dy == 0 and dx < 0))):
+                            is_max = False
+                            break
+                    if not is_max:
+                        break
+                if is_max:
+                    if n < out.shape[0]:
+                        out[n, 0] = t
+                        out[n, 1] = y
+                        out[n, 2] = x
+                    n += 1
+    return n
+
+
+def local_maxima(
+    image: np.ndarray, radius: int, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Local maxima above ``threshold`` in a ``(2 radius + 1)^2`` window of each frame.
+
+    Parameters
+    ----------
+    image : ndarray, shape (T, Y, X)
+        Frames (e.g. a signal-to-noise map).
+    radius : int
+        Half-width of the neighbourhood (px); neighbours outside the frame are ignored.
+    threshold : float
+        A maximum must exceed this value.
+
+    Returns
+    -------
+    t, y, x : ndarray of int64
+        Frame, row and column of each maximum, in raster order.
+    """
+    img = np.ascontiguousarray(image)
+    out = np.empty((max(1024, img.size // 64), 3), np.int64)
+    n = _maxima_kernel(img, int(radius), float(threshold), out)
+    if n > len(out):  # more maxima than the buffer: run again with room for all
+        out = np.empty((n, 3), np.int64)
+        _maxima_kernel(img, int(radius), float(threshold), out)
+    return out[:n, 0].copy(), out[:n, 1].copy(), out[:n, 2].copy()

@@ -47,6 +47,16 @@ class LinkConfig:
         used when neither prediction fits (log-likelihood units).
     min_track_length : int
         Drop tracks with fewer spots than this (isolated false detections). 1 keeps all.
+    intensity_sd : float
+        Expected s.d. of the natural log of a spot's ``signal`` around its track's running mean
+        (quantum dots keep their brightness while on). A link to a spot much brighter or dimmer
+        than the track costs ``(z^2 - 1) / 2`` more, ``z`` the log-ratio over this s.d. (capped
+        at ``intensity_max_cost``), which keeps tracks off false detections and off the
+        other particle where two meet. 0, or spots without a positive ``signal`` column: position
+        only.
+    intensity_max_cost : float
+        Cap of the intensity term (log-likelihood units), so that a merged or partly hidden spot
+        is still linkable when nothing else fits.
     """
 
     max_speed_um_s: float = 80.0
@@ -56,6 +66,8 @@ class LinkConfig:
     gap_penalty: float = 0.3
     model_switch_penalty: float = 4.0
     min_track_length: int = 3
+    intensity_sd: float = 0.3
+    intensity_max_cost: float = 6.0
 
     def __post_init__(self) -> None:
         if self.max_speed_um_s <= 0 or self.diffusion_um2_s <= 0 or self.velocity_noise_um_s <= 0:
@@ -64,6 +76,8 @@ class LinkConfig:
             raise ValueError("max_gap_frames must be >= 0 and min_track_length >= 1")
         if self.gap_penalty < 0 or self.model_switch_penalty < 0:
             raise ValueError("gap_penalty and model_switch_penalty must be >= 0")
+        if self.intensity_sd < 0 or self.intensity_max_cost < 0:
+            raise ValueError("intensity_sd and intensity_max_cost must be >= 0")
 
 
 def _check(spots: pd.DataFrame, pixel_size_um: float, frame_interval_s: float) -> None:
@@ -92,6 +106,7 @@ class _Tracks:
         self.has_vel = np.zeros(0, bool)
         self.last = np.zeros(0, np.int64)
         self.ident = np.zeros(0, np.int64)
+        self.log_signal = np.zeros(0)  # running mean of log(signal)
 
 
 def link(
@@ -146,8 +161,20 @@ def link(
     spots = spots.reset_index(drop=True)
     frames = spots["frame"].to_numpy(np.int64)
     xy = spots[["x", "y"]].to_numpy(np.float64)
+    log_signal = None
+    if config.intensity_sd > 0 and "signal" in spots.columns:
+        signal = pd.to_numeric(spots["signal"], errors="coerce").to_numpy(np.float64)
+        if np.isfinite(signal).all() and (signal > 0).all():
+            log_signal = np.log(signal)
     order = np.argsort(frames, kind="stable")
-    ids = _link_arrays(frames[order], xy[order], config, pixel_size_um, frame_interval_s)
+    ids = _link_arrays(
+        frames[order],
+        xy[order],
+        None if log_signal is None else log_signal[order],
+        config,
+        pixel_size_um,
+        frame_interval_s,
+    )
     particle = np.empty(len(spots), np.int64)
     particle[order] = ids
     out = spots.copy()
@@ -163,9 +190,14 @@ def link(
 
 
 def _link_arrays(
-    frames: np.ndarray, xy: np.ndarray, config: LinkConfig, pixel_size_um: float, dt: float
+    frames: np.ndarray,
+    xy: np.ndarray,
+    log_signal: np.ndarray | None,
+    config: LinkConfig,
+    pixel_size_um: float,
+    dt: float,
 ) -> np.ndarray:
-    """Track id of every spot (spots sorted by frame)."""
+    """Track id of every spot (spots sorted by frame); ``log_signal`` None: position only."""
     px_per_um = 1.0 / pixel_size_um
     r_flat = config.max_speed_um_s * dt * px_per_um + 1.0
     var_d = 2.0 * config.diffusion_um2_s * dt * px_per_um**2 + 0.1**2
@@ -185,7 +217,7 @@ def _link_arrays(
         pts = xy[s:e]
         live = np.flatnonzero(t - tr.last <= max_gap + 1)
         if len(live) < len(tr.last):  # forget tracks lost for too long
-            for name in ("pos", "vel", "has_vel", "last", "ident"):
+            for name in ("pos", "vel", "has_vel", "last", "ident", "log_signal"):
                 setattr(tr, name, getattr(tr, name)[live])
         assigned = np.full(len(pts), -1)
         if len(tr.last):
@@ -200,6 +232,9 @@ def _link_arrays(
                 config.gap_penalty,
                 config.model_switch_penalty,
             )
+            if log_signal is not None:
+                z2 = (log_signal[s:e][cols] - tr.log_signal[rows]) ** 2 / config.intensity_sd**2
+                cost = cost + np.clip(0.5 * (z2 - 1.0), 0.0, config.intensity_max_cost)
             keep = cost < cost_none
             rows, cols, cost = rows[keep], cols[keep], cost[keep]
             if len(rows):
@@ -216,6 +251,8 @@ def _link_arrays(
         tr.has_vel[tri] = True
         tr.pos[tri] = pts[linked]
         tr.last[tri] = t
+        if log_signal is not None:
+            tr.log_signal[tri] = 0.7 * tr.log_signal[tri] + 0.3 * log_signal[s:e][linked]
         ids[s:e][linked] = tr.ident[tri]
         n_new = int((~linked).sum())
         if n_new:
@@ -227,6 +264,8 @@ def _link_arrays(
             tr.has_vel = np.concatenate([tr.has_vel, np.zeros(n_new, bool)])
             tr.last = np.concatenate([tr.last, np.full(n_new, t)])
             tr.ident = np.concatenate([tr.ident, new_ids])
+            new_ls = np.zeros(n_new) if log_signal is None else log_signal[s:e][~linked]
+            tr.log_signal = np.concatenate([tr.log_signal, new_ls])
     return ids
 
 

@@ -117,3 +117,37 @@ def test_config_is_toml_round_trip():
     text = PipelineConfig(link=LinkConfig(max_speed_um_s=120.0)).to_toml()
     assert PipelineConfig.from_dict(tomllib.loads(text)).link.max_speed_um_s == 120.0
     assert all(isinstance(v, (int, float, str, bool)) for v in asdict(LinkConfig()).values())
+
+
+def _blink_beside_a_dim_false_detection() -> pd.DataFrame:
+    """A bright particle at 6 px/frame, off for frames 10-15; a dim false detection 4 px behind
+    its predicted path in frames 13 and 14."""
+    rows = [(t, 20 + 6.0 * t, 50.0, 400.0) for t in range(30) if not 10 <= t < 16]
+    rows += [(13, 20 + 6.0 * 13 - 4.0, 52.0, 100.0), (14, 20 + 6.0 * 14 - 4.0, 52.5, 100.0)]
+    return pd.DataFrame(rows, columns=["frame", "x", "y", "signal"])
+
+
+def test_brightness_keeps_a_track_off_a_dim_false_detection():
+    """Position alone links the track to the false detection; the intensity term makes the
+    track wait for the particle instead."""
+    spots = _blink_beside_a_dim_false_detection()
+    cfg = LinkConfig(min_track_length=1)
+    out = link(spots, cfg, pixel_size_um=PX, frame_interval_s=DT)
+    bright = out[out["signal"] == 400.0]
+    assert bright["particle"].nunique() == 1
+    assert not set(out.loc[out["signal"] == 100.0, "particle"]) & set(bright["particle"])
+    blind = link(spots.drop(columns="signal"), cfg, pixel_size_um=PX, frame_interval_s=DT)
+    first = blind.loc[blind["frame"] == 0, "particle"].iloc[0]
+    assert first in set(blind.loc[blind["frame"] == 13, "particle"])
+
+
+def test_intensity_term_off_is_position_only_and_survives_toml():
+    spots = _blink_beside_a_dim_false_detection()
+    off = LinkConfig(min_track_length=1, intensity_sd=0.0)
+    with_signal = link(spots, off, pixel_size_um=PX, frame_interval_s=DT)
+    blind = link(spots.drop(columns="signal"), off, pixel_size_um=PX, frame_interval_s=DT)
+    assert (with_signal["particle"].to_numpy() == blind["particle"].to_numpy()).all()
+    text = PipelineConfig(link=off).to_toml()
+    assert PipelineConfig.from_dict(tomllib.loads(text)).link.intensity_sd == 0.0
+    with pytest.raises(ValueError):
+        LinkConfig(intensity_sd=-0.1)
