@@ -62,6 +62,15 @@ FULL = (
         (1,),
         tuple({**CALIBRATED, "n_cells": 8}.items()),
     ),
+    # the issue's own 512x512 movie: 160 particles (3x the calibrated density per cell)
+    Case(
+        "512x512, 400 ph, 160 particles",
+        (512, 512),
+        160,
+        400.0,
+        (1,),
+        tuple({**CALIBRATED, "n_cells": 8}.items()),
+    ),
     Case(
         "crowded 256x256, 400 ph, 40 particles",
         (256, 256),
