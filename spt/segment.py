@@ -99,6 +99,18 @@ class SegmentConfig:
     blur_r : float
         Motion-blur coefficient R of the camera (1/6: exposure over the whole frame; 0: very
         short exposure). Used to separate localisation noise from diffusion.
+    pool_D_factor : float
+        Confined vs free is decided per population of segments (see :func:`_pool_confinement`):
+        segments of the whole table whose short-time D is within this factor of each other form
+        a population; <= 1 turns population decisions off (each segment on its own spread).
+    pool_min_points : int
+        Segments shorter than this (points) keep their own decision and join no population.
+    pool_confined_max_ratio : float
+        A population is confined when the median spread ratio (noise-corrected squared radius
+        of gyration over ``2 D T / 3``; mean 1 for free diffusion) of its segments is below this.
+    pool_confined_strong_ratio : float
+        In a free population, a segment is still ``confined`` when its own spread ratio is
+        below this (about the 0.5 % quantile of free diffusion).
     """
 
     min_segment_frames: int = 6
@@ -112,11 +124,19 @@ class SegmentConfig:
     confined_weak_spread_ratio: float = 0.7
     confined_max_alpha: float = 0.8
     blur_r: float = 1 / 6
+    pool_D_factor: float = 1.5
+    pool_min_points: int = 30
+    pool_confined_max_ratio: float = 0.5
+    pool_confined_strong_ratio: float = 0.2
 
     def __post_init__(self) -> None:
         if int(self.min_segment_frames) != self.min_segment_frames or self.min_segment_frames < 3:
             raise ValueError(
                 f"min_segment_frames must be an integer >= 3, got {self.min_segment_frames!r}"
+            )
+        if int(self.pool_min_points) != self.pool_min_points or self.pool_min_points < 3:
+            raise ValueError(
+                f"pool_min_points must be an integer >= 3, got {self.pool_min_points!r}"
             )
         for name in (
             "changepoint_penalty",
@@ -127,6 +147,9 @@ class SegmentConfig:
             "confined_max_spread_ratio",
             "confined_weak_spread_ratio",
             "confined_max_alpha",
+            "pool_D_factor",
+            "pool_confined_max_ratio",
+            "pool_confined_strong_ratio",
         ):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
@@ -658,7 +681,63 @@ def _describe(
         out.update(D_um2_s=0.0, alpha=0.0, confinement_radius_um=radius_um)
     elif state == "confined":
         out["confinement_radius_um"] = radius_um
-    return {**out, "state": state}
+    spread = rg2 / (q * N / 3) if q * N > 0 else np.inf
+    return {**out, "state": state, "_spread": spread, "_radius_um": radius_um}
+
+
+#: Standard deviation of the spread ratio of free 2-D diffusion (its mean is 1; simulated).
+_FREE_SPREAD_SD = 0.63
+
+
+def _pool_confinement(
+    rows: list[dict], pool: list[tuple], state_col: np.ndarray, cfg: SegmentConfig
+) -> None:
+    """Decide confined vs free for populations of segments rather than one segment at a time.
+
+    A single segment of confined diffusion that lasts only a few relaxation times spreads
+    almost as far as free diffusion would (the noise-corrected spread ratio of free diffusion
+    has mean 1 and a 5 % quantile of 0.33), so the per-segment rule misses many of them. Here
+    every free or confined segment of at least ``cfg.pool_min_points`` points is compared with
+    its population: the segments of the whole table whose short-time D lies within a factor
+    ``cfg.pool_D_factor`` of its own (itself included; at least 3). When the median spread
+    ratio of that population is below ``cfg.pool_confined_max_ratio`` and its mean is
+    significantly below 1 (by 2 standard errors of free diffusion, sd 0.63 per segment) the
+    population is confined and a member is ``confined`` unless its own ratio reaches 1 (the
+    free-diffusion mean); otherwise the population is free and a member is ``confined`` only
+    when its own ratio is below ``cfg.pool_confined_strong_ratio`` (about the 0.5 % quantile of free
+    diffusion). Modifies ``rows`` and ``state_col`` in place. Pooling evidence over
+    trajectories follows the ensemble view of confinement analysis (Saxton & Jacobson, Annu.
+    Rev. Biophys. Biomol. Struct. 26, 373, 1997: single short trajectories cannot tell
+    confinement from free diffusion reliably; populations can).
+    """
+    if cfg.pool_D_factor <= 1:
+        return
+    cand = [
+        (i, sl, r, rad)
+        for i, sl, r, rad in pool
+        if rows[i]["state"] in ("free", "confined")
+        and rows[i]["n_points"] >= cfg.pool_min_points
+        and np.isfinite(r)
+        and rows[i]["D_um2_s"] > 0
+    ]
+    if len(cand) < 3:
+        return
+    log_d = np.log([rows[i]["D_um2_s"] for i, *_ in cand])
+    ratio = np.array([r for _, _, r, _ in cand])
+    for k, (i, sl, r, rad) in enumerate(cand):
+        members = np.abs(log_d - log_d[k]) <= np.log(cfg.pool_D_factor)
+        if members.sum() < 3:
+            continue
+        pop = ratio[members]
+        significant = np.mean(pop) < 1 - 2 * _FREE_SPREAD_SD / np.sqrt(pop.size)
+        if significant and np.median(pop) < cfg.pool_confined_max_ratio:
+            confined = r < 1.0
+        else:
+            confined = r < cfg.pool_confined_strong_ratio
+        rows[i]["state"] = "confined" if confined else "free"
+        rows[i]["motion"] = "stop" if confined else "go"
+        rows[i]["confinement_radius_um"] = rad if confined else np.nan
+        state_col[sl] = rows[i]["state"]
 
 
 def _confined(rg2: float, q: float, N: float, alpha: float, cfg: SegmentConfig) -> bool:
@@ -767,7 +846,9 @@ def segment_tracks(
     Change points come from a penalised likelihood of the step vectors (:func:`changepoints`);
     each segment is then classified (``directed`` if its net displacement is significant for its
     own noise and diffusion, else ``immobile`` / ``confined`` / ``free`` from its noise-corrected
-    spread) and neighbours with the same state are merged.
+    spread) and neighbouring stops are merged; finally confined vs free is decided per
+    population of segments with similar D (:func:`_pool_confinement`), so the result of a
+    segment depends on the other tracks of the table (``pool_D_factor=0`` turns this off).
 
     Parameters
     ----------
@@ -806,6 +887,7 @@ def segment_tracks(
     seg_col = np.zeros(len(out), np.int64)
     state_col = np.empty(len(out), dtype=object)
     rows = []
+    pool: list[tuple] = []
     has_err = "x_err" in out.columns and "y_err" in out.columns
     pos = 0
     for pid, g in out.groupby("particle", sort=True):
@@ -820,6 +902,7 @@ def segment_tracks(
             sl = slice(pos + d["start"], pos + d["end"])
             seg_col[sl] = k
             state_col[sl] = d["state"]
+            pool.append((len(rows), sl, d.get("_spread", np.nan), d.get("_radius_um", np.nan)))
             rows.append(
                 {
                     "particle": int(pid),
@@ -832,6 +915,7 @@ def segment_tracks(
                 }
             )
         pos += len(g)
+    _pool_confinement(rows, pool, state_col, config)
     out["segment"] = seg_col
     out["state"] = state_col
     segments = pd.DataFrame(rows, columns=list(SEGMENT_TABLE_COLUMNS))
