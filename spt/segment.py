@@ -584,6 +584,125 @@ def _linear_partition(t, xy, sigma2, L, pen):  # pragma: no cover - compiled
     return cps, F[n]
 
 
+@njit(cache=True)
+def _stop_go_partition(t, xy, sigma2, L, pen, w):  # pragma: no cover - compiled
+    """Optimal partition of a path into alternating stops and runs with a continuous path.
+
+    A stop is a constant position; a run between two stops is the straight line from the level
+    of the stop before it (mean of its last ``w`` points) at the knot half-way between the two
+    frames, to the level of the stop after it (mean of its first ``w`` points) at the next
+    knot, so that a run costs no free parameter. A run that starts or ends the stretch is a
+    free straight line. Each piece has >= L points; ``pen`` per change point. Returns the
+    indices of the points that start a new piece and the total RSS / sigma2 plus penalties.
+    O(n^2) from cumulative sums of 1, t, t^2, x, y, t x, t y, x^2 + y^2."""
+    n = t.size
+    c = np.zeros((n + 1, 8))
+    for k in range(n):
+        x, y, tk = xy[k, 0], xy[k, 1], t[k]
+        c[k + 1, 0] = c[k, 0] + 1.0
+        c[k + 1, 1] = c[k, 1] + tk
+        c[k + 1, 2] = c[k, 2] + tk * tk
+        c[k + 1, 3] = c[k, 3] + x
+        c[k + 1, 4] = c[k, 4] + y
+        c[k + 1, 5] = c[k, 5] + tk * x
+        c[k + 1, 6] = c[k, 6] + tk * y
+        c[k + 1, 7] = c[k, 7] + x * x + y * y
+    # local levels
+    Le = np.zeros((n + 1, 2))
+    Ls = np.zeros((n + 1, 2))
+    for b in range(1, n + 1):
+        a = max(b - w, 0)
+        Le[b, 0] = (c[b, 3] - c[a, 3]) / (b - a)
+        Le[b, 1] = (c[b, 4] - c[a, 4]) / (b - a)
+    for i in range(0, n):
+        e = min(i + w, n)
+        Ls[i, 0] = (c[e, 3] - c[i, 3]) / (e - i)
+        Ls[i, 1] = (c[e, 4] - c[i, 4]) / (e - i)
+    tau = np.zeros(n + 1)
+    for k in range(1, n):
+        tau[k] = 0.5 * (t[k - 1] + t[k])
+    H = np.full(n + 1, np.inf)
+    G = np.full(n + 1, np.inf)
+    pH = np.full(n + 1, -1)
+    pG = np.full(n + 1, -1)
+    for e in range(L, n + 1):
+        # stop ending at e
+        best = np.inf
+        arg = -1
+        for i in range(0, e - L + 1):
+            prevc = 0.0 if i == 0 else G[i] + pen
+            if prevc == np.inf:
+                continue
+            cnt = c[e, 0] - c[i, 0]
+            sx = c[e, 3] - c[i, 3]
+            sy = c[e, 4] - c[i, 4]
+            rss = c[e, 7] - c[i, 7] - (sx * sx + sy * sy) / cnt
+            v = prevc + rss / sigma2
+            if v < best:
+                best = v
+                arg = i
+        H[e] = best
+        pH[e] = arg
+        # run ending at e (followed by a stop starting at e, or the end)
+        best = np.inf
+        arg = -1
+        for b in range(0, e - L + 1):
+            cnt = c[e, 0] - c[b, 0]
+            st = c[e, 1] - c[b, 1]
+            sx = c[e, 3] - c[b, 3]
+            sy = c[e, 4] - c[b, 4]
+            if b == 0 or e == n:
+                prevc = 0.0 if b == 0 else H[b] + pen
+                if prevc == np.inf:
+                    continue
+                ctt = c[e, 2] - c[b, 2] - st * st / cnt
+                ctx = c[e, 5] - c[b, 5] - st * sx / cnt
+                cty = c[e, 6] - c[b, 6] - st * sy / cnt
+                rss = c[e, 7] - c[b, 7] - (sx * sx + sy * sy) / cnt
+                if ctt > 0:
+                    rss -= (ctx * ctx + cty * cty) / ctt
+                v = prevc + rss / sigma2 + 2.0 * math.log(cnt)
+            else:
+                prevc = H[b] + pen
+                if prevc == np.inf:
+                    continue
+                tb = tau[b]
+                D = tau[e] - tb
+                Ax, Ay = Le[b, 0], Le[b, 1]
+                Bx, By = Ls[e, 0] - Ax, Ls[e, 1] - Ay
+                ss = (st - cnt * tb) / D
+                s2 = (c[e, 2] - c[b, 2] - 2 * tb * st + cnt * tb * tb) / (D * D)
+                sxx = (c[e, 5] - c[b, 5] - tb * sx) / D
+                sxy = (c[e, 6] - c[b, 6] - tb * sy) / D
+                rss = (
+                    c[e, 7]
+                    - c[b, 7]
+                    - 2 * (Ax * sx + Ay * sy)
+                    - 2 * (Bx * sxx + By * sxy)
+                    + cnt * (Ax * Ax + Ay * Ay)
+                    + 2 * (Ax * Bx + Ay * By) * ss
+                    + (Bx * Bx + By * By) * s2
+                )
+                v = prevc + rss / sigma2
+            if v < best:
+                best = v
+                arg = b
+        G[e] = best
+        pG[e] = arg
+    # backtrack
+    cps = []
+    e = n
+    isstop = H[n] <= G[n]
+    tot = min(H[n], G[n])
+    while e > 0:
+        p = pH[e] if isstop else pG[e]
+        if p > 0:
+            cps.append(p)
+        e = p
+        isstop = not isstop
+    return cps, tot
+
+
 def _stops_and_runs(
     frames: np.ndarray, xy: np.ndarray, bounds: list[int], sigma2: float, chi2_min: float
 ) -> bool:
@@ -831,6 +950,59 @@ def _segment_one(
             }
         else:
             out.append({**d, "start": s, "end": e})
+    return _stop_go_regions(frames, xy, out, s2, sigma2_px, cfg, u)
+
+
+#: Points of a stop whose mean gives the level where the neighbouring run starts or ends.
+_STOP_LEVEL_POINTS = 8
+
+
+def _stop_go_regions(
+    frames: np.ndarray,
+    xy: np.ndarray,
+    segs: list[dict],
+    s2: float,
+    sigma2_px: float | None,
+    cfg: SegmentConfig,
+    u: _Units,
+) -> list[dict]:
+    """Re-cut each stretch of consecutive stops (immobile) and runs (directed) that holds both
+    with the continuous stop-and-go model (:func:`_stop_go_partition`): knowing that a run
+    starts where the last stop was and ends where the next stop is locates slow runs far better
+    than pieces fitted independently."""
+    L = int(cfg.min_segment_frames)
+    out: list[dict] = []
+    j = 0
+    while j < len(segs):
+        k = j
+        while k < len(segs) and segs[k]["state"] in ("immobile", "directed"):
+            k += 1
+        if k == j:
+            out.append(segs[j])
+            j += 1
+            continue
+        group = segs[j:k]
+        a, b = group[0]["start"], group[-1]["end"]
+        states = {d["state"] for d in group}
+        if len(states) < 2 or b - a < 2 * L:
+            out += group
+            j = k
+            continue
+        t = frames[a:b].astype(float)
+        pts = np.ascontiguousarray(xy[a:b] - xy[a:b].mean(axis=0))
+        pen = cfg.changepoint_penalty * 3 * np.log(2 * (b - a))
+        cps, _ = _stop_go_partition(t - t[0], pts, s2, L, pen, _STOP_LEVEL_POINTS)
+        starts = [a, *sorted(a + int(c) for c in cps)]
+        ends = [*starts[1:], b]
+        for s, e in zip(starts, ends, strict=True):
+            d = _describe(frames[s : e + 1], xy[s : e + 1], sigma2_px, cfg, u)
+            if out and d["state"] == "immobile" and out[-1]["state"] == "immobile":
+                s0 = out[-1]["start"]
+                d = _describe(frames[s0 : e + 1], xy[s0 : e + 1], sigma2_px, cfg, u)
+                out[-1] = {**d, "start": s0, "end": e}
+            else:
+                out.append({**d, "start": s, "end": e})
+        j = k
     return out
 
 
