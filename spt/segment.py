@@ -99,6 +99,18 @@ class SegmentConfig:
     blur_r : float
         Motion-blur coefficient R of the camera (1/6: exposure over the whole frame; 0: very
         short exposure). Used to separate localisation noise from diffusion.
+    pool_D_factor : float
+        Confined vs free is decided per population of segments (see :func:`_pool_confinement`):
+        segments of the whole table whose short-time D is within this factor of each other form
+        a population; <= 1 turns population decisions off (each segment on its own spread).
+    pool_min_points : int
+        Segments shorter than this (points) keep their own decision and join no population.
+    pool_confined_max_ratio : float
+        A population is confined when the median spread ratio (noise-corrected squared radius
+        of gyration over ``2 D T / 3``; mean 1 for free diffusion) of its segments is below this.
+    pool_confined_strong_ratio : float
+        In a free population, a segment is still ``confined`` when its own spread ratio is
+        below this (about the 0.5 % quantile of free diffusion).
     """
 
     min_segment_frames: int = 6
@@ -112,11 +124,19 @@ class SegmentConfig:
     confined_weak_spread_ratio: float = 0.7
     confined_max_alpha: float = 0.8
     blur_r: float = 1 / 6
+    pool_D_factor: float = 1.5
+    pool_min_points: int = 30
+    pool_confined_max_ratio: float = 0.5
+    pool_confined_strong_ratio: float = 0.2
 
     def __post_init__(self) -> None:
         if int(self.min_segment_frames) != self.min_segment_frames or self.min_segment_frames < 3:
             raise ValueError(
                 f"min_segment_frames must be an integer >= 3, got {self.min_segment_frames!r}"
+            )
+        if int(self.pool_min_points) != self.pool_min_points or self.pool_min_points < 3:
+            raise ValueError(
+                f"pool_min_points must be an integer >= 3, got {self.pool_min_points!r}"
             )
         for name in (
             "changepoint_penalty",
@@ -127,6 +147,9 @@ class SegmentConfig:
             "confined_max_spread_ratio",
             "confined_weak_spread_ratio",
             "confined_max_alpha",
+            "pool_D_factor",
+            "pool_confined_max_ratio",
+            "pool_confined_strong_ratio",
         ):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
@@ -561,6 +584,125 @@ def _linear_partition(t, xy, sigma2, L, pen):  # pragma: no cover - compiled
     return cps, F[n]
 
 
+@njit(cache=True)
+def _stop_go_partition(t, xy, sigma2, L, pen, w):  # pragma: no cover - compiled
+    """Optimal partition of a path into alternating stops and runs with a continuous path.
+
+    A stop is a constant position; a run between two stops is the straight line from the level
+    of the stop before it (mean of its last ``w`` points) at the knot half-way between the two
+    frames, to the level of the stop after it (mean of its first ``w`` points) at the next
+    knot, so that a run costs no free parameter. A run that starts or ends the stretch is a
+    free straight line. Each piece has >= L points; ``pen`` per change point. Returns the
+    indices of the points that start a new piece and the total RSS / sigma2 plus penalties.
+    O(n^2) from cumulative sums of 1, t, t^2, x, y, t x, t y, x^2 + y^2."""
+    n = t.size
+    c = np.zeros((n + 1, 8))
+    for k in range(n):
+        x, y, tk = xy[k, 0], xy[k, 1], t[k]
+        c[k + 1, 0] = c[k, 0] + 1.0
+        c[k + 1, 1] = c[k, 1] + tk
+        c[k + 1, 2] = c[k, 2] + tk * tk
+        c[k + 1, 3] = c[k, 3] + x
+        c[k + 1, 4] = c[k, 4] + y
+        c[k + 1, 5] = c[k, 5] + tk * x
+        c[k + 1, 6] = c[k, 6] + tk * y
+        c[k + 1, 7] = c[k, 7] + x * x + y * y
+    # local levels
+    Le = np.zeros((n + 1, 2))
+    Ls = np.zeros((n + 1, 2))
+    for b in range(1, n + 1):
+        a = max(b - w, 0)
+        Le[b, 0] = (c[b, 3] - c[a, 3]) / (b - a)
+        Le[b, 1] = (c[b, 4] - c[a, 4]) / (b - a)
+    for i in range(0, n):
+        e = min(i + w, n)
+        Ls[i, 0] = (c[e, 3] - c[i, 3]) / (e - i)
+        Ls[i, 1] = (c[e, 4] - c[i, 4]) / (e - i)
+    tau = np.zeros(n + 1)
+    for k in range(1, n):
+        tau[k] = 0.5 * (t[k - 1] + t[k])
+    H = np.full(n + 1, np.inf)
+    G = np.full(n + 1, np.inf)
+    pH = np.full(n + 1, -1)
+    pG = np.full(n + 1, -1)
+    for e in range(L, n + 1):
+        # stop ending at e
+        best = np.inf
+        arg = -1
+        for i in range(0, e - L + 1):
+            prevc = 0.0 if i == 0 else G[i] + pen
+            if prevc == np.inf:
+                continue
+            cnt = c[e, 0] - c[i, 0]
+            sx = c[e, 3] - c[i, 3]
+            sy = c[e, 4] - c[i, 4]
+            rss = c[e, 7] - c[i, 7] - (sx * sx + sy * sy) / cnt
+            v = prevc + rss / sigma2
+            if v < best:
+                best = v
+                arg = i
+        H[e] = best
+        pH[e] = arg
+        # run ending at e (followed by a stop starting at e, or the end)
+        best = np.inf
+        arg = -1
+        for b in range(0, e - L + 1):
+            cnt = c[e, 0] - c[b, 0]
+            st = c[e, 1] - c[b, 1]
+            sx = c[e, 3] - c[b, 3]
+            sy = c[e, 4] - c[b, 4]
+            if b == 0 or e == n:
+                prevc = 0.0 if b == 0 else H[b] + pen
+                if prevc == np.inf:
+                    continue
+                ctt = c[e, 2] - c[b, 2] - st * st / cnt
+                ctx = c[e, 5] - c[b, 5] - st * sx / cnt
+                cty = c[e, 6] - c[b, 6] - st * sy / cnt
+                rss = c[e, 7] - c[b, 7] - (sx * sx + sy * sy) / cnt
+                if ctt > 0:
+                    rss -= (ctx * ctx + cty * cty) / ctt
+                v = prevc + rss / sigma2 + 2.0 * math.log(cnt)
+            else:
+                prevc = H[b] + pen
+                if prevc == np.inf:
+                    continue
+                tb = tau[b]
+                D = tau[e] - tb
+                Ax, Ay = Le[b, 0], Le[b, 1]
+                Bx, By = Ls[e, 0] - Ax, Ls[e, 1] - Ay
+                ss = (st - cnt * tb) / D
+                s2 = (c[e, 2] - c[b, 2] - 2 * tb * st + cnt * tb * tb) / (D * D)
+                sxx = (c[e, 5] - c[b, 5] - tb * sx) / D
+                sxy = (c[e, 6] - c[b, 6] - tb * sy) / D
+                rss = (
+                    c[e, 7]
+                    - c[b, 7]
+                    - 2 * (Ax * sx + Ay * sy)
+                    - 2 * (Bx * sxx + By * sxy)
+                    + cnt * (Ax * Ax + Ay * Ay)
+                    + 2 * (Ax * Bx + Ay * By) * ss
+                    + (Bx * Bx + By * By) * s2
+                )
+                v = prevc + rss / sigma2
+            if v < best:
+                best = v
+                arg = b
+        G[e] = best
+        pG[e] = arg
+    # backtrack
+    cps = []
+    e = n
+    isstop = H[n] <= G[n]
+    tot = min(H[n], G[n])
+    while e > 0:
+        p = pH[e] if isstop else pG[e]
+        if p > 0:
+            cps.append(p)
+        e = p
+        isstop = not isstop
+    return cps, tot
+
+
 def _stops_and_runs(
     frames: np.ndarray, xy: np.ndarray, bounds: list[int], sigma2: float, chi2_min: float
 ) -> bool:
@@ -658,7 +800,63 @@ def _describe(
         out.update(D_um2_s=0.0, alpha=0.0, confinement_radius_um=radius_um)
     elif state == "confined":
         out["confinement_radius_um"] = radius_um
-    return {**out, "state": state}
+    spread = rg2 / (q * N / 3) if q * N > 0 else np.inf
+    return {**out, "state": state, "_spread": spread, "_radius_um": radius_um}
+
+
+#: Standard deviation of the spread ratio of free 2-D diffusion (its mean is 1; simulated).
+_FREE_SPREAD_SD = 0.63
+
+
+def _pool_confinement(
+    rows: list[dict], pool: list[tuple], state_col: np.ndarray, cfg: SegmentConfig
+) -> None:
+    """Decide confined vs free for populations of segments rather than one segment at a time.
+
+    A single segment of confined diffusion that lasts only a few relaxation times spreads
+    almost as far as free diffusion would (the noise-corrected spread ratio of free diffusion
+    has mean 1 and a 5 % quantile of 0.33), so the per-segment rule misses many of them. Here
+    every free or confined segment of at least ``cfg.pool_min_points`` points is compared with
+    its population: the segments of the whole table whose short-time D lies within a factor
+    ``cfg.pool_D_factor`` of its own (itself included; at least 3). When the median spread
+    ratio of that population is below ``cfg.pool_confined_max_ratio`` and its mean is
+    significantly below 1 (by 2 standard errors of free diffusion, sd 0.63 per segment) the
+    population is confined and a member is ``confined`` unless its own ratio reaches 1 (the
+    free-diffusion mean); otherwise the population is free and a member is ``confined`` only
+    when its own ratio is below ``cfg.pool_confined_strong_ratio`` (about the 0.5 % quantile of free
+    diffusion). Modifies ``rows`` and ``state_col`` in place. Pooling evidence over
+    trajectories follows the ensemble view of confinement analysis (Saxton & Jacobson, Annu.
+    Rev. Biophys. Biomol. Struct. 26, 373, 1997: single short trajectories cannot tell
+    confinement from free diffusion reliably; populations can).
+    """
+    if cfg.pool_D_factor <= 1:
+        return
+    cand = [
+        (i, sl, r, rad)
+        for i, sl, r, rad in pool
+        if rows[i]["state"] in ("free", "confined")
+        and rows[i]["n_points"] >= cfg.pool_min_points
+        and np.isfinite(r)
+        and rows[i]["D_um2_s"] > 0
+    ]
+    if len(cand) < 3:
+        return
+    log_d = np.log([rows[i]["D_um2_s"] for i, *_ in cand])
+    ratio = np.array([r for _, _, r, _ in cand])
+    for k, (i, sl, r, rad) in enumerate(cand):
+        members = np.abs(log_d - log_d[k]) <= np.log(cfg.pool_D_factor)
+        if members.sum() < 3:
+            continue
+        pop = ratio[members]
+        significant = np.mean(pop) < 1 - 2 * _FREE_SPREAD_SD / np.sqrt(pop.size)
+        if significant and np.median(pop) < cfg.pool_confined_max_ratio:
+            confined = r < 1.0
+        else:
+            confined = r < cfg.pool_confined_strong_ratio
+        rows[i]["state"] = "confined" if confined else "free"
+        rows[i]["motion"] = "stop" if confined else "go"
+        rows[i]["confinement_radius_um"] = rad if confined else np.nan
+        state_col[sl] = rows[i]["state"]
 
 
 def _confined(rg2: float, q: float, N: float, alpha: float, cfg: SegmentConfig) -> bool:
@@ -752,6 +950,59 @@ def _segment_one(
             }
         else:
             out.append({**d, "start": s, "end": e})
+    return _stop_go_regions(frames, xy, out, s2, sigma2_px, cfg, u)
+
+
+#: Points of a stop whose mean gives the level where the neighbouring run starts or ends.
+_STOP_LEVEL_POINTS = 8
+
+
+def _stop_go_regions(
+    frames: np.ndarray,
+    xy: np.ndarray,
+    segs: list[dict],
+    s2: float,
+    sigma2_px: float | None,
+    cfg: SegmentConfig,
+    u: _Units,
+) -> list[dict]:
+    """Re-cut each stretch of consecutive stops (immobile) and runs (directed) that holds both
+    with the continuous stop-and-go model (:func:`_stop_go_partition`): knowing that a run
+    starts where the last stop was and ends where the next stop is locates slow runs far better
+    than pieces fitted independently."""
+    L = int(cfg.min_segment_frames)
+    out: list[dict] = []
+    j = 0
+    while j < len(segs):
+        k = j
+        while k < len(segs) and segs[k]["state"] in ("immobile", "directed"):
+            k += 1
+        if k == j:
+            out.append(segs[j])
+            j += 1
+            continue
+        group = segs[j:k]
+        a, b = group[0]["start"], group[-1]["end"]
+        states = {d["state"] for d in group}
+        if len(states) < 2 or b - a < 2 * L:
+            out += group
+            j = k
+            continue
+        t = frames[a:b].astype(float)
+        pts = np.ascontiguousarray(xy[a:b] - xy[a:b].mean(axis=0))
+        pen = cfg.changepoint_penalty * 3 * np.log(2 * (b - a))
+        cps, _ = _stop_go_partition(t - t[0], pts, s2, L, pen, _STOP_LEVEL_POINTS)
+        starts = [a, *sorted(a + int(c) for c in cps)]
+        ends = [*starts[1:], b]
+        for s, e in zip(starts, ends, strict=True):
+            d = _describe(frames[s : e + 1], xy[s : e + 1], sigma2_px, cfg, u)
+            if out and d["state"] == "immobile" and out[-1]["state"] == "immobile":
+                s0 = out[-1]["start"]
+                d = _describe(frames[s0 : e + 1], xy[s0 : e + 1], sigma2_px, cfg, u)
+                out[-1] = {**d, "start": s0, "end": e}
+            else:
+                out.append({**d, "start": s, "end": e})
+        j = k
     return out
 
 
@@ -767,7 +1018,9 @@ def segment_tracks(
     Change points come from a penalised likelihood of the step vectors (:func:`changepoints`);
     each segment is then classified (``directed`` if its net displacement is significant for its
     own noise and diffusion, else ``immobile`` / ``confined`` / ``free`` from its noise-corrected
-    spread) and neighbours with the same state are merged.
+    spread) and neighbouring stops are merged; finally confined vs free is decided per
+    population of segments with similar D (:func:`_pool_confinement`), so the result of a
+    segment depends on the other tracks of the table (``pool_D_factor=0`` turns this off).
 
     Parameters
     ----------
@@ -806,6 +1059,7 @@ def segment_tracks(
     seg_col = np.zeros(len(out), np.int64)
     state_col = np.empty(len(out), dtype=object)
     rows = []
+    pool: list[tuple] = []
     has_err = "x_err" in out.columns and "y_err" in out.columns
     pos = 0
     for pid, g in out.groupby("particle", sort=True):
@@ -820,6 +1074,7 @@ def segment_tracks(
             sl = slice(pos + d["start"], pos + d["end"])
             seg_col[sl] = k
             state_col[sl] = d["state"]
+            pool.append((len(rows), sl, d.get("_spread", np.nan), d.get("_radius_um", np.nan)))
             rows.append(
                 {
                     "particle": int(pid),
@@ -832,6 +1087,7 @@ def segment_tracks(
                 }
             )
         pos += len(g)
+    _pool_confinement(rows, pool, state_col, config)
     out["segment"] = seg_col
     out["state"] = state_col
     segments = pd.DataFrame(rows, columns=list(SEGMENT_TABLE_COLUMNS))
