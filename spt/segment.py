@@ -23,6 +23,7 @@ __all__ = [
     "SEGMENT_TABLE_COLUMNS",
     "SegmentConfig",
     "changepoints",
+    "pool_confinement",
     "run_stop_summary",
     "segment_tracks",
 ]
@@ -43,6 +44,8 @@ SEGMENT_TABLE_COLUMNS: tuple[str, ...] = (
     "duration_s",
     "net_displacement_um",
     "drift_chi2",
+    "spread_ratio",
+    "disk_radius_um",
 )
 #: Columns of :func:`run_stop_summary`.
 RUN_STOP_COLUMNS: tuple[str, ...] = (
@@ -100,7 +103,7 @@ class SegmentConfig:
         Motion-blur coefficient R of the camera (1/6: exposure over the whole frame; 0: very
         short exposure). Used to separate localisation noise from diffusion.
     pool_D_factor : float
-        Confined vs free is decided per population of segments (see :func:`_pool_confinement`):
+        Confined vs free is decided per population of segments (see :func:`pool_confinement`):
         segments of the whole table whose short-time D is within this factor of each other form
         a population; <= 1 turns population decisions off (each segment on its own spread).
     pool_min_points : int
@@ -801,62 +804,91 @@ def _describe(
     elif state == "confined":
         out["confinement_radius_um"] = radius_um
     spread = rg2 / (q * N / 3) if q * N > 0 else np.inf
-    return {**out, "state": state, "_spread": spread, "_radius_um": radius_um}
+    return {**out, "state": state, "spread_ratio": spread, "disk_radius_um": radius_um}
 
 
 #: Standard deviation of the spread ratio of free 2-D diffusion (its mean is 1; simulated).
 _FREE_SPREAD_SD = 0.63
 
 
-def _pool_confinement(
-    rows: list[dict], pool: list[tuple], state_col: np.ndarray, cfg: SegmentConfig
-) -> None:
+def pool_confinement(
+    tracks: pd.DataFrame, segments: pd.DataFrame, config: SegmentConfig = SegmentConfig()
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Decide confined vs free for populations of segments rather than one segment at a time.
 
     A single segment of confined diffusion that lasts only a few relaxation times spreads
     almost as far as free diffusion would (the noise-corrected spread ratio of free diffusion
     has mean 1 and a 5 % quantile of 0.33), so the per-segment rule misses many of them. Here
-    every free or confined segment of at least ``cfg.pool_min_points`` points is compared with
+    every free or confined segment of at least ``config.pool_min_points`` points is compared with
     its population: the segments of the whole table whose short-time D lies within a factor
-    ``cfg.pool_D_factor`` of its own (itself included; at least 3). When the median spread
-    ratio of that population is below ``cfg.pool_confined_max_ratio`` and its mean is
+    ``config.pool_D_factor`` of its own (itself included; at least 3). When the median spread
+    ratio of that population is below ``config.pool_confined_max_ratio`` and its mean is
     significantly below 1 (by 2 standard errors of free diffusion, sd 0.63 per segment) the
     population is confined and a member is ``confined`` unless its own ratio reaches 1 (the
     free-diffusion mean); otherwise the population is free and a member is ``confined`` only
-    when its own ratio is below ``cfg.pool_confined_strong_ratio`` (about the 0.5 % quantile of free
-    diffusion). Modifies ``rows`` and ``state_col`` in place. Pooling evidence over
-    trajectories follows the ensemble view of confinement analysis (Saxton & Jacobson, Annu.
-    Rev. Biophys. Biomol. Struct. 26, 373, 1997: single short trajectories cannot tell
-    confinement from free diffusion reliably; populations can).
+    when its own ratio is below ``config.pool_confined_strong_ratio`` (about the 0.5 % quantile
+    of free diffusion). Pooling evidence over trajectories follows the ensemble view of
+    confinement analysis (Saxton & Jacobson, Annu. Rev. Biophys. Biomol. Struct. 26, 373, 1997:
+    single short trajectories cannot tell confinement from free diffusion reliably; populations
+    can).
+
+    :func:`segment_tracks` ends with this step; call it yourself on the concatenated output
+    of :func:`segment_tracks` run on parts of a table with ``pool_D_factor=0`` (parallel
+    segmentation), which gives the same result as one call on the whole table.
+
+    Parameters
+    ----------
+    tracks, segments : DataFrame
+        Output of :func:`segment_tracks` (``segments`` needs ``spread_ratio`` and
+        ``disk_radius_um``).
+    config : SegmentConfig
+
+    Returns
+    -------
+    tracks, segments : DataFrame
+        Copies with ``state`` (and ``motion``, ``confinement_radius_um``) updated.
     """
-    if cfg.pool_D_factor <= 1:
-        return
-    cand = [
-        (i, sl, r, rad)
-        for i, sl, r, rad in pool
-        if rows[i]["state"] in ("free", "confined")
-        and rows[i]["n_points"] >= cfg.pool_min_points
-        and np.isfinite(r)
-        and rows[i]["D_um2_s"] > 0
-    ]
-    if len(cand) < 3:
-        return
-    log_d = np.log([rows[i]["D_um2_s"] for i, *_ in cand])
-    ratio = np.array([r for _, _, r, _ in cand])
-    for k, (i, sl, r, rad) in enumerate(cand):
-        members = np.abs(log_d - log_d[k]) <= np.log(cfg.pool_D_factor)
-        if members.sum() < 3:
+    if config.pool_D_factor <= 1 or segments.empty:
+        return tracks, segments
+    state = segments["state"].to_numpy(object)
+    ratio = segments["spread_ratio"].to_numpy(float)
+    D = segments["D_um2_s"].to_numpy(float)
+    cand = np.flatnonzero(
+        np.isin(state, ("free", "confined"))
+        & (segments["n_points"].to_numpy() >= config.pool_min_points)
+        & np.isfinite(ratio)
+        & (D > 0)
+    )
+    if cand.size < 3:
+        return tracks, segments
+    log_d = np.log(D[cand])
+    new_state = state.copy()
+    for k, i in enumerate(cand):
+        pop = ratio[cand][np.abs(log_d - log_d[k]) <= np.log(config.pool_D_factor)]
+        if pop.size < 3:
             continue
-        pop = ratio[members]
         significant = np.mean(pop) < 1 - 2 * _FREE_SPREAD_SD / np.sqrt(pop.size)
-        if significant and np.median(pop) < cfg.pool_confined_max_ratio:
-            confined = r < 1.0
+        if significant and np.median(pop) < config.pool_confined_max_ratio:
+            confined = ratio[i] < 1.0
         else:
-            confined = r < cfg.pool_confined_strong_ratio
-        rows[i]["state"] = "confined" if confined else "free"
-        rows[i]["motion"] = "stop" if confined else "go"
-        rows[i]["confinement_radius_um"] = rad if confined else np.nan
-        state_col[sl] = rows[i]["state"]
+            confined = ratio[i] < config.pool_confined_strong_ratio
+        new_state[i] = "confined" if confined else "free"
+    changed = new_state != state
+    if not changed.any():
+        return tracks, segments
+    segments = segments.copy()
+    segments["state"] = new_state
+    segments.loc[changed, "motion"] = np.where(new_state[changed] == "confined", "stop", "go")
+    segments.loc[changed, "confinement_radius_um"] = np.where(
+        new_state[changed] == "confined", segments.loc[changed, "disk_radius_um"], np.nan
+    )
+    key = pd.MultiIndex.from_frame(segments[["particle", "segment"]])
+    lookup = pd.Series(new_state, index=key)
+    tracks = tracks.copy()
+    tracks["state"] = lookup.reindex(
+        pd.MultiIndex.from_frame(tracks[["particle", "segment"]])
+    ).to_numpy(object)
+    return tracks, segments
 
 
 def _confined(rg2: float, q: float, N: float, alpha: float, cfg: SegmentConfig) -> bool:
@@ -1019,7 +1051,7 @@ def segment_tracks(
     each segment is then classified (``directed`` if its net displacement is significant for its
     own noise and diffusion, else ``immobile`` / ``confined`` / ``free`` from its noise-corrected
     spread) and neighbouring stops are merged; finally confined vs free is decided per
-    population of segments with similar D (:func:`_pool_confinement`), so the result of a
+    population of segments with similar D (:func:`pool_confinement`), so the result of a
     segment depends on the other tracks of the table (``pool_D_factor=0`` turns this off).
 
     Parameters
@@ -1059,7 +1091,6 @@ def segment_tracks(
     seg_col = np.zeros(len(out), np.int64)
     state_col = np.empty(len(out), dtype=object)
     rows = []
-    pool: list[tuple] = []
     has_err = "x_err" in out.columns and "y_err" in out.columns
     pos = 0
     for pid, g in out.groupby("particle", sort=True):
@@ -1074,7 +1105,6 @@ def segment_tracks(
             sl = slice(pos + d["start"], pos + d["end"])
             seg_col[sl] = k
             state_col[sl] = d["state"]
-            pool.append((len(rows), sl, d.get("_spread", np.nan), d.get("_radius_um", np.nan)))
             rows.append(
                 {
                     "particle": int(pid),
@@ -1087,11 +1117,11 @@ def segment_tracks(
                 }
             )
         pos += len(g)
-    _pool_confinement(rows, pool, state_col, config)
     out["segment"] = seg_col
     out["state"] = state_col
     segments = pd.DataFrame(rows, columns=list(SEGMENT_TABLE_COLUMNS))
-    return out, segments.astype({c: "int64" for c in _INT_COLUMNS if c in segments.columns})
+    segments = segments.astype({c: "int64" for c in _INT_COLUMNS if c in segments.columns})
+    return pool_confinement(out, segments, config)
 
 
 def run_stop_summary(segments: pd.DataFrame) -> pd.DataFrame:

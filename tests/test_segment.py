@@ -17,6 +17,7 @@ from spt.segment import (
     SEGMENT_TABLE_COLUMNS,
     SegmentConfig,
     changepoints,
+    pool_confinement,
     run_stop_summary,
     segment_tracks,
 )
@@ -243,6 +244,23 @@ def test_short_confinement_is_decided_on_its_population():
     alone = accuracy(SegmentConfig(pool_D_factor=0.0))
     assert pooled[0] >= 0.85 and pooled[1] >= 0.85
     assert pooled[0] > alone[0]
+
+    # Segmenting parts of the table without pooling, then pooling the whole, is one call.
+    whole = segment_tracks(tracks, SegmentConfig(), pixel_size_um=PX, frame_interval_s=DT)
+    alone_cfg = SegmentConfig(pool_D_factor=0.0)
+    parts = [
+        segment_tracks(part, alone_cfg, pixel_size_um=PX, frame_interval_s=DT)
+        for part in (tracks[tracks["particle"] % 2 == 0], tracks[tracks["particle"] % 2 == 1])
+    ]
+    joined = [
+        pd.concat([p[k] for p in parts])
+        .sort_values(["particle"], kind="stable")
+        .reset_index(drop=True)
+        for k in (0, 1)
+    ]
+    pooled_parts = pool_confinement(*joined, SegmentConfig())
+    pd.testing.assert_frame_equal(pooled_parts[0], whole[0])
+    pd.testing.assert_frame_equal(pooled_parts[1], whole[1])
 
 
 def test_slow_short_runs_are_located_with_the_continuous_stop_and_go_model():
