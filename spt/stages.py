@@ -87,6 +87,11 @@ class StageConfig:
     immobile_max_radius_um : float
         ...otherwise it is immobile if its noise-corrected radius of gyration over +-25 frames,
         ``sqrt(rg^2 - 2 sigma^2)``, is below this, and confined if not.
+    confined_segment_min_points : int
+        A point of a segment of at least this many points that the segmenter called
+        ``confined`` is never directed or free: over a long segment the confinement is
+        established, and its +-25-frame windows only show the particle wandering inside it.
+        0 turns this rule off.
     wall_distance_um : float
         Points in the vessel lumen or outside it within this distance of the wall may be
         extravasating (a particle that stopped flowing is crossing, wherever it is in the lumen).
@@ -122,6 +127,7 @@ class StageConfig:
     directed_min_speed_um_s: float = 0.3
     directed_min_displacement_um: float = 0.3
     immobile_max_radius_um: float = 0.07
+    confined_segment_min_points: int = 60
     wall_distance_um: float = 1.0
     membrane_distance_um: float = 0.5
     perinuclear_distance_um: float = 1.0
@@ -150,7 +156,13 @@ class StageConfig:
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("location_cost", "switch_cost", "skip_cost", "backward_cost"):
+        for name in (
+            "confined_segment_min_points",
+            "location_cost",
+            "switch_cost",
+            "skip_cost",
+            "backward_cost",
+        ):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
 
@@ -548,6 +560,12 @@ def _motion_class(features: pd.DataFrame, config: StageConfig) -> np.ndarray:
                 features["net_25_um"].to_numpy() > c.directed_min_displacement_um
             )
             free = features["D_25_um2_s"].to_numpy() > c.free_min_D_um2_s
+            if c.confined_segment_min_points > 0 and "state_confined" in features:
+                long_confined = (features["state_confined"].to_numpy() > 0) & (
+                    features["seg_n_points"].to_numpy() >= c.confined_segment_min_points
+                )
+                directed &= ~long_confined
+                free &= ~long_confined
         cls[immobile] = MOTION_CLASSES.index("immobile")
         cls[directed] = MOTION_CLASSES.index("directed")
         cls[free] = MOTION_CLASSES.index("free")
