@@ -51,7 +51,6 @@ from spt.provenance import (
     sha256_file,
     up_to_date,
 )
-from spt.report import write_batch_report
 from spt.schema import SPOT_COLUMNS, empty_table
 from spt.summary import MovieStages, pooled_stage_velocities
 
@@ -510,6 +509,8 @@ def write_batch_outputs(
     ]
     write_table(pooled_stage_velocities(stages), expected[0])
     if config.output.report:
+        from spt.report import write_batch_report  # matplotlib: imported when needed
+
         write_batch_report(results, out, summary_table=failed)
     text = json.dumps({"key": key, "created_utc": now_utc(), "spt": spt.__version__, **record})
     tmp = out / f".{BATCH_PROVENANCE_FILE}.tmp"

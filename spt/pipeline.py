@@ -37,7 +37,6 @@ from spt.io import (
 )
 from spt.link import link
 from spt.provenance import PROVENANCE_FILE, environment, file_record, now_utc
-from spt.report import write_movie_report
 from spt.schema import SPOT_COLUMNS, TRACK_COLUMNS, empty_table
 from spt.segment import segment_tracks
 from spt.stages import classify_stages
@@ -466,6 +465,8 @@ def write_results(
         write_table(a.segments, tmp / f"segments{ext}")
         write_table(a.stage_velocities, tmp / f"stage_velocities{ext}")
         if config.output.report:
+            from spt.report import write_movie_report  # matplotlib: imported when needed
+
             write_movie_report(result, tmp, config_toml=config.to_toml())
         (tmp / "config.toml").write_text(
             f"# spt {spt.__version__} on {result.source}\n"

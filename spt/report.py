@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import importlib.util
-import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 import spt
 from spt.io import write_table
@@ -34,6 +32,8 @@ from spt.stages import estimate_localization_error_um
 from spt.summary import MovieStages, StageSummary, column_descriptions, stage_summary
 
 if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
     from spt.pipeline import MovieResult
 
 __all__ = ["write_batch_report", "write_movie_report"]
@@ -87,11 +87,9 @@ def _write_tables(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path]:
 
 
 def _embed(fig: Figure, stem: Path) -> str:
-    """Save ``fig`` as PNG + SVG beside the report and return it as an embedded <img>."""
-    save_figure(fig, stem)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    """Save ``fig`` as PNG + SVG beside the report and return the PNG as an embedded <img>."""
+    png, _svg = save_figure(fig, stem)
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(stem.name)}" src="data:image/png;base64,{data}">'
 
 
@@ -220,14 +218,16 @@ def write_movie_report(
     folder = Path(folder)
     a = result.analysis
     px, dt = result.pixel_size_um, result.frame_interval_s
-    movie = MovieStages(a.tracks, a.segments, px, dt, name=result.name)
-    summary = stage_summary([movie])
-    velocities = a.stage_velocities if len(a.stage_velocities) else summary.velocities
     sigma = (
         estimate_localization_error_um(a.tracks, pixel_size_um=px)
         if len(a.tracks)
         else float("nan")
     )
+    movie = MovieStages(a.tracks, a.segments, px, dt, name=result.name, localization_error_um=sigma)
+    # The analysis already holds the stage velocity table: reuse it (no second bootstrap).
+    known = a.stage_velocities if len(a.stage_velocities) else None
+    summary = stage_summary([movie], velocities=known)
+    velocities = summary.velocities
     written = _write_tables(
         {"stage_dwells": summary.dwells, "stage_transitions": summary.transitions}, folder
     )
