@@ -222,6 +222,7 @@ def process_one(
     report: ReportFrames | None = None,
     executor: Any = None,
     n_parts: int | None = None,
+    split_frames: bool = True,
     keep_result: bool = False,
 ) -> dict[str, Any]:
     """Process one movie and write its results; never raises for a bad movie.
@@ -251,6 +252,7 @@ def process_one(
             progress=progress,
             executor=executor,
             n_parts=n_parts,
+            split_frames=split_frames,
         )
         write_results(result, folder.parent, config)
     except SptInputError as err:
@@ -624,13 +626,18 @@ def _queue_report(movie: str, done: int, total: int | None) -> None:
         _WORKER_QUEUE.put((movie, done, total))
 
 
+def _warm_up() -> None:
+    """A no-op task that makes the pool start its worker processes."""
+
+
 def _pool_task(job: MovieJob, out: Path, config: PipelineConfig) -> dict[str, Any]:
     return process_one(job, out, config, report=_queue_report)
 
 
 def _run_pool(jobs, out, config, workers, scheduler, progress, done) -> None:
-    """Local processes (``concurrent.futures``): one movie per worker, or frame ranges of each
-    movie when there are fewer movies than workers."""
+    """Local processes (``concurrent.futures``): one movie per worker or, when there are fewer
+    movies than workers, one movie at a time detected here in threads (one per core) with its
+    tracks segmented in parts on the workers."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["spt.batch"])
     queue = ctx.Queue()
@@ -652,6 +659,9 @@ def _run_pool(jobs, out, config, workers, scheduler, progress, done) -> None:
         ) as pool:
             try:
                 if len(jobs) < workers:
+                    # Start the workers now: they import spt while this process detects.
+                    for _ in range(workers):
+                        pool.submit(_warm_up)
                     for k, job in enumerate(jobs):
                         row = process_one(
                             job,
@@ -660,6 +670,7 @@ def _run_pool(jobs, out, config, workers, scheduler, progress, done) -> None:
                             report=progress.frames,
                             executor=pool,
                             n_parts=4 * workers,
+                            split_frames=False,
                         )
                         done(k, row)
                 else:

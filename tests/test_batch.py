@@ -273,7 +273,9 @@ def test_two_local_workers_give_the_results_of_one(movies, reference, tmp_path):
     _assert_same_results(out, reference)
 
 
-def test_one_movie_detected_in_parallel_frame_ranges_equals_serial(movies, tmp_path):
+def test_one_movie_on_two_workers_equals_serial(movies, tmp_path):
+    # One movie, two workers: detected here in threads, its tracks segmented in parts on the
+    # worker processes.
     movie = movies / "day1" / "m1.ome.tif"
     config = ["--set", "movie.chunk_frames=8", "--quiet", *NO_REPORT]
     assert main(["run", str(movie), "--out", str(tmp_path / "serial"), *config]) == 0
