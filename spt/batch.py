@@ -254,7 +254,7 @@ def process_one(
             n_parts=n_parts,
             split_frames=split_frames,
         )
-        write_results(result, folder.parent, config)
+        write_results(result, folder.parent, config, executor=executor)
     except SptInputError as err:
         return {**row, "status": "failed", "error": _one_line(str(err)), "seconds": _since(t0)}
     except OSError as err:  # unwritable output, disk full, a file vanishing mid-run
@@ -639,7 +639,8 @@ def _run_pool(jobs, out, config, workers, scheduler, progress, done) -> None:
     movies than workers, one movie at a time detected here in threads (one per core) with its
     tracks segmented in parts on the workers."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["spt.batch"])
+    # spt.report brings matplotlib: the workers draw the report of a movie done here.
+    ctx.set_forkserver_preload(["spt.batch", "spt.report"])
     queue = ctx.Queue()
     # N single-threaded workers on N cores, as Dask's nanny does: numerical libraries that
     # start one thread per core in every worker would oversubscribe the machine.

@@ -261,13 +261,14 @@ def write_movie_report(
         embedded[name] = _embed(fig, folder / name)
         written += [folder / f"{name}.png", folder / f"{name}.svg"]
     n_tracks = int(a.tracks["particle"].nunique()) if len(a.tracks) else 0
+    n_spots = len(result.spots) if result.n_spots is None else result.n_spots
     overview = (
         "<table>"
         f"<tr><td>movie</td><td>{html.escape(str(result.source))}</td></tr>"
         f"<tr><td>frames</td><td>{result.n_frames}</td></tr>"
         f"<tr><td>pixel size</td><td>{_fmt(px, 4)} um</td></tr>"
         f"<tr><td>frame interval</td><td>{_fmt(dt, 4)} s</td></tr>"
-        f"<tr><td>spots / tracks / segments</td><td>{len(result.spots)} / {n_tracks} / "
+        f"<tr><td>spots / tracks / segments</td><td>{n_spots} / {n_tracks} / "
         f"{len(a.segments)}</td></tr>"
         f"<tr><td>stages from</td><td>{'masks and motion' if result.masks is not None else 'motion alone (no masks)'}</td></tr>"  # noqa: E501
         f"<tr><td>localisation error (measured)</td><td>{_fmt(sigma * 1000, 3)} nm</td></tr>"
