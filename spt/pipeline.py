@@ -226,6 +226,7 @@ def analyze_tracks(
                 pixel_size_um=pixel_size_um,
                 frame_interval_s=frame_interval_s,
             )
+        del tracks  # this function's validated copy: each table is freed once it is used
         staged, segments = classify_stages(
             segmented,
             segments,
@@ -234,13 +235,16 @@ def analyze_tracks(
             pixel_size_um=pixel_size_um,
             frame_interval_s=frame_interval_s,
         )
-        velocities = stage_velocities(
-            staged, segments, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
-        )
+        del segmented
         columns = [c for c in TRACK_COLUMNS if c in staged] + [
             c for c in staged if c not in TRACK_COLUMNS
         ]
-        return Analysis(staged[columns], segments, velocities)
+        if list(staged.columns) != columns:
+            staged = staged[columns]
+        velocities = stage_velocities(
+            staged, segments, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
+        )
+        return Analysis(staged, segments, velocities)
 
 
 def _segment_part(

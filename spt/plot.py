@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullLocator
 
 from spt.schema import MASK_LABELS, STAGES, STATES
+from spt.summary import by_track
 
 __all__ = [
     "STAGE_COLORS",
@@ -75,7 +76,7 @@ def _track_polylines(tracks: pd.DataFrame) -> tuple[list[np.ndarray], np.ndarray
     A step takes the stage of its end point, as in the tables; each polyline starts at the point
     before its first step, so consecutive runs of a track join up.
     """
-    t = tracks.sort_values(["particle", "frame"], kind="stable")
+    t = by_track(tracks, ["x", "y", "stage"])
     particle = t["particle"].to_numpy()
     xy = t[["x", "y"]].to_numpy(float)
     stage = t["stage"].to_numpy(object)

@@ -20,6 +20,7 @@ __all__ = [
     "STAGE_TABLE_COLUMNS",
     "MovieStages",
     "StageSummary",
+    "by_track",
     "column_descriptions",
     "dwell_times",
     "pooled_stage_velocities",
@@ -163,6 +164,16 @@ class StageSummary:
 # ----------------------------------------------------------------------------- building blocks
 
 
+def by_track(tracks: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``tracks[columns]`` sorted by ``particle, frame`` (stable), without sorting a table
+    that already is (as the pipeline's are): only the columns needed are copied."""
+    columns = [c for c in dict.fromkeys(["particle", "frame", *columns]) if c in tracks]
+    p, f = tracks["particle"].to_numpy(), tracks["frame"].to_numpy()
+    if len(p) < 2 or bool(np.all((p[1:] > p[:-1]) | ((p[1:] == p[:-1]) & (f[1:] > f[:-1])))):
+        return tracks[columns]
+    return tracks[columns].sort_values(["particle", "frame"], kind="stable")
+
+
 def step_speeds(
     tracks: pd.DataFrame, *, pixel_size_um: float, frame_interval_s: float
 ) -> pd.DataFrame:
@@ -178,7 +189,7 @@ def step_speeds(
         ``particle, frame`` (end frame), ``stage`` and ``state`` (of the end point, when the
         tracks have them), ``gap_frames``, ``within_stage``, ``speed_um_s``.
     """
-    t = tracks.sort_values(["particle", "frame"])
+    t = by_track(tracks, ["x", "y", "stage", "state"])
     p, f = t["particle"].to_numpy(), t["frame"].to_numpy()
     keep = p[1:] == p[:-1]
     d = np.diff(t[["x", "y"]].to_numpy(float), axis=0)[keep]
@@ -217,7 +228,7 @@ def dwell_times(tracks: pd.DataFrame, *, frame_interval_s: float) -> pd.DataFram
     columns = ["particle", "stage", "start_frame", "end_frame", "n_points", "dwell_s", "censored"]
     if tracks.empty:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-    t = tracks.sort_values(["particle", "frame"])
+    t = by_track(tracks, ["stage"])
     p, stage = t["particle"].to_numpy(), t["stage"].to_numpy()
     new = np.r_[True, (p[1:] != p[:-1]) | (stage[1:] != stage[:-1])]
     run = np.cumsum(new) - 1
