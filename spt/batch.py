@@ -639,8 +639,11 @@ def _run_pool(jobs, out, config, workers, scheduler, progress, done) -> None:
     movies than workers, one movie at a time detected here in threads (one per core) with its
     tracks segmented in parts on the workers."""
     ctx = multiprocessing.get_context("forkserver")
-    # spt.report brings matplotlib: the workers draw the report of a movie done here.
-    ctx.set_forkserver_preload(["spt.batch", "spt.report"])
+    # Workers draw figures (of their own movies, or of a movie done here): matplotlib is
+    # imported once, in the forkserver.
+    ctx.set_forkserver_preload(
+        ["spt.batch", "spt.report", "matplotlib.figure", "matplotlib.backends.backend_agg"]
+    )
     queue = ctx.Queue()
     # N single-threaded workers on N cores, as Dask's nanny does: numerical libraries that
     # start one thread per core in every worker would oversubscribe the machine.

@@ -73,8 +73,6 @@ class MovieResult:
     metadata_source: dict[str, str] = field(default_factory=dict)
     #: Size and hash of the input files (:func:`input_records`), when already computed.
     inputs: dict[str, Any] | None = None
-    #: Number of spots when ``spots`` was left out (a result sent to draw the report).
-    n_spots: int | None = None
 
 
 def movie_name(path: str | os.PathLike) -> str:
@@ -557,8 +555,8 @@ def write_results(
     timings_s : dict, optional
         Extra timings (s) to record besides ``result.timings_s``.
     executor : concurrent.futures.Executor or dask.distributed.Client, optional
-        Draw the report (figures and HTML) on it while the tables are written here. Its workers
-        must see ``out_dir``.
+        Draw the report's figures on it while the tables are written here (its workers must
+        see ``out_dir``).
     """
     t0 = time.perf_counter()
     inputs = result.inputs or input_records(result.source, result.masks_path)
@@ -570,19 +568,21 @@ def write_results(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        report = None
-        if config.output.report and executor is not None:
-            report = executor.submit(_write_report, _for_report(result), tmp, config.to_toml())
+        finish_report = None
+        if config.output.report:
+            from spt.report import start_movie_report
+
+            finish_report = start_movie_report(
+                result, tmp, config_toml=config.to_toml(), executor=executor
+            )
         ext = "." + config.output.table_format
         a = result.analysis
         write_table(result.spots, tmp / f"spots{ext}")
         write_table(a.tracks, tmp / f"tracks{ext}")
         write_table(a.segments, tmp / f"segments{ext}")
         write_table(a.stage_velocities, tmp / f"stage_velocities{ext}")
-        if report is not None:
-            report.result()
-        elif config.output.report:
-            _write_report(result, tmp, config.to_toml())
+        if finish_report is not None:
+            finish_report()
         (tmp / "config.toml").write_text(
             f"# spt {spt.__version__} on {result.source}\n"
             f"# pixel_size_um = {result.pixel_size_um}, "
@@ -603,25 +603,6 @@ def write_results(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
-
-
-def _write_report(result: MovieResult, folder: Path, config_toml: str) -> None:
-    """The movie's report (also a worker task)."""
-    from spt.report import write_movie_report  # matplotlib: imported when needed
-
-    write_movie_report(result, folder, config_toml=config_toml)
-
-
-def _for_report(result: MovieResult) -> MovieResult:
-    """What the report needs of a result, to send to another process: the spots are only
-    counted and only the first plane of per-frame masks is drawn."""
-    masks = result.masks
-    return dataclasses.replace(
-        result,
-        spots=result.spots[[]],
-        n_spots=len(result.spots),
-        masks=masks[0] if masks is not None and masks.ndim == 3 else masks,
-    )
 
 
 def run(

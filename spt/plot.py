@@ -1,22 +1,24 @@
 """Figures of the per-stage results: tracks by stage, speeds, MSD per state, stage transitions.
 
 Each ``figure_*`` function returns a matplotlib Figure (built without pyplot, so no global
-backend is touched); :func:`save_figure` writes it as PNG and SVG.
+backend is touched); :func:`save_figure` writes it as PNG and SVG. Matplotlib is imported when
+a figure is drawn, so the colours can be used without it.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib.collections import LineCollection
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, NullLocator
 
 from spt.schema import MASK_LABELS, STAGES, STATES
 from spt.summary import by_track
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 __all__ = [
     "STAGE_COLORS",
@@ -66,6 +68,8 @@ def _plain_log_ticks(axis) -> None:
     Mathtext labels (``10^-1``) cost ~25 ms each to lay out and the minor ticks of a log axis
     are dozens of artists per axis; the decades alone read as well.
     """
+    from matplotlib.ticker import FuncFormatter, NullLocator
+
     axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
     axis.set_minor_locator(NullLocator())
 
@@ -131,6 +135,9 @@ def figure_tracks_by_stage(
         this many points are shown, and the title says how many.
     """
     h, w = projection.shape
+    from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7, 7 * h / w + 0.6))
     ax = fig.add_axes((0.01, 0.01, 0.98, 1 - 0.01 - 0.5 / (7 * h / w + 0.6)))
     lo, hi = np.percentile(projection, [1, 99.8]) if projection.size else (0, 1)
@@ -194,6 +201,8 @@ def figure_speed_distributions(steps: pd.DataFrame, velocities: pd.DataFrame) ->
         median_run_speed_um_s``).
     """
     height = 1.3 * len(STAGES) + 0.8
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7, height))
     # fixed margins: tight_layout would measure every tick label of six axes on each save
     fig.subplots_adjust(left=0.17, right=0.97, top=1 - 0.45 / height, bottom=0.5 / height)
@@ -263,6 +272,8 @@ def figure_msd_by_state(
     localization_error_um : float, optional
         Draws the noise level ``4 sigma^2`` when given.
     """
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6, 4.5))
     fig.subplots_adjust(left=0.14, right=0.97, top=0.92, bottom=0.12)
     ax = fig.add_subplot()
@@ -336,6 +347,8 @@ def figure_stage_transitions(transitions: pd.DataFrame) -> Figure:
         .fillna(0)
         .to_numpy()
     )
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6, 5))
     fig.subplots_adjust(left=0.2, right=0.98, top=0.93, bottom=0.2)
     ax = fig.add_subplot()
