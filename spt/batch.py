@@ -509,11 +509,12 @@ def write_batch_outputs(
         )
         for r in results
     ]
-    write_table(pooled_stage_velocities(stages), expected[0])
+    pooled = pooled_stage_velocities(stages)
+    write_table(pooled, expected[0])
     if config.output.report:
         from spt.report import write_batch_report  # matplotlib: imported when needed
 
-        write_batch_report(results, out, summary_table=failed)
+        write_batch_report(results, out, summary_table=failed, velocities=pooled)
     text = json.dumps({"key": key, "created_utc": now_utc(), "spt": spt.__version__, **record})
     tmp = out / f".{BATCH_PROVENANCE_FILE}.tmp"
     tmp.write_text(text + "\n", encoding="utf-8")

@@ -345,6 +345,7 @@ def write_batch_report(
     out_dir: str | os.PathLike,
     *,
     summary_table: pd.DataFrame | None = None,
+    velocities: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Write the pooled per-stage tables, figures and ``batch_report.html`` into ``out_dir``.
 
@@ -361,6 +362,9 @@ def write_batch_report(
         The batch output folder (movie folders inside).
     summary_table : DataFrame, optional
         Per-movie status table (``movie, status, error``...) listing failed movies too.
+    velocities : DataFrame, optional
+        The pooled stage velocity table of these movies, if already computed
+        (:func:`spt.summary.pooled_stage_velocities`); computed otherwise.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -370,7 +374,7 @@ def write_batch_report(
         )
         for r in results
     ]
-    summary = stage_summary(movies)
+    summary = stage_summary(movies, velocities=velocities)
     written = _write_tables(
         {"stage_dwells": summary.dwells, "stage_transitions": summary.transitions}, out
     )
