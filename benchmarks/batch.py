@@ -179,7 +179,12 @@ def phase_peaks(samples: list[tuple[float, int]], timings: dict[str, float]) -> 
 
 
 def write_big_movie(path: Path, source: Path, target_bytes: float) -> int:
-    """A uint16 ImageJ TIFF of ``target_bytes`` made by repeating ``source``'s frames."""
+    """A uint16 ImageJ TIFF of ``target_bytes`` made by repeating ``source``'s frames.
+
+    Every other repeat is mirrored left-right, so that particles that do not move jump at each
+    repeat instead of linking into tracks as long as the whole movie (which real recordings
+    of this length would not have).
+    """
     frames = tifffile.imread(source)
     n = int(np.ceil(target_bytes / frames[0].nbytes))
     if path.exists() and path.stat().st_size >= target_bytes:
@@ -187,7 +192,8 @@ def write_big_movie(path: Path, source: Path, target_bytes: float) -> int:
 
     def pages():
         for i in range(n):
-            yield frames[i % len(frames)]
+            frame = frames[i % len(frames)]
+            yield frame[:, ::-1] if (i // len(frames)) % 2 else frame
 
     tmp = path.with_name(path.name + ".tmp")
     tifffile.imwrite(
