@@ -258,11 +258,8 @@ def _config(args: argparse.Namespace):
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from spt.batch import run_batch
-    from spt.pipeline import disable_transparent_huge_pages
     from spt.progress import BatchProgress
 
-    # bounded memory for long movies; inherited by the local worker processes
-    disable_transparent_huge_pages()
     config = _config(args)
     _check_out_dir(args.out)
     if args.scheduler and args.workers > 1:

@@ -464,21 +464,6 @@ def release_free_memory() -> None:
         libc.malloc_trim(0)
 
 
-def disable_transparent_huge_pages() -> bool:
-    """Opt this process, and the processes it starts, out of transparent huge pages (Linux).
-
-    NumPy asks the kernel for 2 MB pages for arrays over 4 MB; the kernel (and later its
-    khugepaged) then backs whole 2 MB regions of the heap even where few of their 4 kB pages
-    are in use: in the analysis of a 2 GB movie 1.1 GB of the 1.5 GB resident were such pages.
-    Uses ``prctl(PR_SET_THP_DISABLE)``; returns whether it took effect.
-    """
-    libc = _libc()
-    try:
-        return libc is not None and libc.prctl(41, 1, 0, 0, 0) == 0  # PR_SET_THP_DISABLE
-    except AttributeError:  # pragma: no cover - a libc without prctl
-        return False
-
-
 def _release_mapped_pages(frames: Any) -> None:
     """Unmap pages of a memory-mapped movie that have been read.
 

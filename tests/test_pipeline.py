@@ -1,7 +1,6 @@
 """End to end on the bundled sample: positions match ground truth, stages match the truth's."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -139,14 +138,3 @@ def test_analysis_in_worker_processes_equals_the_serial_analysis(sample_run):
         pd.testing.assert_frame_equal(
             getattr(parallel, table), getattr(serial, table), check_exact=True, obj=table
         )
-
-
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux /proc only")
-def test_transparent_huge_pages_can_be_turned_off_for_the_process():
-    from spt.pipeline import disable_transparent_huge_pages
-
-    status = Path("/proc/self/status").read_text()
-    if "THP_enabled" not in status:
-        pytest.skip("kernel does not report THP_enabled")
-    assert disable_transparent_huge_pages()
-    assert "THP_enabled:\t0" in Path("/proc/self/status").read_text()
