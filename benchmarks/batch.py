@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -75,13 +76,12 @@ def differing_tables(a: Path, b: Path) -> dict[str, int]:
     return counts
 
 
-def provenance_seconds(out: Path) -> float:
-    import json
-
-    total = 0.0
+def provenance_timings(out: Path) -> dict[str, float]:
+    """Stage timings (s) from the ``provenance.json`` files under ``out``, summed over movies."""
+    total: dict[str, float] = {}
     for prov in out.rglob("provenance.json"):
-        t = json.loads(prov.read_text())["timings_s"]
-        total += sum(v for k, v in t.items())
+        for k, v in json.loads(prov.read_text())["timings_s"].items():
+            total[k] = total.get(k, 0.0) + v
     return total
 
 
@@ -97,6 +97,9 @@ class ProcessTree:
     def __init__(self, pid: int):
         self.pid = pid
         self.peak = {"total": 0, "anon": 0, "file": 0}
+        #: (seconds since start, resident bytes of the whole tree) every 0.1 s
+        self.samples: list[tuple[float, int]] = []
+        self._t0 = time.perf_counter()
         self._cpu: dict[int, float] = {}
         self._tick = os.sysconf("SC_CLK_TCK")
         self._stop = threading.Event()
@@ -127,12 +130,12 @@ class ProcessTree:
             frontier += map(int, children)
         return pids
 
-    def _sample(self, pid: int) -> None:
+    def _sample(self, pid: int) -> int:
         try:
             status = Path(f"/proc/{pid}/status").read_text()
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
-            return
+            return 0
         fields = stat.rsplit(")", 1)[1].split()
         self._cpu[pid] = (int(fields[11]) + int(fields[12])) / self._tick
         values = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
@@ -144,16 +147,44 @@ class ProcessTree:
         }
         for key, value in sample.items():
             self.peak[key] = max(self.peak[key], value)
+        return sample["total"]
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for pid in self._tree():
-                self._sample(pid)
+            rss = sum(self._sample(pid) for pid in self._tree())
+            self.samples.append((time.perf_counter() - self._t0, rss))
             time.sleep(0.1)
 
 
+def phase_peaks(samples: list[tuple[float, int]], timings: dict[str, float]) -> dict[str, float]:
+    """Peak resident MB in each pipeline phase, placing the provenance timings (which run
+    back to back, in this order) so that they end with the process (start-up before them)."""
+    order = ["read", "detect", "link", "analyze", "hash_inputs", "write"]
+    end = samples[-1][0] if samples else 0.0
+    start = end - sum(timings.get(k, 0.0) for k in order)
+    peaks = {"start-up": 0.0}
+    for key in order:
+        peaks[key] = 0.0
+    bounds = [("start-up", -1.0, start)]
+    t = start
+    for key in order:
+        bounds.append((key, t, t + timings.get(key, 0.0)))
+        t += timings.get(key, 0.0)
+    for when, rss in samples:
+        for key, a, b in bounds:
+            if a <= when < b or (key == "write" and when >= b):
+                peaks[key] = max(peaks[key], rss / 2**20)
+                break
+    return peaks
+
+
 def write_big_movie(path: Path, source: Path, target_bytes: float) -> int:
-    """A uint16 ImageJ TIFF of ``target_bytes`` made by repeating ``source``'s frames."""
+    """A uint16 ImageJ TIFF of ``target_bytes`` made by repeating ``source``'s frames.
+
+    Every other repeat is mirrored left-right, so that particles that do not move jump at each
+    repeat instead of linking into tracks as long as the whole movie (which real recordings
+    of this length would not have).
+    """
     frames = tifffile.imread(source)
     n = int(np.ceil(target_bytes / frames[0].nbytes))
     if path.exists() and path.stat().st_size >= target_bytes:
@@ -161,7 +192,8 @@ def write_big_movie(path: Path, source: Path, target_bytes: float) -> int:
 
     def pages():
         for i in range(n):
-            yield frames[i % len(frames)]
+            frame = frames[i % len(frames)]
+            yield frame[:, ::-1] if (i // len(frames)) % 2 else frame
 
     tmp = path.with_name(path.name + ".tmp")
     tifffile.imwrite(
@@ -177,7 +209,8 @@ def write_big_movie(path: Path, source: Path, target_bytes: float) -> int:
     return n
 
 
-def peak_memory_run(movie: Path, out: Path, *extra: str) -> tuple[float, dict[str, int]]:
+def peak_memory_run(movie: Path, out: Path, *extra: str) -> tuple[float, dict, dict]:
+    """Wall time, peak memory and peak memory per phase of ``spt run`` on ``movie``."""
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -189,7 +222,8 @@ def peak_memory_run(movie: Path, out: Path, *extra: str) -> tuple[float, dict[st
         _, err = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(err)
-    return time.perf_counter() - t0, dict(mem.peak)
+    phases = phase_peaks(mem.samples, provenance_timings(out))
+    return time.perf_counter() - t0, dict(mem.peak), phases
 
 
 # ----------------------------------------------------------------------------- main
@@ -203,8 +237,16 @@ def load() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="/tmp/spt-bench-batch", help="scratch folder")
+    parser.add_argument(
+        "--movie",
+        help="movie for the whole-run timing and the big movie (default: simulate one with the "
+        "`benchmark` preset, seed 100)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="whole-run repeats (min is kept)")
     parser.add_argument("--big-gb", type=float, default=2.0, help="size of the big movie, GB")
     parser.add_argument("--skip-big", action="store_true", help="skip the big-movie memory test")
+    parser.add_argument("--skip-many", action="store_true", help="skip the 8-movie batch tests")
+    parser.add_argument("--only-big", action="store_true", help="only the big-movie memory test")
     parser.add_argument("--movies", type=int, default=8)
     args = parser.parse_args()
     work = Path(args.work)
@@ -212,27 +254,53 @@ def main() -> None:
     print(f"spt batch benchmark on {os.cpu_count()} CPUs, {load()}\n")
 
     # 1. one 256x256 movie, read to report
-    one = work / "one"
-    preset = PRESETS["benchmark"]
-    make_movies(one, 1, shape=preset["shape"], n_frames=preset["n_frames"])
-    movie = one / "movie_00.ome.tif"
-    n_frames = preset["n_frames"]
-    print("| whole `spt run`, one 256x256 movie | frames | wall s | frames/s | CPU s | in-run s |")
-    print("|---|---|---|---|---|---|")
-    for workers in (1, 2):
-        out = work / f"out_one_w{workers}"
-        shutil.rmtree(out, ignore_errors=True)
-        wall, cpu = timed_run(["run", str(movie), "--out", str(out), "--workers", str(workers)])
-        inner = provenance_seconds(out)
-        print(
-            f"| --workers {workers} | {n_frames} | {wall:.1f} | {n_frames / wall:.0f} | {cpu:.1f} "
-            f"| {inner:.1f} ({n_frames / inner:.0f} frames/s) |"
-        )
+    if args.movie:
+        movie = Path(args.movie)
+    else:
+        one = work / "one"
+        preset = PRESETS["benchmark"]
+        make_movies(one, 1, shape=preset["shape"], n_frames=preset["n_frames"])
+        movie = one / "movie_00.ome.tif"
+    n_frames = tifffile.TiffFile(movie).series[0].shape[0]
+    if not args.only_big:
+        whole_run(movie, n_frames, work, args.repeats)
+    if not (args.only_big or args.skip_many):
+        many_movies(work, args.movies)
+    if not args.skip_big:
+        big_movie(movie, work, args.big_gb)
 
+
+def whole_run(movie: Path, n_frames: int, work: Path, repeats: int) -> None:
+    phases = ("read", "detect", "link", "analyze", "hash_inputs", "write")
+    print(
+        f"| whole `spt run`, {movie.name} ({n_frames} frames), min of {repeats} | wall s | "
+        "frames/s | CPU s (all processes) | " + " | ".join(phases) + " | start-up + rest |"
+    )
+    print("|---|---|---|---|" + "---|" * len(phases) + "---|")
+    for workers in (1, 2):
+        best = None
+        for _ in range(repeats):
+            out = work / f"out_one_w{workers}"
+            shutil.rmtree(out, ignore_errors=True)
+            wall, cpu = timed_run(
+                ["run", str(movie), "--out", str(out), "--workers", str(workers), "--quiet"]
+            )
+            if best is None or wall < best[0]:
+                best = (wall, cpu, provenance_timings(out))
+        wall, cpu, t = best
+        rest = wall - sum(t.get(k, 0.0) for k in phases)
+        print(
+            f"| --workers {workers} | {wall:.2f} | {n_frames / wall:.0f} | {cpu:.1f} | "
+            + " | ".join(f"{t.get(k, 0.0):.2f}" for k in phases)
+            + f" | {rest:.2f} |"
+        )
     print(f"({load()})")
-    # 2. eight movies, 1 and 2 local workers
-    many = make_movies(work / "many", args.movies)
-    print(f"\n| {args.movies} movies (256x256 x 300 frames) | wall s | speed-up | CPU s |")
+
+
+def many_movies(work: Path, n_movies: int) -> None:
+    """Eight movies: 1 and 2 local workers, a Dask LocalCluster, identical tables."""
+    many = make_movies(work / "many", n_movies)
+    print(f"\n| {n_movies} movies (256x256 x 300 frames) | wall s | speed-up | CPU s |")
     print("|---|---|---|---|")
     walls = {}
     for workers in (1, 2):
@@ -266,27 +334,35 @@ def main() -> None:
     print(f"({load()})")
     for other in ("out_many_w2", "out_many_dask"):
         diff = differing_tables(work / "out_many_w1", work / other)
-        shown = ", ".join(f"{table} {n}/{args.movies}" for table, n in diff.items())
+        shown = ", ".join(f"{table} {n}/{n_movies}" for table, n in diff.items())
         print(f"Movies whose tables differ, --workers 1 vs {other}: {shown}")
 
     print(f"({load()})")
-    # 4. peak memory on a big movie
-    if args.skip_big:
-        return
+
+
+def big_movie(movie: Path, work: Path, big_gb: float) -> None:
+    """Peak memory on a ~``big_gb`` GB movie and on 1/8 of it, in total and per phase."""
     big = work / "big.tif"
     small = work / "big_eighth.tif"
-    write_big_movie(big, movie, args.big_gb * 1e9)
-    write_big_movie(small, movie, args.big_gb * 1e9 / 8)
+    write_big_movie(big, movie, big_gb * 1e9)
+    write_big_movie(small, movie, big_gb * 1e9 / 8)
     print("\n| movie | frames | file GB | wall s | peak RSS MB | anon MB | file-backed MB |")
     print("|---|---|---|---|---|---|---|")
+    per_phase = {}
     for path in (small, big):
-        wall, peak = peak_memory_run(path, work / f"out_{path.stem}")
+        wall, peak, per_phase[path.name] = peak_memory_run(path, work / f"out_{path.stem}")
         frames = tifffile.TiffFile(path).series[0].shape[0]
         print(
             f"| {path.name} | {frames} | {path.stat().st_size / 1e9:.2f} | {wall:.0f} "
             f"| {peak['total'] / 2**20:.0f} | {peak['anon'] / 2**20:.0f} "
             f"| {peak['file'] / 2**20:.0f} |"
         )
+    names = list(next(iter(per_phase.values())))
+    print("\n| peak RSS MB by phase | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for movie_name, peaks in per_phase.items():
+        print(f"| {movie_name} | " + " | ".join(f"{peaks[k]:.0f}" for k in names) + " |")
+    print(f"({load()})")
 
 
 if __name__ == "__main__":

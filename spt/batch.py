@@ -51,7 +51,6 @@ from spt.provenance import (
     sha256_file,
     up_to_date,
 )
-from spt.report import write_batch_report
 from spt.schema import SPOT_COLUMNS, empty_table
 from spt.summary import MovieStages, pooled_stage_velocities
 
@@ -223,6 +222,7 @@ def process_one(
     report: ReportFrames | None = None,
     executor: Any = None,
     n_parts: int | None = None,
+    split_frames: bool = True,
     keep_result: bool = False,
 ) -> dict[str, Any]:
     """Process one movie and write its results; never raises for a bad movie.
@@ -252,8 +252,9 @@ def process_one(
             progress=progress,
             executor=executor,
             n_parts=n_parts,
+            split_frames=split_frames,
         )
-        write_results(result, folder.parent, config)
+        write_results(result, folder.parent, config, executor=executor)
     except SptInputError as err:
         return {**row, "status": "failed", "error": _one_line(str(err)), "seconds": _since(t0)}
     except OSError as err:  # unwritable output, disk full, a file vanishing mid-run
@@ -508,9 +509,12 @@ def write_batch_outputs(
         )
         for r in results
     ]
-    write_table(pooled_stage_velocities(stages), expected[0])
+    pooled = pooled_stage_velocities(stages)
+    write_table(pooled, expected[0])
     if config.output.report:
-        write_batch_report(results, out, summary_table=failed)
+        from spt.report import write_batch_report  # matplotlib: imported when needed
+
+        write_batch_report(results, out, summary_table=failed, velocities=pooled)
     text = json.dumps({"key": key, "created_utc": now_utc(), "spt": spt.__version__, **record})
     tmp = out / f".{BATCH_PROVENANCE_FILE}.tmp"
     tmp.write_text(text + "\n", encoding="utf-8")
@@ -623,15 +627,24 @@ def _queue_report(movie: str, done: int, total: int | None) -> None:
         _WORKER_QUEUE.put((movie, done, total))
 
 
+def _warm_up() -> None:
+    """A no-op task that makes the pool start its worker processes."""
+
+
 def _pool_task(job: MovieJob, out: Path, config: PipelineConfig) -> dict[str, Any]:
     return process_one(job, out, config, report=_queue_report)
 
 
 def _run_pool(jobs, out, config, workers, scheduler, progress, done) -> None:
-    """Local processes (``concurrent.futures``): one movie per worker, or frame ranges of each
-    movie when there are fewer movies than workers."""
+    """Local processes (``concurrent.futures``): one movie per worker or, when there are fewer
+    movies than workers, one movie at a time detected here in threads (one per core) with its
+    tracks segmented in parts on the workers."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["spt.batch"])
+    # Workers draw figures (of their own movies, or of a movie done here): matplotlib is
+    # imported once, in the forkserver.
+    ctx.set_forkserver_preload(
+        ["spt.batch", "spt.report", "matplotlib.figure", "matplotlib.backends.backend_agg"]
+    )
     queue = ctx.Queue()
     # N single-threaded workers on N cores, as Dask's nanny does: numerical libraries that
     # start one thread per core in every worker would oversubscribe the machine.
@@ -651,6 +664,9 @@ def _run_pool(jobs, out, config, workers, scheduler, progress, done) -> None:
         ) as pool:
             try:
                 if len(jobs) < workers:
+                    # Start the workers now: they import spt while this process detects.
+                    for _ in range(workers):
+                        pool.submit(_warm_up)
                     for k, job in enumerate(jobs):
                         row = process_one(
                             job,
@@ -659,6 +675,7 @@ def _run_pool(jobs, out, config, workers, scheduler, progress, done) -> None:
                             report=progress.frames,
                             executor=pool,
                             n_parts=4 * workers,
+                            split_frames=False,
                         )
                         done(k, row)
                 else:

@@ -5,7 +5,9 @@ The CLI, the batch runner (:mod:`spt.batch`) and the napari widget all call thes
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import json
 import math
 import mmap
@@ -14,6 +16,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +40,6 @@ from spt.io import (
 )
 from spt.link import link
 from spt.provenance import PROVENANCE_FILE, environment, file_record, now_utc
-from spt.report import write_movie_report
 from spt.schema import SPOT_COLUMNS, TRACK_COLUMNS, empty_table
 from spt.segment import segment_tracks
 from spt.stages import classify_stages
@@ -71,6 +73,8 @@ class MovieResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     masks_path: Path | None = None
     metadata_source: dict[str, str] = field(default_factory=dict)
+    #: Size and hash of the input files (:func:`input_records`), when already computed.
+    inputs: dict[str, Any] | None = None
 
 
 def movie_name(path: str | os.PathLike) -> str:
@@ -188,19 +192,42 @@ def analyze_tracks(
     pixel_size_um: float,
     frame_interval_s: float,
     masks: np.ndarray | None = None,
+    executor: Any = None,
+    n_parts: int | None = None,
 ) -> Analysis:
     """Segment tracks into motion states, classify delivery stages and summarise per stage.
 
     ``tracks`` is validated first (:func:`spt.io.check_track_table`): bad tables raise
     :class:`~spt.errors.SptInputError`; an empty table gives empty, headed results.
+
+    Parameters
+    ----------
+    executor : concurrent.futures.Executor or dask.distributed.Client, optional
+        Segment parts of the track table in parallel on it. Each part holds whole tracks and
+        each track is segmented on its own, so the results equal a serial run; the stage
+        classification (which pools all tracks for the localisation error) runs here.
+    n_parts : int, optional
+        Number of parts for ``executor`` (default: 4 per CPU of this machine).
     """
     tracks = check_track_table(tracks, "tracks")
     # Analysis solves many tiny linear systems: multi-threaded BLAS only adds overhead (3x
     # slower on 2 cores), so it runs single-threaded.
     with threadpool_limits(limits=1, user_api="blas"):
-        segmented, segments = segment_tracks(
-            tracks, config.segment, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
-        )
+        if executor is None or tracks["particle"].nunique() < 2:
+            segmented, segments = _segment_part(
+                tracks, config, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
+            )
+        else:
+            segmented, segments = _segment_parallel(
+                tracks,
+                config,
+                executor,
+                n_parts or 4 * (os.cpu_count() or 1),
+                pixel_size_um=pixel_size_um,
+                frame_interval_s=frame_interval_s,
+            )
+        del tracks  # this function's validated copy: each table is freed once it is used
+        release_free_memory()
         staged, segments = classify_stages(
             segmented,
             segments,
@@ -209,13 +236,67 @@ def analyze_tracks(
             pixel_size_um=pixel_size_um,
             frame_interval_s=frame_interval_s,
         )
-        velocities = stage_velocities(
-            staged, segments, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
-        )
+        del segmented
+        release_free_memory()
         columns = [c for c in TRACK_COLUMNS if c in staged] + [
             c for c in staged if c not in TRACK_COLUMNS
         ]
-        return Analysis(staged[columns], segments, velocities)
+        if list(staged.columns) != columns:
+            staged = staged[columns]
+        velocities = stage_velocities(
+            staged, segments, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
+        )
+        return Analysis(staged, segments, velocities)
+
+
+def _segment_part(
+    tracks: pd.DataFrame, config: PipelineConfig, *, pixel_size_um: float, frame_interval_s: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`spt.segment.segment_tracks` with single-threaded BLAS (also a worker task)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return segment_tracks(
+            tracks, config.segment, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
+        )
+
+
+def track_parts(particle: np.ndarray, n_parts: int) -> list[slice]:
+    """Split rows sorted by particle into at most ``n_parts`` row ranges of whole tracks.
+
+    The ranges hold about equal numbers of rows (segmentation time grows with track length).
+    """
+    starts = np.flatnonzero(np.r_[True, particle[1:] != particle[:-1]])
+    n_parts = max(1, min(n_parts, len(starts)))
+    targets = np.arange(1, n_parts) * len(particle) / n_parts
+    cuts = np.unique(starts[np.clip(np.searchsorted(starts, targets), 0, len(starts) - 1)])
+    bounds = [0, *[int(c) for c in cuts if c > 0], len(particle)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def _segment_parallel(
+    tracks: pd.DataFrame,
+    config: PipelineConfig,
+    executor: Any,
+    n_parts: int,
+    *,
+    pixel_size_um: float,
+    frame_interval_s: float,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    ordered = tracks.sort_values(["particle", "frame"], kind="stable", ignore_index=True)
+    parts = track_parts(ordered["particle"].to_numpy(), n_parts)
+    futures = [
+        executor.submit(
+            _segment_part,
+            ordered.iloc[part],
+            config,
+            pixel_size_um=pixel_size_um,
+            frame_interval_s=frame_interval_s,
+        )
+        for part in parts
+    ]
+    outcomes = [future.result() for future in futures]
+    segmented = pd.concat([o[0] for o in outcomes], ignore_index=True)
+    segments = pd.concat([o[1] for o in outcomes], ignore_index=True)
+    return segmented, segments
 
 
 def open_movie(path: str | os.PathLike, config: PipelineConfig) -> Movie:
@@ -238,6 +319,7 @@ def process_movie(
     progress: ProgressCallback | None = None,
     executor: Any = None,
     n_parts: int | None = None,
+    split_frames: bool = True,
 ) -> MovieResult:
     """Run the whole pipeline on one movie file and return its results (nothing is written).
 
@@ -255,11 +337,17 @@ def process_movie(
     progress : callable, optional
         ``progress(frames_done, n_frames)`` after each block of frames.
     executor : concurrent.futures.Executor or dask.distributed.Client, optional
-        Detect frame ranges of this movie in parallel on it (anything with ``submit(fn, *args)``
-        returning futures with ``result()``). Ranges follow the same chunk boundaries as a serial
-        run, so the spots are identical; linking and analysis then run here.
+        Detect frame ranges of this movie, and segment parts of its tracks, in parallel on it
+        (anything with ``submit(fn, *args, **kwargs)`` returning futures with ``result()``).
+        Ranges follow the same chunk boundaries as a serial run and parts hold whole tracks, so
+        the results are identical; linking and stage classification run here.
     n_parts : int, optional
-        Number of frame ranges for ``executor`` (default: 4 per CPU of this machine).
+        Number of frame ranges and track parts for ``executor`` (default: 4 per CPU of this
+        machine).
+    split_frames : bool
+        Detect frame ranges on ``executor``. False detects here, in threads (one per core, as
+        without executor), which is quicker when the executor's workers share this machine's
+        cores: the executor then only segments the tracks.
     """
     t0 = time.perf_counter()
     movie = open_movie(path, config)
@@ -267,34 +355,48 @@ def process_movie(
     masks = None
     if masks_path is not None:
         masks = read_masks(masks_path, shape=movie.shape, n_frames=movie.n_frames)
-    t1 = time.perf_counter()
-    if executor is None:
-        projection = np.full(movie.shape, -np.inf, dtype=np.float32)
-        spots = detect_chunks(
-            _stream(movie, config.movie.chunk_frames, projection),
-            config,
-            n_frames=movie.n_frames,
-            progress=progress,
+    # The input files are hashed (for the provenance) in a thread while the movie is analysed:
+    # file reads and SHA-256 release the GIL.
+    hasher = ThreadPoolExecutor(1, thread_name_prefix="spt-hash")
+    records = hasher.submit(input_records, path, masks_path)
+    try:
+        t1 = time.perf_counter()
+        if executor is None or not split_frames:
+            projection = np.full(movie.shape, -np.inf, dtype=np.float32)
+            spots = detect_chunks(
+                _stream(movie, config.movie.chunk_frames, projection),
+                config,
+                n_frames=movie.n_frames,
+                progress=progress,
+            )
+        else:
+            parts = n_parts or 4 * (os.cpu_count() or 1)
+            spots, projection = _detect_parallel(movie, config, executor, parts, progress)
+        release_free_memory()
+        t2 = time.perf_counter()
+        tracks = link(
+            spots,
+            config.link,
+            pixel_size_um=movie.pixel_size_um,
+            frame_interval_s=movie.frame_interval_s,
         )
-    else:
-        parts = n_parts or 4 * (os.cpu_count() or 1)
-        spots, projection = _detect_parallel(movie, config, executor, parts, progress)
-    t2 = time.perf_counter()
-    tracks = link(
-        spots,
-        config.link,
-        pixel_size_um=movie.pixel_size_um,
-        frame_interval_s=movie.frame_interval_s,
-    )
-    t3 = time.perf_counter()
-    analysis = analyze_tracks(
-        tracks,
-        config,
-        pixel_size_um=movie.pixel_size_um,
-        frame_interval_s=movie.frame_interval_s,
-        masks=masks,
-    )
-    t4 = time.perf_counter()
+        release_free_memory()
+        t3 = time.perf_counter()
+        analysis = analyze_tracks(
+            tracks,
+            config,
+            pixel_size_um=movie.pixel_size_um,
+            frame_interval_s=movie.frame_interval_s,
+            masks=masks,
+            executor=executor,
+            n_parts=n_parts,
+        )
+        release_free_memory()
+        t4 = time.perf_counter()
+        inputs = records.result()
+        t5 = time.perf_counter()
+    finally:
+        hasher.shutdown(wait=False, cancel_futures=True)
     return MovieResult(
         name=movie_name(path),
         source=Path(path),
@@ -305,10 +407,23 @@ def process_movie(
         n_frames=movie.n_frames,
         projection=projection,
         masks=masks,
-        timings_s=dict(read=t1 - t0, detect=t2 - t1, link=t3 - t2, analyze=t4 - t3),
+        timings_s=dict(
+            read=t1 - t0, detect=t2 - t1, link=t3 - t2, analyze=t4 - t3, hash_inputs=t5 - t4
+        ),
         masks_path=None if masks_path is None else Path(masks_path),
         metadata_source=dict(movie.metadata_source),
+        inputs=inputs,
     )
+
+
+def input_records(
+    movie: str | os.PathLike, masks: str | os.PathLike | None
+) -> dict[str, dict[str, Any] | None]:
+    """Provenance records (path, size, SHA-256) of a movie and its masks."""
+    return {
+        "movie": file_record(movie),
+        "masks": None if masks is None else file_record(masks),
+    }
 
 
 def frame_ranges(n_frames: int, chunk_frames: int, n_parts: int) -> list[tuple[int, int]]:
@@ -326,6 +441,27 @@ def _stream(movie: Movie, chunk_frames: int, projection: np.ndarray):
         np.maximum(projection, block.max(axis=0), out=projection)
         yield start, block
         _release_mapped_pages(movie.frames)
+
+
+@functools.cache
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc (macOS, Windows, musl)
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand memory that Python has freed back to the operating system (glibc only).
+
+    glibc keeps freed blocks (e.g. detection's per-chunk buffers, made in several threads)
+    in its heaps for reuse; between pipeline phases that would only inflate the resident size
+    of the next phase, so it is trimmed.
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def _release_mapped_pages(frames: Any) -> None:
@@ -428,6 +564,7 @@ def write_results(
     config: PipelineConfig,
     *,
     timings_s: dict[str, float] | None = None,
+    executor: Any = None,
 ) -> Path:
     """Write one movie's tables, figure, config and provenance to ``out_dir/<name>/``, atomically.
 
@@ -445,12 +582,12 @@ def write_results(
         The configuration used (tables are written as ``config.output.table_format``).
     timings_s : dict, optional
         Extra timings (s) to record besides ``result.timings_s``.
+    executor : concurrent.futures.Executor or dask.distributed.Client, optional
+        Draw the report's figures on it while the tables are written here (its workers must
+        see ``out_dir``).
     """
     t0 = time.perf_counter()
-    inputs = {
-        "movie": file_record(result.source),
-        "masks": None if result.masks_path is None else file_record(result.masks_path),
-    }
+    inputs = result.inputs or input_records(result.source, result.masks_path)
     t_hash = time.perf_counter() - t0
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -459,20 +596,28 @@ def write_results(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
+        finish_report = None
+        if config.output.report:
+            from spt.report import start_movie_report
+
+            finish_report = start_movie_report(
+                result, tmp, config_toml=config.to_toml(), executor=executor
+            )
         ext = "." + config.output.table_format
         a = result.analysis
         write_table(result.spots, tmp / f"spots{ext}")
         write_table(a.tracks, tmp / f"tracks{ext}")
         write_table(a.segments, tmp / f"segments{ext}")
         write_table(a.stage_velocities, tmp / f"stage_velocities{ext}")
-        if config.output.report:
-            write_movie_report(result, tmp, config_toml=config.to_toml())
+        if finish_report is not None:
+            finish_report()
         (tmp / "config.toml").write_text(
             f"# spt {spt.__version__} on {result.source}\n"
             f"# pixel_size_um = {result.pixel_size_um}, "
             f"frame_interval_s = {result.frame_interval_s}\n" + config.to_toml()
         )
-        timings = {**result.timings_s, **(timings_s or {}), "hash_inputs": t_hash}
+        timings = {"hash_inputs": 0.0, **result.timings_s, **(timings_s or {})}
+        timings["hash_inputs"] += t_hash  # time spent waiting for the hashes
         timings["write"] = time.perf_counter() - t0 - t_hash
         _write_provenance(tmp, result, config, inputs, timings)
         if final.exists():

@@ -1,21 +1,24 @@
 """Figures of the per-stage results: tracks by stage, speeds, MSD per state, stage transitions.
 
 Each ``figure_*`` function returns a matplotlib Figure (built without pyplot, so no global
-backend is touched); :func:`save_figure` writes it as PNG and SVG.
+backend is touched); :func:`save_figure` writes it as PNG and SVG. Matplotlib is imported when
+a figure is drawn, so the colours can be used without it.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib.collections import LineCollection
-from matplotlib.figure import Figure
 
-from spt.msd import msd_curve
 from spt.schema import MASK_LABELS, STAGES, STATES
+from spt.summary import by_track
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 __all__ = [
     "STAGE_COLORS",
@@ -43,14 +46,64 @@ _MASK_OUTLINES = (
 )
 
 
-def save_figure(fig: Figure, stem: str | os.PathLike, formats=("png", "svg")) -> list[Path]:
-    """Write ``fig`` as ``<stem>.png`` and ``<stem>.svg`` (or the given formats)."""
+def save_figure(
+    fig: Figure, stem: str | os.PathLike, formats=("png", "svg"), *, dpi: int = 120
+) -> list[Path]:
+    """Write ``fig`` as ``<stem>.png`` and ``<stem>.svg`` (or the given formats).
+
+    Dense artists (track lines) are marked rasterised by the ``figure_*`` functions, so the SVG
+    embeds them as an image at ``dpi`` and stays small and quick to write and to open.
+    """
     paths = []
     for fmt in formats:
         path = Path(f"{stem}.{fmt}")
-        fig.savefig(path, dpi=120 if fmt == "png" else None)
+        fig.savefig(path, dpi=dpi)
         paths.append(path)
     return paths
+
+
+def _plain_log_ticks(axis) -> None:
+    """Label a log axis ``0.1, 1, 10`` in plain text, without minor ticks.
+
+    Mathtext labels (``10^-1``) cost ~25 ms each to lay out and the minor ticks of a log axis
+    are dozens of artists per axis; the decades alone read as well.
+    """
+    from matplotlib.ticker import FuncFormatter, NullLocator
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    axis.set_minor_locator(NullLocator())
+
+
+def _track_polylines(tracks: pd.DataFrame) -> tuple[list[np.ndarray], np.ndarray]:
+    """One polyline per run of consecutive steps of a track in one stage, and its stage.
+
+    A step takes the stage of its end point, as in the tables; each polyline starts at the point
+    before its first step, so consecutive runs of a track join up.
+    """
+    t = by_track(tracks, ["x", "y", "stage"])
+    particle = t["particle"].to_numpy()
+    xy = t[["x", "y"]].to_numpy(float)
+    stage = t["stage"].to_numpy(object)
+    step = np.flatnonzero(particle[1:] == particle[:-1])  # step i joins points i and i + 1
+    if step.size == 0:
+        return [], np.zeros(0, object)
+    step_stage = stage[step + 1]
+    new = np.r_[True, (np.diff(step) != 1) | (step_stage[1:] != step_stage[:-1])]
+    first = step[new]
+    last = np.r_[step[np.flatnonzero(new)[1:] - 1], step[-1]]
+    lines = [xy[a : b + 2] for a, b in zip(first, last, strict=True)]
+    return lines, step_stage[new]
+
+
+def _subsample_tracks(tracks: pd.DataFrame, max_points: int) -> tuple[pd.DataFrame, int]:
+    """Whole tracks drawn at random (seeded) up to about ``max_points`` points, for plotting."""
+    sizes = tracks.groupby("particle", sort=True).size()
+    if sizes.sum() <= max_points:
+        return tracks, len(sizes)
+    order = np.random.default_rng(0).permutation(len(sizes))
+    keep = order[: max(1, int(np.searchsorted(np.cumsum(sizes.to_numpy()[order]), max_points)))]
+    chosen = sizes.index.to_numpy()[np.sort(keep)]
+    return tracks[tracks["particle"].isin(chosen)], len(sizes)
 
 
 def figure_tracks_by_stage(
@@ -60,6 +113,7 @@ def figure_tracks_by_stage(
     pixel_size_um: float,
     masks: np.ndarray | None = None,
     title: str = "",
+    max_points: int = 300_000,
 ) -> Figure:
     """Tracks drawn over ``projection``, each step coloured by its stage.
 
@@ -76,10 +130,16 @@ def figure_tracks_by_stage(
         first plane of per-frame masks).
     title : str
         Figure title.
+    max_points : int
+        With more track points than this, whole tracks drawn at random (seeded) up to about
+        this many points are shown, and the title says how many.
     """
     h, w = projection.shape
+    from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7, 7 * h / w + 0.6))
-    ax = fig.add_subplot()
+    ax = fig.add_axes((0.01, 0.01, 0.98, 1 - 0.01 - 0.5 / (7 * h / w + 0.6)))
     lo, hi = np.percentile(projection, [1, 99.8]) if projection.size else (0, 1)
     ax.imshow(projection, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
     if masks is not None:
@@ -89,20 +149,20 @@ def figure_tracks_by_stage(
             if region.any() and not region.all():
                 ax.contour(region, levels=[0.5], colors=colour, linewidths=0.6, linestyles=":")
     if len(tracks):
-        t = tracks.sort_values(["particle", "frame"])
-        same = t["particle"].to_numpy()[1:] == t["particle"].to_numpy()[:-1]
-        xy = t[["x", "y"]].to_numpy(float)
-        segments = np.stack([xy[:-1][same], xy[1:][same]], axis=1)
-        stages = t["stage"].to_numpy()[1:][same]
+        shown, n_tracks = _subsample_tracks(tracks, max_points)
+        if len(shown) < len(tracks):
+            title = f"{title} ({shown['particle'].nunique()} of {n_tracks} tracks shown)"
+        lines, line_stage = _track_polylines(shown)
         for stage in STAGES:
-            sel = stages == stage
-            if sel.any():
-                ax.add_collection(
-                    LineCollection(
-                        segments[sel], colors=STAGE_COLORS[stage], linewidths=1.2, label=stage
-                    )
+            sel = np.flatnonzero(line_stage == stage)
+            if sel.size:
+                collection = LineCollection(
+                    [lines[i] for i in sel], colors=STAGE_COLORS[stage], linewidths=1.2, label=stage
                 )
-        ax.legend(loc="upper right", fontsize=7, framealpha=0.7)
+                collection.set_rasterized(True)
+                ax.add_collection(collection)
+        if ax.collections:
+            ax.legend(loc="upper right", fontsize=7, framealpha=0.7)
     bar_um = max(1, round(w * pixel_size_um / 5))
     ax.plot([w * 0.05, w * 0.05 + bar_um / pixel_size_um], [h * 0.95] * 2, color="white", lw=3)
     ax.text(w * 0.05, h * 0.93, f"{bar_um} um", color="white")
@@ -110,7 +170,6 @@ def figure_tracks_by_stage(
     ax.set_ylim(h - 0.5, -0.5)
     ax.set_axis_off()
     ax.set_title(title)
-    fig.tight_layout()
     return fig
 
 
@@ -141,7 +200,12 @@ def figure_speed_distributions(steps: pd.DataFrame, velocities: pd.DataFrame) ->
         The stage velocity table (``stage, median_speed_um_s, noise_floor_um_s,
         median_run_speed_um_s``).
     """
-    fig = Figure(figsize=(7, 1.3 * len(STAGES) + 0.8))
+    height = 1.3 * len(STAGES) + 0.8
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, height))
+    # fixed margins: tight_layout would measure every tick label of six axes on each save
+    fig.subplots_adjust(left=0.17, right=0.97, top=1 - 0.45 / height, bottom=0.5 / height)
     axes = fig.subplots(len(STAGES), 1, sharex=True)
     speeds = steps["speed_um_s"].to_numpy(float)
     positive = speeds[speeds > 0]
@@ -154,7 +218,7 @@ def figure_speed_distributions(steps: pd.DataFrame, velocities: pd.DataFrame) ->
         s = s[s > 0]
         colour = STAGE_COLORS[stage]
         if s.size:
-            ax.hist(s, bins=bins, color=colour, alpha=0.8)
+            ax.stairs(np.histogram(s, bins=bins)[0], bins, fill=True, color=colour, alpha=0.8)
         else:
             ax.text(0.5, 0.5, "no steps", transform=ax.transAxes, ha="center", va="center")
         row = table.loc[stage] if stage in table.index else None
@@ -165,6 +229,7 @@ def figure_speed_distributions(steps: pd.DataFrame, velocities: pd.DataFrame) ->
         if row is not None and np.isfinite(row["median_run_speed_um_s"]):
             ax.axvline(row["median_run_speed_um_s"], color=colour, ls=":", lw=1.5, label="run")
         ax.set_xscale("log")
+        _plain_log_ticks(ax.xaxis)
         ax.set_ylabel(stage.replace("_", "\n"), rotation=0, ha="right", va="center", fontsize=8)
         ax.tick_params(labelsize=7)
     if axes[0].get_legend_handles_labels()[0]:  # nothing to label for a movie without tracks
@@ -175,7 +240,6 @@ def figure_speed_distributions(steps: pd.DataFrame, velocities: pd.DataFrame) ->
         "net run speed (dotted)",
         fontsize=9,
     )
-    fig.tight_layout()
     return fig
 
 
@@ -190,8 +254,8 @@ def figure_msd_by_state(
 ) -> Figure:
     """Ensemble MSD of each motion state against lag time (log-log).
 
-    The time-averaged MSD of every segment (gap-aware, :func:`spt.msd.msd_curve`) is pooled per
-    state, weighted by the number of displacements at each lag. Free diffusion has slope 1,
+    The time-averaged MSD of every segment (gap-aware, as :func:`spt.msd.msd_curve`) is pooled
+    per state, weighted by the number of displacements at each lag. Free diffusion has slope 1,
     directed motion tends to 2, confined motion flattens; the offset at short lags is the
     localisation noise ``4 sigma^2`` (Michalet, PRE 82, 041914, 2010).
 
@@ -208,27 +272,17 @@ def figure_msd_by_state(
     localization_error_um : float, optional
         Draws the noise level ``4 sigma^2`` when given.
     """
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6, 4.5))
+    fig.subplots_adjust(left=0.14, right=0.97, top=0.92, bottom=0.12)
     ax = fig.add_subplot()
-    sums = {s: np.zeros(max_lag + 1) for s in STATES}
-    counts = {s: np.zeros(max_lag + 1) for s in STATES}
-    n_segments = {s: np.zeros(max_lag + 1) for s in STATES}
-    keys = ["particle", "segment"] if "segment" in tracks else ["particle"]
-    for _, g in tracks.groupby(keys, sort=False):
-        state = g["state"].iloc[0]
-        if state not in sums or len(g) < 3:
-            continue
-        lags, msd, n = msd_curve(
-            g["frame"].to_numpy(), g["x"].to_numpy(float), g["y"].to_numpy(float), max_lag
-        )
-        sums[state][lags] += msd * n
-        counts[state][lags] += n
-        n_segments[state][lags] += 1
-    for state in STATES:
-        ok = n_segments[state] >= min_segments
+    sums, counts, n_segments = _pooled_msd(tracks, max_lag)
+    for k, state in enumerate(STATES):
+        ok = n_segments[k] >= min_segments
         if ok.any():
             lag_s = np.flatnonzero(ok) * frame_interval_s
-            msd_um2 = sums[state][ok] / counts[state][ok] * pixel_size_um**2
+            msd_um2 = sums[k][ok] / counts[k][ok] * pixel_size_um**2
             ax.loglog(lag_s, msd_um2, "o-", ms=3, color=STATE_COLORS[state], label=state)
     if localization_error_um is not None and np.isfinite(localization_error_um):
         ax.axhline(4 * localization_error_um**2, color="grey", ls="--", lw=1, label="4 sigma^2")
@@ -237,8 +291,49 @@ def figure_msd_by_state(
     ax.set_xlabel("lag time (s)")
     ax.set_ylabel("MSD (um^2)")
     ax.set_title("Mean squared displacement per motion state", fontsize=10)
-    fig.tight_layout()
+    _plain_log_ticks(ax.xaxis)
+    _plain_log_ticks(ax.yaxis)
     return fig
+
+
+def _pooled_msd(tracks: pd.DataFrame, max_lag: int) -> tuple[np.ndarray, ...]:
+    """Squared-displacement sums, pair counts and segment counts per (state, lag in frames).
+
+    Gap-aware like :func:`spt.msd.msd_curve`: the lag of a pair is the difference of its frame
+    numbers. Segments of fewer than 3 points or without a known state are left out. Each
+    returned array has shape ``(len(STATES), max_lag + 1)``.
+    """
+    shape = (len(STATES), max_lag + 1)
+    sums, counts, n_segments = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    if tracks.empty:
+        return sums, counts, n_segments
+    keys = ["particle", "segment"] if "segment" in tracks else ["particle"]
+    t = tracks.sort_values([*keys, "frame"], kind="stable")
+    code = t.groupby(keys, sort=False).ngroup().to_numpy()
+    frame = t["frame"].to_numpy(np.int64)
+    xy = t[["x", "y"]].to_numpy(float)
+    first = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+    state_of = pd.Index(STATES).get_indexer(t["state"].to_numpy(object)[first])
+    size = np.diff(np.r_[first, len(t)])
+    usable = (state_of >= 0) & (size >= 3)
+    reached = np.zeros((len(first), max_lag + 1), bool)
+    # Consecutive frames differ by >= 1, so a pair at most max_lag frames apart is at most
+    # max_lag rows apart: one vectorised pass per row offset finds every pair.
+    for offset in range(1, min(max_lag, len(t) - 1) + 1):
+        a, b = code[:-offset], code[offset:]
+        lag = frame[offset:] - frame[:-offset]
+        ok = (a == b) & (lag <= max_lag) & usable[a]
+        if not ok.any():
+            continue
+        seg, lag = a[ok], lag[ok]
+        d = xy[offset:][ok] - xy[:-offset][ok]
+        flat = state_of[seg] * (max_lag + 1) + lag
+        sums += np.bincount(flat, weights=np.sum(d * d, axis=1), minlength=sums.size).reshape(shape)
+        counts += np.bincount(flat, minlength=counts.size).reshape(shape)
+        reached[seg, lag] = True
+    for k in range(len(STATES)):
+        n_segments[k] = reached[state_of == k].sum(axis=0)
+    return sums, counts, n_segments
 
 
 def figure_stage_transitions(transitions: pd.DataFrame) -> Figure:
@@ -252,7 +347,10 @@ def figure_stage_transitions(transitions: pd.DataFrame) -> Figure:
         .fillna(0)
         .to_numpy()
     )
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6, 5))
+    fig.subplots_adjust(left=0.2, right=0.98, top=0.93, bottom=0.2)
     ax = fig.add_subplot()
     image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(matrix.max(), 1))
     for i in range(len(STAGES)):
@@ -269,11 +367,10 @@ def figure_stage_transitions(transitions: pd.DataFrame) -> Figure:
                     color="white" if dark else "black",
                 )
     labels = [s.replace("_", "\n") for s in STAGES]
-    ax.set_xticks(range(len(STAGES)), labels, fontsize=7)
+    ax.set_xticks(range(len(STAGES)), labels, fontsize=7, rotation=35, ha="right")
     ax.set_yticks(range(len(STAGES)), labels, fontsize=7)
     ax.set_xlabel("to stage")
     ax.set_ylabel("from stage")
     ax.set_title("Stage transitions within tracks (counts)", fontsize=10)
     fig.colorbar(image, ax=ax, shrink=0.8)
-    fig.tight_layout()
     return fig

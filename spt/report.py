@@ -9,34 +9,28 @@ from __future__ import annotations
 import base64
 import html
 import importlib.util
-import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 import spt
+from spt import plot
 from spt.io import write_table
-from spt.plot import (
-    STAGE_COLORS,
-    figure_msd_by_state,
-    figure_speed_distributions,
-    figure_stage_transitions,
-    figure_tracks_by_stage,
-    save_figure,
-)
+from spt.plot import STAGE_COLORS, save_figure
 from spt.schema import STAGES
 from spt.stages import estimate_localization_error_um
 from spt.summary import MovieStages, StageSummary, column_descriptions, stage_summary
 
 if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
     from spt.pipeline import MovieResult
 
-__all__ = ["write_batch_report", "write_movie_report"]
+__all__ = ["start_movie_report", "write_batch_report", "write_movie_report"]
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222;
@@ -87,12 +81,15 @@ def _write_tables(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path]:
 
 
 def _embed(fig: Figure, stem: Path) -> str:
-    """Save ``fig`` as PNG + SVG beside the report and return it as an embedded <img>."""
-    save_figure(fig, stem)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    """Save ``fig`` as PNG + SVG beside the report and return the PNG as an embedded <img>."""
+    png, _svg = save_figure(fig, stem)
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(stem.name)}" src="data:image/png;base64,{data}">'
+
+
+def _draw(figure: str, args: tuple, kwargs: dict, stem: Path) -> str:
+    """Draw ``spt.plot.<figure>(*args, **kwargs)``, save it and return its <img> (a task)."""
+    return _embed(getattr(plot, figure)(*args, **kwargs), stem)
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -193,7 +190,7 @@ def _tables_section(summary: StageSummary, velocities: pd.DataFrame) -> str:
 
 
 def write_movie_report(
-    result: MovieResult, folder: str | os.PathLike, *, config_toml: str = ""
+    result: MovieResult, folder: str | os.PathLike, *, config_toml: str = "", executor: Any = None
 ) -> list[Path]:
     """Write a movie's per-stage tables, figures and ``report.html`` into ``folder``.
 
@@ -211,43 +208,90 @@ def write_movie_report(
         Existing output folder of the movie.
     config_toml : str
         The run's configuration, shown in the report.
+    executor : concurrent.futures.Executor or dask.distributed.Client, optional
+        Draw the four figures on it, in parallel (its workers must see ``folder``).
 
     Returns
     -------
     list of Path
         The files written.
     """
+    return start_movie_report(result, folder, config_toml=config_toml, executor=executor)()
+
+
+def start_movie_report(
+    result: MovieResult, folder: str | os.PathLike, *, config_toml: str = "", executor: Any = None
+) -> Callable[[], list[Path]]:
+    """Start :func:`write_movie_report`: write its tables and send its figures to ``executor``.
+
+    Returns a function that waits for the figures, writes ``report.html`` and returns the files
+    written, so that other work (e.g. the movie's own tables) can be done in between.
+    """
     folder = Path(folder)
     a = result.analysis
     px, dt = result.pixel_size_um, result.frame_interval_s
-    movie = MovieStages(a.tracks, a.segments, px, dt, name=result.name)
-    summary = stage_summary([movie])
-    velocities = a.stage_velocities if len(a.stage_velocities) else summary.velocities
     sigma = (
         estimate_localization_error_um(a.tracks, pixel_size_um=px)
         if len(a.tracks)
         else float("nan")
     )
+    movie = MovieStages(a.tracks, a.segments, px, dt, name=result.name, localization_error_um=sigma)
+    # The analysis already holds the stage velocity table: reuse it (no second bootstrap).
+    known = a.stage_velocities if len(a.stage_velocities) else None
+    summary = stage_summary([movie], velocities=known)
+    velocities = summary.velocities
     written = _write_tables(
         {"stage_dwells": summary.dwells, "stage_transitions": summary.transitions}, folder
     )
     written.append(write_table(column_descriptions(), folder / "stage_velocities_columns.csv"))
     if _parquet_available():
         written.append(write_table(velocities, folder / "stage_velocities.parquet"))
+    plane = result.masks[0] if result.masks is not None and result.masks.ndim == 3 else result.masks
+    state_keys = [c for c in ("particle", "segment", "frame", "x", "y", "state") if c in a.tracks]
+    # (figure function, arguments, keywords): only the columns each figure draws are sent
     figures = {
-        "tracks_by_stage": figure_tracks_by_stage(
-            result.projection,
-            a.tracks,
-            pixel_size_um=px,
-            masks=result.masks,
-            title=f"{result.name}: tracks by delivery stage",
+        "tracks_by_stage": (
+            "figure_tracks_by_stage",
+            (result.projection, a.tracks[["particle", "frame", "x", "y", "stage"]]),
+            {
+                "pixel_size_um": px,
+                "masks": plane,
+                "title": f"{result.name}: tracks by delivery stage",
+            },
         ),
-        "speed_by_stage": figure_speed_distributions(summary.steps, velocities),
-        "msd_by_state": figure_msd_by_state(
-            a.tracks, pixel_size_um=px, frame_interval_s=dt, localization_error_um=sigma
+        "speed_by_stage": (
+            "figure_speed_distributions",
+            (summary.steps[["stage", "speed_um_s"]], velocities),
+            {},
         ),
-        "stage_transitions": figure_stage_transitions(summary.transitions),
+        "msd_by_state": (
+            "figure_msd_by_state",
+            (a.tracks[state_keys],),
+            {"pixel_size_um": px, "frame_interval_s": dt, "localization_error_um": sigma},
+        ),
+        "stage_transitions": ("figure_stage_transitions", (summary.transitions,), {}),
     }
+    if executor is None:
+        drawn = {n: _draw(*job, folder / n) for n, job in figures.items()}
+    else:
+        drawn = {n: executor.submit(_draw, *job, folder / n) for n, job in figures.items()}
+    return lambda: _finish_movie_report(
+        result, folder, config_toml, summary, velocities, sigma, drawn, written
+    )
+
+
+def _finish_movie_report(
+    result: MovieResult,
+    folder: Path,
+    config_toml: str,
+    summary: StageSummary,
+    velocities: pd.DataFrame,
+    sigma: float,
+    drawn: dict[str, Any],
+    written: list[Path],
+) -> list[Path]:
+    a = result.analysis
+    px, dt = result.pixel_size_um, result.frame_interval_s
     captions = {
         "tracks_by_stage": "Tracks over the movie's maximum projection, coloured by stage "
         "(dotted outlines: vessel red, cells blue, nuclei lilac, when masks were given).",
@@ -256,10 +300,8 @@ def write_movie_report(
         "directed, flattening when confined; the dashed line is the localisation-noise offset.",
         "stage_transitions": "Stage transitions within tracks.",
     }
-    embedded = {}
-    for name, fig in figures.items():
-        embedded[name] = _embed(fig, folder / name)
-        written += [folder / f"{name}.png", folder / f"{name}.svg"]
+    embedded = {n: d if isinstance(d, str) else d.result() for n, d in drawn.items()}
+    written += [folder / f"{n}.{fmt}" for n in embedded for fmt in ("png", "svg")]
     n_tracks = int(a.tracks["particle"].nunique()) if len(a.tracks) else 0
     overview = (
         "<table>"
@@ -303,6 +345,7 @@ def write_batch_report(
     out_dir: str | os.PathLike,
     *,
     summary_table: pd.DataFrame | None = None,
+    velocities: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Write the pooled per-stage tables, figures and ``batch_report.html`` into ``out_dir``.
 
@@ -319,6 +362,9 @@ def write_batch_report(
         The batch output folder (movie folders inside).
     summary_table : DataFrame, optional
         Per-movie status table (``movie, status, error``...) listing failed movies too.
+    velocities : DataFrame, optional
+        The pooled stage velocity table of these movies, if already computed
+        (:func:`spt.summary.pooled_stage_velocities`); computed otherwise.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -328,16 +374,18 @@ def write_batch_report(
         )
         for r in results
     ]
-    summary = stage_summary(movies)
+    summary = stage_summary(movies, velocities=velocities)
     written = _write_tables(
         {"stage_dwells": summary.dwells, "stage_transitions": summary.transitions}, out
     )
     if _parquet_available():
         written.append(write_table(summary.velocities, out / "stage_velocities.parquet"))
     speeds = _embed(
-        figure_speed_distributions(summary.steps, summary.velocities), out / "speed_by_stage"
+        plot.figure_speed_distributions(summary.steps, summary.velocities), out / "speed_by_stage"
     )
-    transitions = _embed(figure_stage_transitions(summary.transitions), out / "stage_transitions")
+    transitions = _embed(
+        plot.figure_stage_transitions(summary.transitions), out / "stage_transitions"
+    )
     written += [
         out / f"{n}.{f}" for n in ("speed_by_stage", "stage_transitions") for f in ("png", "svg")
     ]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numba import njit
 
 from spt.schema import STAGE_VELOCITY_COLUMNS, STAGES
 from spt.stages import estimate_localization_error_um
@@ -19,6 +20,7 @@ __all__ = [
     "STAGE_TABLE_COLUMNS",
     "MovieStages",
     "StageSummary",
+    "by_track",
     "column_descriptions",
     "dwell_times",
     "pooled_stage_velocities",
@@ -162,6 +164,16 @@ class StageSummary:
 # ----------------------------------------------------------------------------- building blocks
 
 
+def by_track(tracks: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``tracks[columns]`` sorted by ``particle, frame`` (stable), without sorting a table
+    that already is (as the pipeline's are): only the columns needed are copied."""
+    columns = [c for c in dict.fromkeys(["particle", "frame", *columns]) if c in tracks]
+    p, f = tracks["particle"].to_numpy(), tracks["frame"].to_numpy()
+    if len(p) < 2 or bool(np.all((p[1:] > p[:-1]) | ((p[1:] == p[:-1]) & (f[1:] > f[:-1])))):
+        return tracks[columns]
+    return tracks[columns].sort_values(["particle", "frame"], kind="stable")
+
+
 def step_speeds(
     tracks: pd.DataFrame, *, pixel_size_um: float, frame_interval_s: float
 ) -> pd.DataFrame:
@@ -177,7 +189,7 @@ def step_speeds(
         ``particle, frame`` (end frame), ``stage`` and ``state`` (of the end point, when the
         tracks have them), ``gap_frames``, ``within_stage``, ``speed_um_s``.
     """
-    t = tracks.sort_values(["particle", "frame"])
+    t = by_track(tracks, ["x", "y", "stage", "state"])
     p, f = t["particle"].to_numpy(), t["frame"].to_numpy()
     keep = p[1:] == p[:-1]
     d = np.diff(t[["x", "y"]].to_numpy(float), axis=0)[keep]
@@ -216,7 +228,7 @@ def dwell_times(tracks: pd.DataFrame, *, frame_interval_s: float) -> pd.DataFram
     columns = ["particle", "stage", "start_frame", "end_frame", "n_points", "dwell_s", "censored"]
     if tracks.empty:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-    t = tracks.sort_values(["particle", "frame"])
+    t = by_track(tracks, ["stage"])
     p, stage = t["particle"].to_numpy(), t["stage"].to_numpy()
     new = np.r_[True, (p[1:] != p[:-1]) | (stage[1:] != stage[:-1])]
     run = np.cumsum(new) - 1
@@ -273,31 +285,62 @@ def _cluster_bootstrap_ci(
 
     Steps of one track are correlated, so tracks, not steps, are drawn with replacement
     (cluster bootstrap; Field & Welsh, J R Stat Soc B 69:369, 2007). NaN with < 2 clusters.
+    A resample is a vector of draw counts per cluster: the mean is then computed from the
+    clusters' sums and sizes, the median by one walk along the sorted values, so time is
+    O(resamples x (clusters + steps)) and memory O(clusters), however many steps a batch has.
     """
     codes, uniques = pd.factorize(clusters)
     k = len(uniques)
     if k < 2 or values.size == 0:
         return float("nan"), float("nan")
-    order = np.argsort(values, kind="stable")
-    sorted_values, sorted_codes = values[order], codes[order]
-    estimates = []
-    # Resamples are weighted in blocks of at most ~4 million (resample, step) weights, so memory
-    # stays bounded however many steps a batch has.
-    block = int(np.clip(4_000_000 // max(values.size, 1), 1, 100))
+    sizes = np.bincount(codes, minlength=k).astype(float)
+    if statistic == "mean":
+        sums = np.bincount(codes, weights=values, minlength=k)
+    else:
+        order = np.argsort(values, kind="stable")
+        sorted_values, sorted_codes = values[order], codes[order]
+    estimates = np.empty(_N_BOOT)
+    # Draw counts are made in blocks of at most ~4 million (resample, cluster) cells.
+    block = int(np.clip(4_000_000 // k, 1, 100))
     for start in range(0, _N_BOOT, block):
         b = min(block, _N_BOOT - start)
         draws = rng.integers(0, k, size=(b, k))
-        weights = np.zeros((b, k))
-        np.add.at(weights, (np.repeat(np.arange(b), k), draws.ravel()), 1.0)
-        w = weights[:, sorted_codes]
-        total = w.sum(axis=1)
+        weights = np.bincount((draws + k * np.arange(b)[:, None]).ravel(), minlength=b * k).reshape(
+            b, k
+        )
         if statistic == "mean":
-            estimates.append(w @ sorted_values / total)
+            estimates[start : start + b] = (weights @ sums) / (weights @ sizes)
         else:
-            cum = np.cumsum(w, axis=1)
-            estimates.append(sorted_values[np.argmax(cum >= total[:, None] / 2, axis=1)])
-    lo, hi = np.percentile(np.concatenate(estimates), [2.5, 97.5])
+            totals = weights @ sizes  # resampled steps
+            estimates[start : start + b] = _weighted_medians(
+                sorted_values, sorted_codes, weights, totals
+            )
+    lo, hi = np.percentile(estimates, [2.5, 97.5])
     return float(lo), float(hi)
+
+
+@njit(cache=True)
+def _weighted_medians(
+    sorted_values: np.ndarray, sorted_codes: np.ndarray, weights: np.ndarray, totals: np.ndarray
+) -> np.ndarray:  # pragma: no cover - compiled
+    """For each row of ``weights`` (count per cluster), the weighted median of the values.
+
+    ``totals`` holds each row's total weight over the values (draw counts x cluster sizes).
+
+    The first sorted value at which the cumulative weight reaches half the total (the lower
+    median of the resampled steps).
+    """
+    out = np.empty(weights.shape[0])
+    for r in range(weights.shape[0]):
+        half = totals[r] / 2
+        acc = 0.0
+        out[r] = sorted_values[-1]
+        for j in range(sorted_values.size):
+            acc += weights[r, sorted_codes[j]]
+            if acc >= half:
+                out[r] = sorted_values[j]
+                break
+    return out
 
 
 def _velocity_row(
@@ -353,7 +396,9 @@ def _velocity_row(
 # ----------------------------------------------------------------------------- tables
 
 
-def stage_summary(movies: Sequence[MovieStages], *, seed: int = 0) -> StageSummary:
+def stage_summary(
+    movies: Sequence[MovieStages], *, seed: int = 0, velocities: pd.DataFrame | None = None
+) -> StageSummary:
     """Per-stage velocity, dwell and transition tables of one movie or pooled over several.
 
     Pooling concatenates the steps, segments and stays of all movies; tracks are told apart by
@@ -366,6 +411,9 @@ def stage_summary(movies: Sequence[MovieStages], *, seed: int = 0) -> StageSumma
         Classified tracks and calibration of each movie.
     seed : int
         Seed of the bootstrap (1000 resamples), for reproducible intervals.
+    velocities : DataFrame, optional
+        The velocity table of these same movies, already computed (e.g. by the analysis): it is
+        returned as is instead of being computed again (the bootstrap is the costly part).
 
     Returns
     -------
@@ -377,24 +425,39 @@ def stage_summary(movies: Sequence[MovieStages], *, seed: int = 0) -> StageSumma
         noise_floor_um_s``).
     """
     steps, segments, dwells, points = [], [], [], []
+    n_clusters = 0
     for k, m in enumerate(movies):
         if m.tracks.empty:
             continue
         movie = m.name or str(k)
+        # Clusters of the bootstrap (tracks, told apart by movie) as integers: one code per
+        # (movie, particle), cheaper than pairs for millions of steps.
+        particles = pd.Index(pd.unique(m.tracks["particle"]))
+        cluster_base, n_clusters = n_clusters, n_clusters + len(particles)
+
+        def cluster(table: pd.DataFrame, base: int = cluster_base, index=particles) -> np.ndarray:
+            return index.get_indexer(table["particle"]) + base
+
         sigma = m.localization_error_um
         if sigma is None:
             sigma = estimate_localization_error_um(m.tracks, pixel_size_um=m.pixel_size_um)
         s = step_speeds(
             m.tracks, pixel_size_um=m.pixel_size_um, frame_interval_s=m.frame_interval_s
         )
+        s = _frame_to_frame(s)
         steps.append(
-            s.assign(movie=movie, noise_floor_um_s=np.sqrt(2) * sigma / m.frame_interval_s)
+            s.assign(
+                movie=movie,
+                noise_floor_um_s=np.sqrt(2) * sigma / m.frame_interval_s,
+                cluster=cluster(s),
+            )
         )
-        segments.append(m.segments.assign(movie=movie))
-        dwells.append(
-            dwell_times(m.tracks, frame_interval_s=m.frame_interval_s).assign(movie=movie)
+        segments.append(m.segments.assign(movie=movie, cluster=cluster(m.segments)))
+        d = dwell_times(m.tracks, frame_interval_s=m.frame_interval_s)
+        dwells.append(d.assign(movie=movie, cluster=cluster(d)))
+        points.append(
+            m.tracks[["particle", "stage"]].assign(movie=movie, cluster=cluster(m.tracks))
         )
-        points.append(m.tracks[["particle", "stage"]].assign(movie=movie))
     if not points:  # no tracks at all: the same tables, empty
         no_tracks = pd.DataFrame(
             {c: pd.Series(dtype=object) for c in ("particle", "frame", "x", "y", "stage")}
@@ -417,22 +480,26 @@ def stage_summary(movies: Sequence[MovieStages], *, seed: int = 0) -> StageSumma
     segments_t = pd.concat(segments)
     dwells_t, points_t = pd.concat(dwells, ignore_index=True), pd.concat(points)
     for table in (steps_t, segments_t, dwells_t, points_t):
-        table["cluster"] = list(zip(table["movie"], table["particle"], strict=True))
-    rng = np.random.default_rng(seed)
-    rows = [
-        _velocity_row(
-            stage,
-            points_t[points_t["stage"] == stage],
-            steps_t[steps_t["stage"] == stage],
-            segments_t[segments_t["stage"] == stage],
-            dwells_t[dwells_t["stage"] == stage],
-            rng,
+        if "cluster" not in table:  # the empty tables
+            table["cluster"] = pd.Series(dtype="int64")
+    if velocities is None:
+        rng = np.random.default_rng(seed)
+        rows = [
+            _velocity_row(
+                stage,
+                points_t[points_t["stage"] == stage],
+                steps_t[steps_t["stage"] == stage],
+                segments_t[segments_t["stage"] == stage],
+                dwells_t[dwells_t["stage"] == stage],
+                rng,
+            )
+            for stage in STAGES
+            if (points_t["stage"] == stage).any()
+        ]
+        velocities = pd.DataFrame(rows, columns=list(STAGE_TABLE_COLUMNS))
+        velocities = velocities.astype(
+            {c: "int64" for c in _INT_COLUMNS} | {"noise_dominated": bool}
         )
-        for stage in STAGES
-        if (points_t["stage"] == stage).any()
-    ]
-    velocities = pd.DataFrame(rows, columns=list(STAGE_TABLE_COLUMNS))
-    velocities = velocities.astype({c: "int64" for c in _INT_COLUMNS} | {"noise_dominated": bool})
     dwells_t = dwells_t.drop(columns="cluster")
     return StageSummary(
         velocities=velocities,

@@ -273,12 +273,18 @@ def test_two_local_workers_give_the_results_of_one(movies, reference, tmp_path):
     _assert_same_results(out, reference)
 
 
-def test_one_movie_detected_in_parallel_frame_ranges_equals_serial(movies, tmp_path):
+def test_one_movie_on_two_workers_equals_serial(movies, tmp_path):
+    # One movie, two workers: detected here in threads, its tracks segmented in parts on the
+    # worker processes, its report drawn on a worker while the tables are written here.
     movie = movies / "day1" / "m1.ome.tif"
-    config = ["--set", "movie.chunk_frames=8", "--quiet", *NO_REPORT]
-    assert main(["run", str(movie), "--out", str(tmp_path / "serial"), *config]) == 0
+    config = ["--set", "movie.chunk_frames=8", "--quiet"]
+    assert main(["run", str(movie), "--out", str(tmp_path / "serial"), *config, *NO_REPORT]) == 0
     assert main(["run", str(movie), "--out", str(tmp_path / "par"), "--workers", "2", *config]) == 0
     _assert_same_results(tmp_path / "par", tmp_path / "serial", folders=["m1"])
+    n_spots = len(pd.read_csv(tmp_path / "par" / "m1" / "spots.csv"))
+    report = (tmp_path / "par" / "m1" / "report.html").read_text()
+    assert f"<td>spots / tracks / segments</td><td>{n_spots} / " in report
+    assert report.count("data:image/png;base64,") == 4
 
 
 def test_dask_local_cluster_gives_the_results_of_a_local_run(movies, reference, tmp_path):

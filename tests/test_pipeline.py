@@ -1,14 +1,17 @@
 """End to end on the bundled sample: positions match ground truth, stages match the truth's."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 from conftest import SAMPLE, SAMPLE_MASKS
 from scipy.spatial import cKDTree
 
 from spt.batch import find_movies, run_batch
 from spt.config import PipelineConfig
-from spt.pipeline import movie_name, process_movie
+from spt.pipeline import analyze_tracks, movie_name, process_movie, track_parts
 from spt.schema import (
     SEGMENT_COLUMNS,
     SPOT_COLUMNS,
@@ -99,3 +102,39 @@ def test_find_movies_expands_folders_and_skips_masks(tmp_path):
     assert [job.folder for job in found] == ["a/m1", "m2"]
     assert found[0].masks == tmp_path / "a" / "m1_masks.tif"
     assert movie_name("x/m2.ome.tiff") == "m2"
+
+
+def test_track_parts_hold_whole_tracks_of_about_equal_size():
+    particle = np.repeat(np.arange(10), [5, 50, 5, 5, 30, 5, 5, 40, 5, 10])
+    parts = track_parts(particle, 4)
+    assert parts[0].start == 0 and parts[-1].stop == len(particle)
+    assert all(a.stop == b.start for a, b in zip(parts[:-1], parts[1:], strict=True))
+    for part in parts[1:]:  # no track is cut: a part starts where a new particle starts
+        assert particle[part.start] != particle[part.start - 1]
+    assert 2 <= len(parts) <= 4
+    assert max(p.stop - p.start for p in parts) < len(particle) / 2
+    assert track_parts(particle[:5], 4) == [slice(0, 5)]  # one track: one part
+
+
+def test_analysis_in_worker_processes_equals_the_serial_analysis(sample_run):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    out, _ = sample_run
+    raw = pd.read_csv(out / "sample" / "tracks.csv").drop(columns=["segment", "state", "stage"])
+    raw = raw.sample(frac=1.0, random_state=1)  # any row order
+    recorded = json.loads((out / "sample" / "provenance.json").read_text())["calibration"]
+    calibration = {
+        "pixel_size_um": recorded["pixel_size_um"],
+        "frame_interval_s": recorded["frame_interval_s"],
+        "masks": tifffile.imread(SAMPLE_MASKS),
+    }
+    serial = analyze_tracks(raw, PipelineConfig(), **calibration)
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(2, mp_context=context) as pool:
+        parallel = analyze_tracks(raw, PipelineConfig(), executor=pool, n_parts=5, **calibration)
+    assert serial.tracks["particle"].nunique() >= 5  # really split into several parts
+    for table in ("tracks", "segments", "stage_velocities"):
+        pd.testing.assert_frame_equal(
+            getattr(parallel, table), getattr(serial, table), check_exact=True, obj=table
+        )

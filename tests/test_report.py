@@ -112,3 +112,26 @@ def test_write_results_puts_the_report_beside_the_tables(results, tmp_path):
     assert (folder / "report.html").stat().st_size > 10_000
     assert (folder / "tracks_by_stage.png").stat().st_size > 10_000
     assert (folder / "stage_velocities.csv").exists()
+
+
+def test_msd_figure_pools_the_gap_aware_msd_of_every_segment(results):
+    from spt.msd import msd_curve
+    from spt.plot import _pooled_msd
+    from spt.schema import STATES
+
+    tracks = results[0].analysis.tracks
+    tracks = tracks.drop(index=tracks.index[::7])  # blinking gaps
+    sums, counts, n_segments = _pooled_msd(tracks, 10)
+    want = np.zeros((3, len(STATES), 11))
+    for _, g in tracks.groupby(["particle", "segment"]):
+        if len(g) < 3:
+            continue
+        k = STATES.index(g["state"].iloc[0])
+        lags, msd, n = msd_curve(g["frame"], g["x"], g["y"], 10)
+        want[0, k, lags] += msd * n
+        want[1, k, lags] += n
+        want[2, k, lags] += 1
+    assert want[2].sum() > 0
+    np.testing.assert_allclose(sums, want[0], rtol=1e-10)
+    np.testing.assert_array_equal(counts, want[1])
+    np.testing.assert_array_equal(n_segments, want[2])

@@ -189,3 +189,29 @@ def test_empty_input_gives_an_empty_table_with_all_columns():
     )
     assert list(table.columns) == list(STAGE_TABLE_COLUMNS)
     assert table.empty and table["n_tracks"].dtype == np.int64
+
+
+def test_bootstrap_median_of_a_resample_is_the_median_of_the_resampled_steps():
+    from spt.summary import _weighted_medians
+
+    rng = np.random.default_rng(5)
+    values = np.sort(rng.gamma(2.0, size=300))
+    codes = rng.integers(0, 12, size=300)  # the cluster (track) of each step
+    draws = rng.integers(0, 12, size=(40, 12))  # 40 resamples of 12 tracks
+    weights = np.stack([np.bincount(d, minlength=12) for d in draws])
+    totals = weights @ np.bincount(codes, minlength=12)
+    got = _weighted_medians(values, codes, weights, totals.astype(float))
+    for r in range(40):
+        resampled = np.concatenate([values[codes == c] for c in draws[r]])
+        lower_median = np.sort(resampled)[int(np.ceil(len(resampled) / 2)) - 1]
+        assert got[r] == lower_median
+
+
+def test_sorted_and_shuffled_tracks_give_the_same_tables():
+    tracks, segments = _tracks()
+    shuffled = tracks.sample(frac=1.0, random_state=3)
+    a = stage_summary([MovieStages(tracks, segments, PX, DT)])
+    b = stage_summary([MovieStages(shuffled, segments, PX, DT)])
+    pd.testing.assert_frame_equal(a.velocities, b.velocities)
+    pd.testing.assert_frame_equal(a.dwells, b.dwells)
+    pd.testing.assert_frame_equal(a.steps.reset_index(drop=True), b.steps.reset_index(drop=True))
