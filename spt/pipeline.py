@@ -41,7 +41,7 @@ from spt.io import (
 from spt.link import link
 from spt.provenance import PROVENANCE_FILE, environment, file_record, now_utc
 from spt.schema import SPOT_COLUMNS, TRACK_COLUMNS, empty_table
-from spt.segment import segment_tracks
+from spt.segment import pool_confinement, segment_tracks
 from spt.stages import classify_stages
 from spt.summary import stage_velocities
 
@@ -281,13 +281,18 @@ def _segment_parallel(
     pixel_size_um: float,
     frame_interval_s: float,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Segment parts of whole tracks on ``executor``, then decide confinement on the whole table
+    (:func:`spt.segment.pool_confinement`): the same result as one serial call."""
     ordered = tracks.sort_values(["particle", "frame"], kind="stable", ignore_index=True)
     parts = track_parts(ordered["particle"].to_numpy(), n_parts)
+    unpooled = dataclasses.replace(
+        config, segment=dataclasses.replace(config.segment, pool_D_factor=0.0)
+    )
     futures = [
         executor.submit(
             _segment_part,
             ordered.iloc[part],
-            config,
+            unpooled,
             pixel_size_um=pixel_size_um,
             frame_interval_s=frame_interval_s,
         )
@@ -296,7 +301,7 @@ def _segment_parallel(
     outcomes = [future.result() for future in futures]
     segmented = pd.concat([o[0] for o in outcomes], ignore_index=True)
     segments = pd.concat([o[1] for o in outcomes], ignore_index=True)
-    return segmented, segments
+    return pool_confinement(segmented, segments, config.segment)
 
 
 def open_movie(path: str | os.PathLike, config: PipelineConfig) -> Movie:
