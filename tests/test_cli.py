@@ -47,8 +47,12 @@ def _bad_inputs(tmp_path):
     nans = tmp_path / "nans.tif"
     data = good.astype(np.float32)
     data[3, 5, 5] = np.nan
-    tifffile.imwrite(
-        nans, data, imagej=True, metadata={"finterval": 0.03, "unit": "um"}, resolution=(5, 5)
+    tifffile.imwrite(  # axes given, so the reader sees frames (not channels) and meets the NaN
+        nans,
+        data,
+        imagej=True,
+        metadata={"axes": "TYX", "finterval": 0.03, "unit": "um"},
+        resolution=(5, 5),
     )
     nometa = tmp_path / "nometa.tif"
     tifffile.imwrite(nometa, good)
@@ -58,7 +62,7 @@ def _bad_inputs(tmp_path):
         "corrupt": (corrupt, ""),
         "not_tiff": (text, ""),
         "single_image": (single, ""),
-        "nan": (nans, ""),
+        "nan": (nans, "NaN"),
         "no_metadata": (nometa, "--pixel-size"),
         "empty": (empty, ""),
         "missing": (tmp_path / "missing.tif", ""),
