@@ -538,11 +538,10 @@ def _linear_changepoints(
 
 
 @njit(cache=True)
-def _linear_partition(t, xy, sigma2, L, pen):  # pragma: no cover - compiled
-    """Optimal partitioning for :func:`_linear_changepoints`; O(1) per piece from cumulative
-    sums of t, t^2, x, t x and x^2."""
+def _path_sums(t, xy):  # pragma: no cover - compiled
+    """Cumulative sums (n + 1, 8) of 1, t, t^2, x, y, t x, t y, x^2 + y^2 along a path."""
     n = t.size
-    c = np.zeros((n + 1, 8))  # cumulative 1, t, t^2, x, y, t x, t y, x^2 + y^2
+    c = np.zeros((n + 1, 8))
     for k in range(n):
         x, y, tk = xy[k, 0], xy[k, 1], t[k]
         c[k + 1, 0] = c[k, 0] + 1.0
@@ -553,6 +552,32 @@ def _linear_partition(t, xy, sigma2, L, pen):  # pragma: no cover - compiled
         c[k + 1, 5] = c[k, 5] + tk * x
         c[k + 1, 6] = c[k, 6] + tk * y
         c[k + 1, 7] = c[k, 7] + x * x + y * y
+    return c
+
+
+@njit(cache=True)
+def _line_rss(c, i, e):  # pragma: no cover - compiled
+    """Residual sum of squares of the least-squares straight line through points [i, e),
+    from the cumulative sums ``c`` of :func:`_path_sums`."""
+    cnt = c[e, 0] - c[i, 0]
+    st = c[e, 1] - c[i, 1]
+    sx = c[e, 3] - c[i, 3]
+    sy = c[e, 4] - c[i, 4]
+    ctt = c[e, 2] - c[i, 2] - st * st / cnt
+    ctx = c[e, 5] - c[i, 5] - st * sx / cnt
+    cty = c[e, 6] - c[i, 6] - st * sy / cnt
+    rss = c[e, 7] - c[i, 7] - (sx * sx + sy * sy) / cnt
+    if ctt > 0:
+        rss -= (ctx * ctx + cty * cty) / ctt
+    return rss
+
+
+@njit(cache=True)
+def _linear_partition(t, xy, sigma2, L, pen):  # pragma: no cover - compiled
+    """Optimal partitioning for :func:`_linear_changepoints`; O(1) per piece from cumulative
+    sums of t, t^2, x, t x and x^2."""
+    n = t.size
+    c = _path_sums(t, xy)
     log2pis = math.log(2.0 * math.pi * sigma2)
     # a later piece also pays for the step that joins it to the previous one (pure noise)
     join = pen + 2.0 * (math.log(4.0 * math.pi * sigma2) + 1.0)
@@ -564,15 +589,7 @@ def _linear_partition(t, xy, sigma2, L, pen):  # pragma: no cover - compiled
             if F[i] == np.inf:
                 continue
             cnt = c[e, 0] - c[i, 0]
-            st = c[e, 1] - c[i, 1]
-            sx = c[e, 3] - c[i, 3]
-            sy = c[e, 4] - c[i, 4]
-            ctt = c[e, 2] - c[i, 2] - st * st / cnt
-            ctx = c[e, 5] - c[i, 5] - st * sx / cnt
-            cty = c[e, 6] - c[i, 6] - st * sy / cnt
-            rss = c[e, 7] - c[i, 7] - (sx * sx + sy * sy) / cnt
-            if ctt > 0:
-                rss -= (ctx * ctx + cty * cty) / ctt
+            rss = _line_rss(c, i, e)
             cost = max(rss, 0.0) / sigma2 + 2.0 * (cnt - 1.0) * log2pis + 2.0 * math.log(cnt)
             tot = F[i] + cost + join
             if tot < F[e]:
@@ -599,17 +616,7 @@ def _stop_go_partition(t, xy, sigma2, L, pen, w):  # pragma: no cover - compiled
     indices of the points that start a new piece and the total RSS / sigma2 plus penalties.
     O(n^2) from cumulative sums of 1, t, t^2, x, y, t x, t y, x^2 + y^2."""
     n = t.size
-    c = np.zeros((n + 1, 8))
-    for k in range(n):
-        x, y, tk = xy[k, 0], xy[k, 1], t[k]
-        c[k + 1, 0] = c[k, 0] + 1.0
-        c[k + 1, 1] = c[k, 1] + tk
-        c[k + 1, 2] = c[k, 2] + tk * tk
-        c[k + 1, 3] = c[k, 3] + x
-        c[k + 1, 4] = c[k, 4] + y
-        c[k + 1, 5] = c[k, 5] + tk * x
-        c[k + 1, 6] = c[k, 6] + tk * y
-        c[k + 1, 7] = c[k, 7] + x * x + y * y
+    c = _path_sums(t, xy)
     # local levels
     Le = np.zeros((n + 1, 2))
     Ls = np.zeros((n + 1, 2))
@@ -658,12 +665,7 @@ def _stop_go_partition(t, xy, sigma2, L, pen, w):  # pragma: no cover - compiled
                 prevc = 0.0 if b == 0 else H[b] + pen
                 if prevc == np.inf:
                     continue
-                ctt = c[e, 2] - c[b, 2] - st * st / cnt
-                ctx = c[e, 5] - c[b, 5] - st * sx / cnt
-                cty = c[e, 6] - c[b, 6] - st * sy / cnt
-                rss = c[e, 7] - c[b, 7] - (sx * sx + sy * sy) / cnt
-                if ctt > 0:
-                    rss -= (ctx * ctx + cty * cty) / ctt
+                rss = _line_rss(c, b, e)
                 v = prevc + rss / sigma2 + 2.0 * math.log(cnt)
             else:
                 prevc = H[b] + pen
