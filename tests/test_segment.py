@@ -40,20 +40,25 @@ def _stop_and_go_set(seed: int, n_tracks: int = 4, drop: float = 0.0):
     return pd.concat(parts, ignore_index=True), np.concatenate(states), speeds
 
 
-@pytest.mark.parametrize("drop", [0.0, 0.15])
-def test_stop_and_go_states_change_points_and_run_speeds(drop):
-    tracks, true_state, speeds = _stop_and_go_set(seed=10, drop=drop)
-    out, segs = segment_tracks(tracks, pixel_size_um=PX, frame_interval_s=DT)
-    assert np.mean(out["state"].to_numpy() == true_state) >= 0.9
-    # change points: true ones every 35 / 25 frames, found within 3 frames
+def _changepoints_found(out: pd.DataFrame, true_state: np.ndarray, within: int = 3) -> float:
+    """Fraction of the true state changes with a segment boundary within ``within`` frames."""
     found = total = 0
     for _, g in out.groupby("particle"):
         st = true_state[g.index]
         true_cp = g["frame"].to_numpy()[1:][st[1:] != st[:-1]]
         pred_cp = g["frame"].to_numpy()[1:][np.diff(g["segment"].to_numpy()) != 0]
         total += len(true_cp)
-        found += sum(np.min(np.abs(pred_cp - c), initial=99) <= 3 for c in true_cp)
-    assert found / total >= 0.8
+        found += sum(np.min(np.abs(pred_cp - c), initial=99) <= within for c in true_cp)
+    return found / total
+
+
+@pytest.mark.parametrize("drop", [0.0, 0.15])
+def test_stop_and_go_states_change_points_and_run_speeds(drop):
+    tracks, true_state, speeds = _stop_and_go_set(seed=10, drop=drop)
+    out, segs = segment_tracks(tracks, pixel_size_um=PX, frame_interval_s=DT)
+    assert np.mean(out["state"].to_numpy() == true_state) >= 0.9
+    # change points: true ones every 35 / 25 frames, found within 3 frames
+    assert _changepoints_found(out, true_state) >= 0.8
     # alternating runs and stops with the right speeds
     runs = segs[segs["state"] == "directed"]
     rel = [runs[runs.particle == p]["speed_um_s"].median() / v - 1 for p, v in enumerate(speeds)]
@@ -274,11 +279,4 @@ def test_slow_short_runs_are_located_with_the_continuous_stop_and_go_model():
         states.append(st)
     tracks, true_state = pd.concat(parts, ignore_index=True), np.concatenate(states)
     out, _ = segment_tracks(tracks, pixel_size_um=PX, frame_interval_s=DT)
-    found = total = 0
-    for _, g in out.groupby("particle"):
-        st = true_state[g.index]
-        true_cp = g["frame"].to_numpy()[1:][st[1:] != st[:-1]]
-        pred_cp = g["frame"].to_numpy()[1:][np.diff(g["segment"].to_numpy()) != 0]
-        total += len(true_cp)
-        found += sum(np.min(np.abs(pred_cp - c), initial=99) <= 3 for c in true_cp)
-    assert found / total >= 0.65
+    assert _changepoints_found(out, true_state) >= 0.65
