@@ -556,6 +556,15 @@ def _path_sums(t, xy):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
+def _level_rss(c, i, e):  # pragma: no cover - compiled
+    """Residual sum of squares of points [i, e) about their mean position (a stop)."""
+    cnt = c[e, 0] - c[i, 0]
+    sx = c[e, 3] - c[i, 3]
+    sy = c[e, 4] - c[i, 4]
+    return c[e, 7] - c[i, 7] - (sx * sx + sy * sy) / cnt
+
+
+@njit(cache=True)
 def _line_rss(c, i, e):  # pragma: no cover - compiled
     """Residual sum of squares of the least-squares straight line through points [i, e),
     from the cumulative sums ``c`` of :func:`_path_sums`."""
@@ -566,7 +575,7 @@ def _line_rss(c, i, e):  # pragma: no cover - compiled
     ctt = c[e, 2] - c[i, 2] - st * st / cnt
     ctx = c[e, 5] - c[i, 5] - st * sx / cnt
     cty = c[e, 6] - c[i, 6] - st * sy / cnt
-    rss = c[e, 7] - c[i, 7] - (sx * sx + sy * sy) / cnt
+    rss = _level_rss(c, i, e)
     if ctt > 0:
         rss -= (ctx * ctx + cty * cty) / ctt
     return rss
@@ -643,11 +652,7 @@ def _stop_go_partition(t, xy, sigma2, L, pen, w):  # pragma: no cover - compiled
             prevc = 0.0 if i == 0 else G[i] + pen
             if prevc == np.inf:
                 continue
-            cnt = c[e, 0] - c[i, 0]
-            sx = c[e, 3] - c[i, 3]
-            sy = c[e, 4] - c[i, 4]
-            rss = c[e, 7] - c[i, 7] - (sx * sx + sy * sy) / cnt
-            v = prevc + rss / sigma2
+            v = prevc + _level_rss(c, i, e) / sigma2
             if v < best:
                 best = v
                 arg = i
