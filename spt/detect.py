@@ -19,7 +19,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from spt._filters import bandpass_snr, local_maxima
+from spt._filters import bandpass_snr, local_maxima, temporal_support
 from spt.camera import EXCESS_NOISE, Camera, camera_from_parameters, estimate_camera
 from spt.errors import SptInputError
 from spt.localize import (
@@ -191,27 +191,6 @@ def _snr_map(eff: np.ndarray, sigma: float, read_var: float) -> tuple[np.ndarray
     return snr, scale
 
 
-def _temporal_support(snr: np.ndarray, frames: int) -> np.ndarray | None:
-    """Sum of the SNR maps of ``frames`` consecutive frames centred on each frame, divided by
-    the square root of their number: unit noise again, but ``sqrt(frames)`` times the SNR for a
-    spot that stays put (fewer frames at the ends of the chunk). None if ``frames < 2``."""
-    if frames < 2 or snr.shape[0] < 2:
-        return None
-    k = min(frames, snr.shape[0])
-    lo, hi = -((k - 1) // 2), k // 2
-    total = snr.copy()
-    count = np.ones(snr.shape[0], np.float32)
-    for d in range(lo, hi + 1):
-        if d < 0:
-            total[-d:] += snr[:d]
-            count[-d:] += 1
-        elif d > 0:
-            total[:-d] += snr[d:]
-            count[:-d] += 1
-    total /= np.sqrt(count)[:, None, None]
-    return total
-
-
 def _peaks(snr: np.ndarray, radius: int, threshold: float):
     """Local maxima above ``threshold`` within a (2 radius + 1)^2 window: frame, row, column."""
     return local_maxima(snr, radius, threshold)
@@ -321,14 +300,9 @@ def _locate_chunk(
     radius = max(1, int(round(1.5 * sigma)))
     read_var = camera.read_var_effective
     snr_map, scale = _snr_map(eff, sigma, read_var)
-    support = _temporal_support(snr_map, config.support_frames)
-    if support is not None:
-        # a summed map has more independent looks at the noise: ask for one noise unit more
-        support -= np.float32(1.0)
-        # ... and the frame itself must show something there (not the trail of a moving spot)
-        np.maximum(support, snr_map, out=support)
-        weak = snr_map < np.float32(0.5 * config.threshold)
-        support[weak] = snr_map[weak]
+    support = None
+    if config.support_frames > 1 and len(eff) > 1:
+        support = temporal_support(snr_map, config.support_frames, 0.5 * config.threshold)
     t, y, x = _peaks(snr_map if support is None else support, radius, config.threshold)
     if len(t) == 0:
         return empty_table(SPOT_COLUMNS)

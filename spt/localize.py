@@ -427,6 +427,20 @@ def fit_groups(
     return theta[:, 0:-1:3], theta[:, 1:-1:3], theta[:, 2:-1:3], errors, ok, loglik
 
 
+@njit(cache=True, nogil=True)
+def _models_kernel(ox, oy, x, y, n, s, out):
+    m, side, _ = out.shape
+    ex = np.empty(side)
+    ey = np.empty(side)
+    unused = np.empty(side)
+    for i in range(m):
+        _integrals(x[i], ox[i], s[i], ex, unused, unused)
+        _integrals(y[i], oy[i], s[i], ey, unused, unused)
+        for r in range(side):
+            for c in range(side):
+                out[i, r, c] = n[i] * ey[r] * ex[c]
+
+
 def spot_models(
     origin_x: np.ndarray,
     origin_y: np.ndarray,
@@ -441,10 +455,17 @@ def spot_models(
     Windows have top-left pixels (``origin_x``, ``origin_y``); the PSF is the pixel-integrated
     Gaussian of :func:`pixel_integrals`.
     """
-    ar = np.arange(side)
-    ex, _, _ = pixel_integrals(origin_x[:, None] + ar - x[:, None], sigma[:, None])
-    ey, _, _ = pixel_integrals(origin_y[:, None] + ar - y[:, None], sigma[:, None])
-    return (photons[:, None, None] * ey[:, :, None] * ex[:, None, :]).astype(np.float32)
+    out = np.empty((len(x), side, side), np.float32)
+    _models_kernel(
+        np.asarray(origin_x, np.int64),
+        np.asarray(origin_y, np.int64),
+        np.asarray(x, np.float64),
+        np.asarray(y, np.float64),
+        np.asarray(photons, np.float64),
+        np.broadcast_to(np.asarray(sigma, np.float64), (len(x),)),
+        out,
+    )
+    return out
 
 
 @njit(cache=True, nogil=True)
