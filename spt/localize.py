@@ -144,18 +144,19 @@ def _solve_small(a: np.ndarray, v: np.ndarray, p: int) -> bool:
 
 
 @njit(cache=True, nogil=True)
-def _bounds(info: np.ndarray, out: np.ndarray) -> bool:
-    """Cramer-Rao bounds: ``out[a] = sqrt((info^-1)_aa)``; False if ``info`` is singular."""
+def _bounds(info: np.ndarray, work: np.ndarray, unit: np.ndarray, out: np.ndarray) -> bool:
+    """Cramer-Rao bounds: ``out[a] = sqrt((info^-1)_aa)``; False if ``info`` is singular.
+
+    ``work`` (p, p) and ``unit`` (p) are scratch space.
+    """
     p = info.shape[0]
-    a = np.empty((p, p))
-    v = np.empty(p)
     for k in range(p):
-        a[:, :] = info
-        v[:] = 0.0
-        v[k] = 1.0
-        if not _solve_small(a, v, p):
+        work[:, :] = info
+        unit[:] = 0.0
+        unit[k] = 1.0
+        if not _solve_small(work, unit, p):
             return False
-        out[k] = math.sqrt(v[k]) if v[k] > 0 else np.nan
+        out[k] = math.sqrt(unit[k]) if unit[k] > 0 else np.nan
     return True
 
 
@@ -230,6 +231,7 @@ def _fit_kernel(boxes, extra, ox, oy, x, y, n, b, s, fit_sigma, read_var, n_iter
     info = np.empty((p, p))
     work = np.empty((p, p))
     score = np.empty(p)
+    unit = np.empty(p)
     for i in range(m):
         # read noise is added to both the data and the model (Huang et al. 2013)
         for r in range(bsz):
@@ -253,7 +255,7 @@ def _fit_kernel(boxes, extra, ox, oy, x, y, n, b, s, fit_sigma, read_var, n_iter
                         jac[4, j] = nn * (dsy[r] * ex[c] + ey[r] * dsx[c])
             _poisson_scoring(jac, mu, data, resid, info, score)
             if it == n_iter:
-                ok[i] = _bounds(info, err[i])
+                ok[i] = _bounds(info, work, unit, err[i])
                 break
             work[:, :] = info
             if not _solve_small(work, score, p):
@@ -269,7 +271,7 @@ def _fit_kernel(boxes, extra, ox, oy, x, y, n, b, s, fit_sigma, read_var, n_iter
             if abs(dx) < 1e-4 and abs(dy) < 1e-4:
                 # converged: the information barely changes over so small a step, so its value
                 # before the step gives the Cramer-Rao bounds (no extra pass over the pixels)
-                ok[i] = _bounds(info, err[i])
+                ok[i] = _bounds(info, work, unit, err[i])
                 break
 
 
@@ -316,6 +318,7 @@ def _group_kernel(boxes, ox, oy, theta, s, read_var, n_iter, err, ok, loglik):
     info = np.empty((p, p))
     work = np.empty((p, p))
     score = np.empty(p)
+    unit = np.empty(p)
     for i in range(m):
         for r in range(bsz):
             for c in range(bsz):
@@ -352,7 +355,7 @@ def _group_kernel(boxes, ox, oy, theta, s, read_var, n_iter, err, ok, loglik):
             for j in range(npix):
                 ll += data[j] * math.log(max(mu[j], 1e-6)) - mu[j]
             loglik[i] = ll
-            ok[i] = _bounds(info, err[i])
+            ok[i] = _bounds(info, work, unit, err[i])
             break
 
 
