@@ -24,6 +24,7 @@ from spt.camera import EXCESS_NOISE, Camera, camera_from_parameters, estimate_ca
 from spt.errors import SptInputError
 from spt.localize import (
     Fit,
+    cut_windows,
     fit_groups,
     fit_spots,
     pixel_integrals,
@@ -208,9 +209,7 @@ def _boxes(eff: np.ndarray, t: np.ndarray, y: np.ndarray, x: np.ndarray, half: i
     side = 2 * half + 1
     oy = np.clip(y - half, 0, ny - side)
     ox = np.clip(x - half, 0, nx - side)
-    ar = np.arange(side)
-    boxes = eff[t[:, None, None], (oy[:, None] + ar)[:, :, None], (ox[:, None] + ar)[:, None, :]]
-    return boxes, ox, oy
+    return cut_windows(eff, t, ox, oy, side), ox, oy
 
 
 def _refine_start(boxes: np.ndarray, ox: np.ndarray, oy: np.ndarray, x: np.ndarray, y: np.ndarray):
@@ -500,12 +499,8 @@ def _split_merged(eff, t, ox, oy, x, y, n, b, s, errs, ok, half, sigma, read_var
     _, ny, nx = eff.shape
     # the spot's own window, where its current parameters are the one-emitter MLE
     hw = half
-    boxes = eff[
-        t[cand, None, None],
-        (oy[cand, None] + np.arange(2 * hw + 1))[:, :, None],
-        (ox[cand, None] + np.arange(2 * hw + 1))[:, None, :],
-    ]
     wx, wy = ox[cand], oy[cand]
+    boxes = cut_windows(eff, t[cand], wx, wy, 2 * hw + 1)
     ar = np.arange(2 * hw + 1)
     ex, _, _ = pixel_integrals(wx[:, None] + ar - x[cand, None], s[cand, None])
     ey, _, _ = pixel_integrals(wy[:, None] + ar - y[cand, None], s[cand, None])

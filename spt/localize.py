@@ -551,6 +551,31 @@ def window_light(
 
 
 @njit(cache=True, nogil=True)
+def _cut_kernel(image, t, ox, oy, out):
+    side = out.shape[1]
+    for i in range(out.shape[0]):
+        for r in range(side):
+            src = image[t[i], oy[i] + r]
+            dst = out[i, r]
+            for c in range(side):
+                dst[c] = src[ox[i] + c]
+
+
+def cut_windows(
+    image: np.ndarray, t: np.ndarray, origin_x: np.ndarray, origin_y: np.ndarray, side: int
+) -> np.ndarray:
+    """Copies of ``side`` px square windows of a (T, Y, X) stack: frame ``t[i]``, top-left pixel
+    (``origin_y[i]``, ``origin_x[i]``); every window must lie inside the frames."""
+    t, ox, oy = (np.asarray(a, np.int64) for a in (t, origin_x, origin_y))
+    _, ny, nx = image.shape
+    if len(t) and (ox.min() < 0 or oy.min() < 0 or ox.max() + side > nx or oy.max() + side > ny):
+        raise ValueError("windows must lie inside the frames")
+    out = np.empty((len(t), side, side), image.dtype)
+    _cut_kernel(image, t, ox, oy, out)
+    return out
+
+
+@njit(cache=True, nogil=True)
 def subtract_windows(image, scale, t, ox, oy, windows):
     """``image -= windows / scale`` for windows (n, B, B) placed at frame ``t[i]``, top-left
     (``oy[i]``, ``ox[i]``) of ``image`` and ``scale`` (T, Y, X); parts outside are dropped."""

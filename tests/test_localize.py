@@ -215,3 +215,16 @@ def test_subtract_windows_matches_a_dense_reference():
     ref = image - padded[:, side:-side, side:-side] / scale
     subtract_windows(image, scale, t, ox, oy, windows)
     np.testing.assert_allclose(image, ref, atol=1e-5)
+
+
+def test_cut_windows_copies_the_windows_and_refuses_outside_ones():
+    from spt.localize import cut_windows
+
+    movie = np.arange(2 * 12 * 15, dtype=np.float32).reshape(2, 12, 15)
+    t, ox, oy = np.array([0, 1, 1]), np.array([0, 10, 3]), np.array([7, 0, 2])
+    got = cut_windows(movie, t, ox, oy, 5)
+    for i in range(3):
+        np.testing.assert_array_equal(got[i], movie[t[i], oy[i] : oy[i] + 5, ox[i] : ox[i] + 5])
+    assert got.dtype == np.float32
+    with pytest.raises(ValueError, match="inside"):
+        cut_windows(movie, t, ox + 1, oy, 5)
