@@ -540,10 +540,6 @@ def _split_merged(eff, t, ox, oy, x, y, n, b, s, errs, ok, half, sigma, read_var
         b[cand],
         sigma,
         read_var=read_var,
-        # most one-emitter spots never converge as two (the likelihood is flat along the
-        # separation); 10 iterations give the same decisions as 15 or 30, up to a few per 10^4
-        # (accepted pairs are refitted jointly in _fit_close_groups anyway)
-        n_iter=10,
     )
     fx, fy, fn, ferr, fok, ll2 = two
     sep = np.hypot(fx[:, 0] - fx[:, 1], fy[:, 0] - fy[:, 1])
