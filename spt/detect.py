@@ -603,35 +603,31 @@ def _fit_close_groups(eff, t, ox, oy, x, y, n, b, s, errs, ok, half, sigma, read
         members = order[np.isin(label[order], groups)].reshape(-1, k)
         gx, gy = x[members], y[members]
         cx, cy = gx.mean(axis=1), gy.mean(axis=1)
-        # each group's window holds every member's own window (no wider: pixels cost time)
-        extent = np.hypot(gx - cx[:, None], gy - cy[:, None]).max(axis=1)
-        windows = np.minimum(half + np.ceil(extent).astype(int), (min(ny, nx) - 1) // 2)
-        for hw in np.unique(windows):
-            g = np.flatnonzero(windows == hw)
-            gt = t[members[g, 0]]
-            boxes, wx, wy = _boxes(
-                eff, gt, np.rint(cy[g]).astype(int), np.rint(cx[g]).astype(int), hw
-            )
-            # light of the spots outside the group, within the window
-            boxes -= window_light(t, ox, oy, models, gt, wx, wy, 2 * hw + 1, exclude=members[g])
-            fx, fy, fn, ferr, fok, _ = fit_groups(
-                boxes,
-                wx,
-                wy,
-                gx[g],
-                gy[g],
-                n[members[g]],
-                np.median(b[members[g]], axis=1),
-                sigma,
-                read_var=read_var,
-            )
-            # keep the group fit only where every spot stays in the window
-            fok &= (np.abs(fx - cx[g, None]) <= hw).all(axis=1)
-            fok &= (np.abs(fy - cy[g, None]) <= hw).all(axis=1)
-            sel = members[g][fok]
-            x[sel], y[sel], n[sel] = fx[fok], fy[fok], fn[fok]
-            errs[sel] = ferr[fok]
-            ok[sel] = True
+        extent = np.hypot(gx - cx[:, None], gy - cy[:, None]).max()
+        hw = min(half + int(np.ceil(extent)), (min(ny, nx) - 1) // 2)
+        gt = t[members[:, 0]]
+        boxes, wx, wy = _boxes(eff, gt, np.rint(cy).astype(int), np.rint(cx).astype(int), hw)
+        # light of the spots outside the group, within the window
+        boxes = boxes - window_light(t, ox, oy, models, gt, wx, wy, 2 * hw + 1, exclude=members)
+        fx, fy, fn, ferr, fok, _ = fit_groups(
+            boxes,
+            wx,
+            wy,
+            gx,
+            gy,
+            n[members],
+            np.median(b[members], axis=1),
+            sigma,
+            read_var=read_var,
+        )
+        # keep the group fit only where every spot stays in the window
+        fok &= (np.abs(fx - cx[:, None]) <= hw).all(axis=1) & (np.abs(fy - cy[:, None]) <= hw).all(
+            axis=1
+        )
+        sel = members[fok]
+        x[sel], y[sel], n[sel] = fx[fok], fy[fok], fn[fok]
+        errs[sel] = ferr[fok]
+        ok[sel] = True
 
 
 def estimate_psf_sigma(
