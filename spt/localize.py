@@ -614,7 +614,8 @@ def fit_spots(
     ``mu_k = b + N dE_x dE_y (+ extra_k)`` (Smith et al., Nat Methods 2010), which reaches the
     Cramer-Rao bound (Mortensen et al. 2010). Read noise of variance ``c`` is handled by adding
     ``c`` to both the data and the model (Huang et al., Nat Methods 2013). Compiled with numba;
-    iterations stop early once the position moves less than 1e-4 px.
+    iterations stop early once the position moves less than 1e-4 px, and the Cramer-Rao bounds
+    then come from the information of that last iteration.
 
     Parameters
     ----------
