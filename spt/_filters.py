@@ -1,12 +1,11 @@
-"""Compiled image filter for detection: the band-pass signal-to-noise map in one pass per frame.
+"""Compiled image filters for detection: the band-pass signal-to-noise map, its temporal
+support and local maxima, each in one pass over the frames without full-size temporaries.
 
-Same result as ``scipy.ndimage.gaussian_filter`` then ``uniform_filter`` (mode "reflect"), fused
-so each frame is read once and no full-size temporaries are made.
+The band-pass gives the same result as ``scipy.ndimage.gaussian_filter`` then
+``uniform_filter`` (mode "reflect").
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from numba import njit
@@ -24,36 +23,48 @@ def _reflect(i: int, n: int) -> int:
 
 @njit(cache=True, nogil=True, fastmath=True)
 def _bandpass_kernel(eff, kern, box, read_var, snr, scale):
+    # Inner loops run over whole rows (slices indexed from 0), so that LLVM vectorises them:
+    # an index such as x - k would need numba's negative-index check, which blocks that.
     n_t, ny, nx = eff.shape
     r = kern.shape[0] // 2
     h = box // 2
+    line = np.empty(nx + 2 * r, np.float32)
     tmp = np.empty((ny, nx), np.float32)
     smooth = np.empty((ny, nx), np.float32)
     rows = np.empty((ny, nx), np.float32)
     col = np.empty(nx, np.float64)
+    w = kern.astype(np.float32)
     inv = 1.0 / (box * box)
+    floor = np.float32(read_var + 1e-6)
     for t in range(n_t):
-        for y in range(ny):  # Gaussian along x (no index reflection inside the frame)
+        for y in range(ny):  # Gaussian along x, on a mirrored copy of the row
+            src = eff[t, y]
             for x in range(nx):
-                tmp[y, x] = 0.0
-            for k in range(-r, r + 1):
-                w = kern[k + r]
-                lo = max(0, -k)
-                hi = min(nx, nx - k)
-                for x in range(lo, hi):
-                    tmp[y, x] += w * eff[t, y, x + k]
-                for x in range(0, lo):
-                    tmp[y, x] += w * eff[t, y, _reflect(x + k, nx)]
-                for x in range(hi, nx):
-                    tmp[y, x] += w * eff[t, y, _reflect(x + k, nx)]
-        for y in range(ny):  # Gaussian along y
+                line[r + x] = src[x]
+            for x in range(r):
+                line[r - 1 - x] = src[x]
+                line[r + nx + x] = src[nx - 1 - x]
+            out = tmp[y]
+            mid = line[r : r + nx]
             for x in range(nx):
-                smooth[y, x] = 0.0
-            for k in range(-r, r + 1):
-                w = kern[k + r]
-                yy = _reflect(y + k, ny)
+                out[x] = w[r] * mid[x]
+            for k in range(1, r + 1):
+                wk = w[r + k]
+                lo = line[r - k : r - k + nx]
+                hi = line[r + k : r + k + nx]
                 for x in range(nx):
-                    smooth[y, x] += w * tmp[yy, x]
+                    out[x] += wk * (lo[x] + hi[x])
+        for y in range(ny):  # Gaussian along y
+            out = smooth[y]
+            mid = tmp[y]
+            for x in range(nx):
+                out[x] = w[r] * mid[x]
+            for k in range(1, r + 1):
+                wk = w[r + k]
+                lo = tmp[_reflect(y - k, ny)]
+                hi = tmp[_reflect(y + k, ny)]
+                for x in range(nx):
+                    out[x] += wk * (lo[x] + hi[x])
         for y in range(ny):  # running box sum along x (reflected indices only at the ends)
             acc = 0.0
             for k in range(-h, h + 1):
@@ -71,20 +82,24 @@ def _bandpass_kernel(eff, kern, box, read_var, snr, scale):
         for x in range(nx):  # running box sum along y, then the SNR
             col[x] = 0.0
         for k in range(-h, h + 1):
-            yy = _reflect(k, ny)
+            src = rows[_reflect(k, ny)]
             for x in range(nx):
-                col[x] += rows[yy, x]
+                col[x] += src[x]
         for y in range(ny):
             if y > 0:
-                add = _reflect(y + h, ny)
-                sub = _reflect(y - h - 1, ny)
+                add = rows[_reflect(y + h, ny)]
+                sub = rows[_reflect(y - h - 1, ny)]
                 for x in range(nx):
-                    col[x] += rows[add, x] - rows[sub, x]
+                    col[x] += add[x] - sub[x]
+            sm = smooth[y]
+            sc = scale[t, y]
+            out = snr[t, y]
             for x in range(nx):
-                bg = col[x] * inv
-                s = math.sqrt(max(bg, 0.0) + read_var + 1e-6)
-                scale[t, y, x] = s
-                snr[t, y, x] = (smooth[y, x] - bg) / s
+                # the sums are exact in float64; the rest in float32 (8 pixels per instruction)
+                bg = np.float32(col[x] * inv)
+                s = np.sqrt(max(bg, np.float32(0.0)) + floor)
+                sc[x] = s
+                out[x] = (sm[x] - bg) / s
 
 
 def bandpass_snr(
@@ -128,6 +143,58 @@ def bandpass_snr(
     scale = np.empty(eff.shape, np.float32)
     _bandpass_kernel(eff, kern, int(box), float(read_var), snr, scale)
     return snr, scale
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _support_kernel(snr, lo, hi, weak, out):
+    n_t, ny, nx = snr.shape
+    for t in range(n_t):
+        first, last = max(0, t + lo), min(n_t - 1, t + hi)
+        norm = np.float32(1.0) / np.sqrt(np.float32(last - first + 1))
+        for y in range(ny):
+            own = snr[t, y]
+            acc = out[t, y]
+            for x in range(nx):
+                acc[x] = own[x]
+            for f in range(first, last + 1):
+                if f != t:
+                    other = snr[f, y]
+                    for x in range(nx):
+                        acc[x] += other[x]
+            for x in range(nx):
+                v = acc[x] * norm - np.float32(1.0)
+                s = own[x]
+                acc[x] = s if s < weak or s > v else v
+
+
+def temporal_support(snr: np.ndarray, frames: int, weak: float) -> np.ndarray:
+    """Signal-to-noise map with temporal support, for candidates of spots that stay put.
+
+    The sum of the (unit-noise) maps of ``frames`` consecutive frames centred on each frame
+    (fewer at the ends of the stack), divided by the square root of their number, has unit noise
+    again but ``sqrt(frames)`` times the SNR of a spot that stays in place. One noise unit is
+    subtracted (the sum has more independent looks at the noise), and the frame's own value is
+    kept where it is larger or below ``weak`` (the frame itself must show something: not the
+    trail of a moving spot).
+
+    Parameters
+    ----------
+    snr : ndarray of float32, shape (T, Y, X)
+        Unit-noise signal-to-noise maps of consecutive frames.
+    frames : int
+        Frames summed (>= 1).
+    weak : float
+        Below this single-frame SNR a pixel keeps its own value.
+
+    Returns
+    -------
+    ndarray of float32, shape (T, Y, X)
+    """
+    snr = np.ascontiguousarray(snr, np.float32)
+    k = max(1, min(int(frames), snr.shape[0]))
+    out = np.empty_like(snr)
+    _support_kernel(snr, -((k - 1) // 2), k // 2, np.float32(weak), out)
+    return out
 
 
 @njit(cache=True, nogil=True)

@@ -19,10 +19,19 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from spt._filters import bandpass_snr, local_maxima
+from spt._filters import bandpass_snr, local_maxima, temporal_support
 from spt.camera import EXCESS_NOISE, Camera, camera_from_parameters, estimate_camera
 from spt.errors import SptInputError
-from spt.localize import Fit, fit_groups, fit_spots, pixel_integrals, scatter_windows
+from spt.localize import (
+    Fit,
+    cut_windows,
+    fit_groups,
+    fit_spots,
+    pixel_integrals,
+    spot_models,
+    subtract_windows,
+    window_light,
+)
 from spt.schema import SPOT_COLUMNS, empty_table
 
 __all__ = ["DetectConfig", "locate", "locate_movie", "locate_chunks", "estimate_psf_sigma"]
@@ -183,27 +192,6 @@ def _snr_map(eff: np.ndarray, sigma: float, read_var: float) -> tuple[np.ndarray
     return snr, scale
 
 
-def _temporal_support(snr: np.ndarray, frames: int) -> np.ndarray | None:
-    """Sum of the SNR maps of ``frames`` consecutive frames centred on each frame, divided by
-    the square root of their number: unit noise again, but ``sqrt(frames)`` times the SNR for a
-    spot that stays put (fewer frames at the ends of the chunk). None if ``frames < 2``."""
-    if frames < 2 or snr.shape[0] < 2:
-        return None
-    k = min(frames, snr.shape[0])
-    lo, hi = -((k - 1) // 2), k // 2
-    total = snr.copy()
-    count = np.ones(snr.shape[0], np.float32)
-    for d in range(lo, hi + 1):
-        if d < 0:
-            total[-d:] += snr[:d]
-            count[-d:] += 1
-        elif d > 0:
-            total[:-d] += snr[d:]
-            count[:-d] += 1
-    total /= np.sqrt(count)[:, None, None]
-    return total
-
-
 def _peaks(snr: np.ndarray, radius: int, threshold: float):
     """Local maxima above ``threshold`` within a (2 radius + 1)^2 window: frame, row, column."""
     return local_maxima(snr, radius, threshold)
@@ -221,9 +209,7 @@ def _boxes(eff: np.ndarray, t: np.ndarray, y: np.ndarray, x: np.ndarray, half: i
     side = 2 * half + 1
     oy = np.clip(y - half, 0, ny - side)
     ox = np.clip(x - half, 0, nx - side)
-    ar = np.arange(side)
-    boxes = eff[t[:, None, None], (oy[:, None] + ar)[:, :, None], (ox[:, None] + ar)[:, None, :]]
-    return boxes, ox, oy
+    return cut_windows(eff, t, ox, oy, side), ox, oy
 
 
 def _refine_start(boxes: np.ndarray, ox: np.ndarray, oy: np.ndarray, x: np.ndarray, y: np.ndarray):
@@ -291,21 +277,6 @@ def _dedupe(
     return np.flatnonzero(keep)
 
 
-def _render(shape, t, ox, oy, side, x, y, n, s):
-    """Model image of spots (no background) and each spot's own model in its window.
-
-    Windows are ``side`` px squares with top-left corners (ox, oy); parts outside the image are
-    dropped.
-    """
-    ar = np.arange(side)
-    ex, _, _ = pixel_integrals(ox[:, None] + ar - x[:, None], s[:, None])
-    ey, _, _ = pixel_integrals(oy[:, None] + ar - y[:, None], s[:, None])
-    own = (n[:, None, None] * ey[:, :, None] * ex[:, None, :]).astype(np.float32)
-    image = np.zeros(shape, np.float32)
-    scatter_windows(image, t.astype(np.int64), ox.astype(np.int64), oy.astype(np.int64), own)
-    return image, own
-
-
 def _crowded(t: np.ndarray, x: np.ndarray, y: np.ndarray, reach: float) -> np.ndarray:
     """Whether each spot has another spot of the same frame within ``reach`` px."""
     if len(t) < 2:
@@ -328,14 +299,9 @@ def _locate_chunk(
     radius = max(1, int(round(1.5 * sigma)))
     read_var = camera.read_var_effective
     snr_map, scale = _snr_map(eff, sigma, read_var)
-    support = _temporal_support(snr_map, config.support_frames)
-    if support is not None:
-        # a summed map has more independent looks at the noise: ask for one noise unit more
-        support -= np.float32(1.0)
-        # ... and the frame itself must show something there (not the trail of a moving spot)
-        np.maximum(support, snr_map, out=support)
-        weak = snr_map < np.float32(0.5 * config.threshold)
-        support[weak] = snr_map[weak]
+    support = None
+    if config.support_frames > 1 and len(eff) > 1:
+        support = temporal_support(snr_map, config.support_frames, 0.5 * config.threshold)
     t, y, x = _peaks(snr_map if support is None else support, radius, config.threshold)
     if len(t) == 0:
         return empty_table(SPOT_COLUMNS)
@@ -422,22 +388,24 @@ def _deflate_and_refit(eff, snr_map, scale, fit, t, ox, oy, need, half, sigma, r
     if config.residual_threshold is not None and n_first:
         # the band-passed residual is the band-passed image minus the smoothed model: render the
         # model with the PSF widened by the smoothing kernel instead of filtering again
+        # (snr_map becomes the residual's SNR map in place)
         wide = int(np.ceil(3 * np.sqrt(2) * sigma))
         oxw, oyw = ox + half - wide, oy + half - wide
-        smodel, _ = _render(eff.shape, t, oxw, oyw, 2 * wide + 1, x, y, n, np.hypot(s, sigma))
+        smooth = spot_models(oxw, oyw, 2 * wide + 1, x, y, n, np.hypot(s, sigma))
+        t64 = t.astype(np.int64)
+        subtract_windows(snr_map, scale, t64, oxw.astype(np.int64), oyw.astype(np.int64), smooth)
         # ... minus its local mean (a flat square of the spot's photons over the mean's window)
         box = 2 * int(np.ceil(4 * sigma)) + 1
         flat = np.broadcast_to((-n / box**2).astype(np.float32)[:, None, None], (len(n), box, box))
         hb = box // 2
         cx, cy = np.rint(x).astype(np.int64) - hb, np.rint(y).astype(np.int64) - hb
-        scatter_windows(smodel, t.astype(np.int64), cx, cy, np.ascontiguousarray(flat))
-        resid_snr = snr_map - smodel / scale
+        subtract_windows(snr_map, scale, t64, cx, cy, np.ascontiguousarray(flat))
         radius = max(1, int(round(1.5 * sigma)))
-        t2, y2, x2 = _peaks(resid_snr, radius, config.residual_threshold)
+        t2, y2, x2 = _peaks(snr_map, radius, config.residual_threshold)
         if len(t2):
-            model, _ = _render(eff.shape, t, ox, oy, side, x, y, n, s)
-            resid = eff - model
-            boxes2, ox2, oy2 = _boxes(resid, t2, y2, x2, half)
+            boxes2, ox2, oy2 = _boxes(eff, t2, y2, x2, half)
+            models = spot_models(ox, oy, side, x, y, n, s)
+            boxes2 = boxes2 - window_light(t, ox, oy, models, t2, ox2, oy2, side)
             sx, sy = _refine_start(boxes2, ox2, oy2, x2, y2)
             f2 = fit_spots(boxes2, ox2, oy2, sx, sy, sigma, read_var=read_var, n_iter=config.n_iter)
             # a residual peak beside a bright spot may be that spot's model mismatch (blur, PSF
@@ -466,12 +434,12 @@ def _deflate_and_refit(eff, snr_map, scale, fit, t, ox, oy, need, half, sigma, r
     todo = np.flatnonzero(crowd | (np.arange(len(t)) >= n_first))
     if len(todo):
         boxes, _, _ = _boxes(eff, t[todo], oy[todo] + half, ox[todo] + half, half)
-        ar = np.arange(side)
         for _ in range(2):
-            model, own = _render(eff.shape, t, ox, oy, side, x, y, n, s)
-            rr = (oy[todo, None] + ar)[:, :, None]
-            cc = (ox[todo, None] + ar)[:, None, :]
-            extra = np.maximum(model[t[todo, None, None], rr, cc] - own[todo], 0.0)
+            # light of the other spots in each window
+            models = spot_models(ox, oy, side, x, y, n, s)
+            extra = window_light(
+                t, ox, oy, models, t[todo], ox[todo], oy[todo], side, exclude=todo[:, None]
+            )
             f = fit_spots(
                 boxes,
                 ox[todo],
@@ -531,12 +499,8 @@ def _split_merged(eff, t, ox, oy, x, y, n, b, s, errs, ok, half, sigma, read_var
     _, ny, nx = eff.shape
     # the spot's own window, where its current parameters are the one-emitter MLE
     hw = half
-    boxes = eff[
-        t[cand, None, None],
-        (oy[cand, None] + np.arange(2 * hw + 1))[:, :, None],
-        (ox[cand, None] + np.arange(2 * hw + 1))[:, None, :],
-    ]
     wx, wy = ox[cand], oy[cand]
+    boxes = cut_windows(eff, t[cand], wx, wy, 2 * hw + 1)
     ar = np.arange(2 * hw + 1)
     ex, _, _ = pixel_integrals(wx[:, None] + ar - x[cand, None], s[cand, None])
     ey, _, _ = pixel_integrals(wy[:, None] + ar - y[cand, None], s[cand, None])
@@ -629,7 +593,7 @@ def _fit_close_groups(eff, t, ox, oy, x, y, n, b, s, errs, ok, half, sigma, read
     _, label = connected_components(graph, directed=False)
     sizes = np.bincount(label)
     side = 2 * half + 1
-    model, own = _render(eff.shape, t, ox, oy, side, x, y, n, s)
+    models = spot_models(ox, oy, side, x, y, n, s)
     _, ny, nx = eff.shape
     for k in (2, 3, 4):
         groups = np.flatnonzero(sizes == k)
@@ -644,25 +608,7 @@ def _fit_close_groups(eff, t, ox, oy, x, y, n, b, s, errs, ok, half, sigma, read
         gt = t[members[:, 0]]
         boxes, wx, wy = _boxes(eff, gt, np.rint(cy).astype(int), np.rint(cx).astype(int), hw)
         # light of the spots outside the group, within the window
-        ar = np.arange(2 * hw + 1)
-        window = model[
-            gt[:, None, None], (wy[:, None] + ar)[:, :, None], (wx[:, None] + ar)[:, None, :]
-        ]
-        mine, _ = _render(
-            eff.shape,
-            t[members].ravel(),
-            ox[members].ravel(),
-            oy[members].ravel(),
-            side,
-            gx.ravel(),
-            gy.ravel(),
-            n[members].ravel(),
-            s[members].ravel(),
-        )
-        inside = mine[
-            gt[:, None, None], (wy[:, None] + ar)[:, :, None], (wx[:, None] + ar)[:, None, :]
-        ]
-        boxes = boxes - np.maximum(window - inside, 0.0)
+        boxes = boxes - window_light(t, ox, oy, models, gt, wx, wy, 2 * hw + 1, exclude=members)
         fx, fy, fn, ferr, fok, _ = fit_groups(
             boxes,
             wx,

@@ -111,6 +111,11 @@ def fisher_information(mu: np.ndarray, jac: np.ndarray) -> np.ndarray:
     return np.einsum("npk,nqk->npq", w, jac)
 
 
+#: Floating-point licences for the fitting kernels: reassociation lets LLVM vectorise the sums
+#: over pixels; NaN/inf semantics are kept (the fits test for non-finite values).
+_FAST = {"nsz", "arcp", "contract", "reassoc"}
+
+
 @njit(cache=True, nogil=True)
 def _solve_small(a: np.ndarray, v: np.ndarray, p: int) -> bool:
     """Solve ``a x = v`` in place (v <- x) for a small p x p matrix; False if singular."""
@@ -139,23 +144,77 @@ def _solve_small(a: np.ndarray, v: np.ndarray, p: int) -> bool:
 
 
 @njit(cache=True, nogil=True)
+def _bounds(info: np.ndarray, work: np.ndarray, unit: np.ndarray, out: np.ndarray) -> bool:
+    """Cramer-Rao bounds: ``out[a] = sqrt((info^-1)_aa)``; False if ``info`` is singular.
+
+    ``work`` (p, p) and ``unit`` (p) are scratch space.
+    """
+    p = info.shape[0]
+    for k in range(p):
+        work[:, :] = info
+        unit[:] = 0.0
+        unit[k] = 1.0
+        if not _solve_small(work, unit, p):
+            return False
+        out[k] = math.sqrt(unit[k]) if unit[k] > 0 else np.nan
+    return True
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
 def _integrals(centre, origin, s, e, de, ds):
+    """:func:`pixel_integrals` of the pixels ``origin, origin + 1, ...`` (len(e) of them).
+
+    Each pixel edge's erf and Gaussian are computed once and shared by the two pixels it
+    separates (half the transcendental functions of a per-pixel evaluation).
+    """
     inv = 1.0 / (math.sqrt(2.0) * s)
     norm = 1.0 / (math.sqrt(2.0 * math.pi) * s)
+    lo = origin - 0.5 - centre
+    z = lo * inv
+    erf_lo = math.erf(z)
+    g_lo = math.exp(-z * z)
     for k in range(e.shape[0]):
-        u = origin + k - centre
-        hi = u + 0.5
-        lo = u - 0.5
-        e[k] = 0.5 * (math.erf(hi * inv) - math.erf(lo * inv))
-        g_hi = math.exp(-0.5 * (hi / s) ** 2)
-        g_lo = math.exp(-0.5 * (lo / s) ** 2)
+        hi = lo + 1.0
+        z = hi * inv
+        erf_hi = math.erf(z)
+        g_hi = math.exp(-z * z)
+        e[k] = 0.5 * (erf_hi - erf_lo)
         de[k] = (g_lo - g_hi) * norm
         ds[k] = -(hi * g_hi - lo * g_lo) * norm / s
+        lo, erf_lo, g_lo = hi, erf_hi, g_hi
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def _poisson_scoring(jac, mu, data, resid, info, score):
+    """Score and Fisher information of a Poisson model (Smith et al. 2010).
+
+    ``jac`` (p, K) holds the derivatives of the expected counts ``mu`` (K) with respect to the
+    p parameters and ``data`` (K) the counts. Fills ``score`` (p) and ``info`` (p, p); ``mu``
+    is overwritten by ``1 / mu`` and ``resid`` by ``data / mu - 1``. Written as dot products over
+    the pixels so that they vectorise.
+    """
+    p, k = jac.shape
+    for j in range(k):
+        inv = 1.0 / max(mu[j], 1e-6)
+        mu[j] = inv
+        resid[j] = data[j] * inv - 1.0
+    for a in range(p):
+        acc = 0.0
+        for j in range(k):
+            acc += jac[a, j] * resid[j]
+        score[a] = acc
+        for q in range(a, p):
+            acc = 0.0
+            for j in range(k):
+                acc += jac[a, j] * jac[q, j] * mu[j]
+            info[a, q] = acc
+            info[q, a] = acc
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
 def _fit_kernel(boxes, extra, ox, oy, x, y, n, b, s, fit_sigma, read_var, n_iter, err, ok):
     m, bsz, _ = boxes.shape
+    npix = bsz * bsz
     p = 5 if fit_sigma else 4
     has_extra = extra.shape[0] == m
     ex = np.empty(bsz)
@@ -164,70 +223,86 @@ def _fit_kernel(boxes, extra, ox, oy, x, y, n, b, s, fit_sigma, read_var, n_iter
     ey = np.empty(bsz)
     dey = np.empty(bsz)
     dsy = np.empty(bsz)
+    data = np.empty(npix)
+    known = np.empty(npix)
+    mu = np.empty(npix)
+    resid = np.empty(npix)
+    jac = np.empty((p, npix))
     info = np.empty((p, p))
+    work = np.empty((p, p))
     score = np.empty(p)
-    jac = np.empty(p)
+    unit = np.empty(p)
     for i in range(m):
-        converged = False
+        # read noise is added to both the data and the model (Huang et al. 2013)
+        for r in range(bsz):
+            for c in range(bsz):
+                data[r * bsz + c] = boxes[i, r, c] + read_var
+                known[r * bsz + c] = read_var + (extra[i, r, c] if has_extra else 0.0)
         for it in range(n_iter + 1):
             _integrals(x[i], ox[i], s[i], ex, dex, dsx)
             _integrals(y[i], oy[i], s[i], ey, dey, dsy)
-            info[:, :] = 0.0
-            score[:] = 0.0
+            nn, bb = n[i], b[i]
             for r in range(bsz):
                 for c in range(bsz):
+                    j = r * bsz + c
                     psf = ey[r] * ex[c]
-                    mu = b[i] + n[i] * psf + read_var
-                    if has_extra:
-                        mu += extra[i, r, c]
-                    if mu < 1e-6:
-                        mu = 1e-6
-                    w = (boxes[i, r, c] + read_var) / mu - 1.0
-                    jac[0] = n[i] * ey[r] * dex[c]
-                    jac[1] = n[i] * dey[r] * ex[c]
-                    jac[2] = psf
-                    jac[3] = 1.0
+                    mu[j] = known[j] + bb + nn * psf
+                    jac[0, j] = nn * ey[r] * dex[c]
+                    jac[1, j] = nn * dey[r] * ex[c]
+                    jac[2, j] = psf
+                    jac[3, j] = 1.0
                     if fit_sigma:
-                        jac[4] = n[i] * (dsy[r] * ex[c] + ey[r] * dsx[c])
-                    for a in range(p):
-                        score[a] += jac[a] * w
-                        ja = jac[a] / mu
-                        for q in range(a, p):
-                            info[a, q] += ja * jac[q]
-            for a in range(p):
-                for q in range(a):
-                    info[a, q] = info[q, a]
-            if it == n_iter or converged:
-                # Cramer-Rao bound at the estimate: diagonal of the inverse Fisher information
-                good = True
-                for a in range(p):
-                    inv = info.copy()
-                    unit = np.zeros(p)
-                    unit[a] = 1.0
-                    if not _solve_small(inv, unit, p):
-                        good = False
-                        break
-                    err[i, a] = math.sqrt(unit[a]) if unit[a] > 0 else np.nan
-                ok[i] = good
+                        jac[4, j] = nn * (dsy[r] * ex[c] + ey[r] * dsx[c])
+            _poisson_scoring(jac, mu, data, resid, info, score)
+            if it == n_iter:
+                ok[i] = _bounds(info, work, unit, err[i])
                 break
-            if not _solve_small(info, score, p):
-                ok[i] = False
+            work[:, :] = info
+            if not _solve_small(work, score, p):
                 break
             dx = min(max(score[0], -1.0), 1.0)
             dy = min(max(score[1], -1.0), 1.0)
             x[i] += dx
             y[i] += dy
-            n[i] = max(n[i] + score[2], 0.5 * n[i])
-            b[i] = max(b[i] + score[3], 0.5 * b[i] + 1e-6)
+            n[i] = max(nn + score[2], 0.5 * nn)
+            b[i] = max(bb + score[3], 0.5 * bb + 1e-6)
             if fit_sigma:
                 s[i] = min(max(s[i] + min(max(score[4], -0.3), 0.3), 0.4), 0.5 * bsz)
             if abs(dx) < 1e-4 and abs(dy) < 1e-4:
-                converged = True
+                # converged: the information barely changes over so small a step, so its value
+                # before the step gives the Cramer-Rao bounds (no extra pass over the pixels)
+                ok[i] = _bounds(info, work, unit, err[i])
+                break
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def _group_model(theta, ex, dex, ey, dey, read_var, mu, jac):
+    """Expected counts (and, if ``jac`` has rows, their derivatives) of K spots on a window."""
+    k_em, bsz = ex.shape
+    p = 3 * k_em + 1
+    with_jac = jac.shape[0] == p
+    b = theta[p - 1] + read_var
+    for r in range(bsz):
+        for c in range(bsz):
+            j = r * bsz + c
+            total = b
+            for k in range(k_em):
+                nk = theta[3 * k + 2]
+                psf = ey[k, r] * ex[k, c]
+                total += nk * psf
+                if with_jac:
+                    jac[3 * k, j] = nk * ey[k, r] * dex[k, c]
+                    jac[3 * k + 1, j] = nk * dey[k, r] * ex[k, c]
+                    jac[3 * k + 2, j] = psf
+            if with_jac:
+                jac[p - 1, j] = 1.0
+            mu[j] = total
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
 def _group_kernel(boxes, ox, oy, theta, s, read_var, n_iter, err, ok, loglik):
     m, bsz, _ = boxes.shape
+    npix = bsz * bsz
     p = theta.shape[1]
     k_em = (p - 1) // 3
     ex = np.empty((k_em, bsz))
@@ -235,80 +310,53 @@ def _group_kernel(boxes, ox, oy, theta, s, read_var, n_iter, err, ok, loglik):
     ey = np.empty((k_em, bsz))
     dey = np.empty((k_em, bsz))
     tmp = np.empty(bsz)
+    data = np.empty(npix)
+    mu = np.empty(npix)
+    resid = np.empty(npix)
+    jac = np.empty((p, npix))
+    no_jac = np.empty((0, npix))
     info = np.empty((p, p))
+    work = np.empty((p, p))
     score = np.empty(p)
-    jac = np.empty(p)
+    unit = np.empty(p)
     for i in range(m):
-        last = n_iter
-        it = -1
-        while True:
-            it += 1
+        for r in range(bsz):
+            for c in range(bsz):
+                data[r * bsz + c] = boxes[i, r, c] + read_var
+        for it in range(n_iter + 1):
             for k in range(k_em):
                 _integrals(theta[i, 3 * k], ox[i], s, ex[k], dex[k], tmp)
                 _integrals(theta[i, 3 * k + 1], oy[i], s, ey[k], dey[k], tmp)
-            info[:, :] = 0.0
-            score[:] = 0.0
-            b = theta[i, p - 1]
-            for r in range(bsz):
-                for c in range(bsz):
-                    mu = b + read_var
-                    for k in range(k_em):
-                        n = theta[i, 3 * k + 2]
-                        psf = ey[k, r] * ex[k, c]
-                        mu += n * psf
-                        jac[3 * k] = n * ey[k, r] * dex[k, c]
-                        jac[3 * k + 1] = n * dey[k, r] * ex[k, c]
-                        jac[3 * k + 2] = psf
-                    jac[p - 1] = 1.0
-                    if mu < 1e-6:
-                        mu = 1e-6
-                    w = (boxes[i, r, c] + read_var) / mu - 1.0
-                    for a in range(p):
-                        score[a] += jac[a] * w
-                        ja = jac[a] / mu
-                        for q in range(a, p):
-                            info[a, q] += ja * jac[q]
-            for a in range(p):
-                for q in range(a):
-                    info[a, q] = info[q, a]
-            if it >= last:
-                ll = 0.0
-                for r in range(bsz):
-                    for c in range(bsz):
-                        mu = theta[i, p - 1] + read_var
-                        for k in range(k_em):
-                            mu += theta[i, 3 * k + 2] * ey[k, r] * ex[k, c]
-                        d = boxes[i, r, c] + read_var
-                        ll += d * math.log(max(mu, 1e-6)) - mu
-                loglik[i] = ll
-                good = True
-                for a in range(p):
-                    inv = info.copy()
-                    unit = np.zeros(p)
-                    unit[a] = 1.0
-                    if not _solve_small(inv, unit, p):
-                        good = False
-                        break
-                    err[i, a] = math.sqrt(unit[a]) if unit[a] > 0 else np.nan
-                ok[i] = good
-                break
-            if not _solve_small(info, score, p):
-                ok[i] = False
-                break
-            moved = 0.0
-            for k in range(k_em):
-                dx = min(max(score[3 * k], -1.0), 1.0)
-                dy = min(max(score[3 * k + 1], -1.0), 1.0)
-                theta[i, 3 * k] += dx
-                theta[i, 3 * k + 1] += dy
-                theta[i, 3 * k + 2] = max(
-                    theta[i, 3 * k + 2] + score[3 * k + 2], 0.5 * theta[i, 3 * k + 2]
-                )
-                moved = max(moved, abs(dx), abs(dy))
-            theta[i, p - 1] = max(b + score[p - 1], 0.5 * b + 1e-6)
-            if moved < 1e-4:
-                last = it + 1  # converged: one more pass for the error bars
-    return
+            _group_model(theta[i], ex, dex, ey, dey, read_var, mu, jac)
+            _poisson_scoring(jac, mu, data, resid, info, score)
+            if it < n_iter:
+                work[:, :] = info
+                if not _solve_small(work, score, p):
+                    break
+                moved = 0.0
+                for k in range(k_em):
+                    dx = min(max(score[3 * k], -1.0), 1.0)
+                    dy = min(max(score[3 * k + 1], -1.0), 1.0)
+                    theta[i, 3 * k] += dx
+                    theta[i, 3 * k + 1] += dy
+                    nk = theta[i, 3 * k + 2]
+                    theta[i, 3 * k + 2] = max(nk + score[3 * k + 2], 0.5 * nk)
+                    moved = max(moved, abs(dx), abs(dy))
+                b = theta[i, p - 1]
+                theta[i, p - 1] = max(b + score[p - 1], 0.5 * b + 1e-6)
+                if moved >= 1e-4:
+                    continue
+                # converged: the bounds from the information before this last small step
+                for k in range(k_em):
+                    _integrals(theta[i, 3 * k], ox[i], s, ex[k], dex[k], tmp)
+                    _integrals(theta[i, 3 * k + 1], oy[i], s, ey[k], dey[k], tmp)
+            _group_model(theta[i], ex, dex, ey, dey, read_var, mu, no_jac)
+            ll = 0.0
+            for j in range(npix):
+                ll += data[j] * math.log(max(mu[j], 1e-6)) - mu[j]
+            loglik[i] = ll
+            ok[i] = _bounds(info, work, unit, err[i])
+            break
 
 
 def fit_groups(
@@ -383,12 +431,158 @@ def fit_groups(
 
 
 @njit(cache=True, nogil=True)
-def scatter_windows(image, t, ox, oy, windows):
-    """Add ``windows[i]`` (n, B, B) into ``image`` (T, Y, X) at frame ``t[i]``, top-left
-    (``oy[i]``, ``ox[i]``), dropping the parts outside the image. In place."""
+def _models_kernel(ox, oy, x, y, n, s, out):
+    m, side, _ = out.shape
+    ex = np.empty(side)
+    ey = np.empty(side)
+    unused = np.empty(side)
+    for i in range(m):
+        _integrals(x[i], ox[i], s[i], ex, unused, unused)
+        _integrals(y[i], oy[i], s[i], ey, unused, unused)
+        for r in range(side):
+            for c in range(side):
+                out[i, r, c] = n[i] * ey[r] * ex[c]
+
+
+def spot_models(
+    origin_x: np.ndarray,
+    origin_y: np.ndarray,
+    side: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    photons: np.ndarray,
+    sigma: np.ndarray,
+) -> np.ndarray:
+    """Each spot's expected photons (no background) in its ``side`` px window, float32 (n, B, B).
+
+    Windows have top-left pixels (``origin_x``, ``origin_y``); the PSF is the pixel-integrated
+    Gaussian of :func:`pixel_integrals`.
+    """
+    out = np.empty((len(x), side, side), np.float32)
+    _models_kernel(
+        np.asarray(origin_x, np.int64),
+        np.asarray(origin_y, np.int64),
+        np.asarray(x, np.float64),
+        np.asarray(y, np.float64),
+        np.asarray(photons, np.float64),
+        np.broadcast_to(np.asarray(sigma, np.float64), (len(x),)),
+        out,
+    )
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _light_kernel(order, first, t, ox, oy, models, wt, wox, woy, exclude, out):
+    m, wside, _ = out.shape
+    side = models.shape[1]
+    for i in range(m):
+        f = wt[i]
+        for jj in range(first[f], first[f + 1]):
+            j = order[jj]
+            skip = False
+            for e in range(exclude.shape[1]):
+                skip |= exclude[i, e] == j
+            r0, r1 = max(oy[j], woy[i]), min(oy[j] + side, woy[i] + wside)
+            c0, c1 = max(ox[j], wox[i]), min(ox[j] + side, wox[i] + wside)
+            if skip or r0 >= r1 or c0 >= c1:
+                continue
+            for yy in range(r0, r1):
+                for xx in range(c0, c1):
+                    out[i, yy - woy[i], xx - wox[i]] += models[j, yy - oy[j], xx - ox[j]]
+
+
+def window_light(
+    t: np.ndarray,
+    origin_x: np.ndarray,
+    origin_y: np.ndarray,
+    models: np.ndarray,
+    window_t: np.ndarray,
+    window_x: np.ndarray,
+    window_y: np.ndarray,
+    side: int,
+    exclude: np.ndarray | None = None,
+) -> np.ndarray:
+    """Light of spots falling in other windows of the same frames (their known model term).
+
+    The same as rendering every spot's model into an image of the movie and cutting the windows
+    out of it, without the full-size image: only spots of a window's frame are visited.
+
+    Parameters
+    ----------
+    t, origin_x, origin_y : ndarray of int, shape (n,)
+        Frame and top-left pixel (column, row) of each spot's model window.
+    models : ndarray, shape (n, B, B)
+        Each spot's expected photons in its window (:func:`spot_models`).
+    window_t, window_x, window_y : ndarray of int, shape (m,)
+        Frame and top-left pixel of each output window.
+    side : int
+        Side of the output windows (px).
+    exclude : ndarray of int, shape (m, K), or None
+        Spots (indices into the n) left out of each window's sum, e.g. the ones being fitted
+        there; -1 pads.
+
+    Returns
+    -------
+    ndarray of float32, shape (m, side, side)
+    """
+    t = np.asarray(t, np.int64)
+    window_t = np.asarray(window_t, np.int64)
+    out = np.zeros((len(window_t), side, side), np.float32)
+    if len(t) == 0 or len(window_t) == 0:
+        return out
+    order = np.argsort(t, kind="stable")
+    n_frames = int(max(t.max(), window_t.max())) + 1
+    first = np.searchsorted(t[order], np.arange(n_frames + 1))
+    skip = np.full((len(window_t), 0), -1, np.int64) if exclude is None else exclude
+    _light_kernel(
+        order,
+        first,
+        t,
+        np.asarray(origin_x, np.int64),
+        np.asarray(origin_y, np.int64),
+        np.ascontiguousarray(models, np.float32),
+        window_t,
+        np.asarray(window_x, np.int64),
+        np.asarray(window_y, np.int64),
+        np.ascontiguousarray(skip, np.int64),
+        out,
+    )
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _cut_kernel(image, t, ox, oy, out):
+    side = out.shape[1]
+    for i in range(out.shape[0]):
+        for r in range(side):
+            src = image[t[i], oy[i] + r]
+            dst = out[i, r]
+            for c in range(side):
+                dst[c] = src[ox[i] + c]
+
+
+def cut_windows(
+    image: np.ndarray, t: np.ndarray, origin_x: np.ndarray, origin_y: np.ndarray, side: int
+) -> np.ndarray:
+    """Copies of ``side`` px square windows of a (T, Y, X) stack: frame ``t[i]``, top-left pixel
+    (``origin_y[i]``, ``origin_x[i]``); every window must lie inside the frames."""
+    t, ox, oy = (np.asarray(a, np.int64) for a in (t, origin_x, origin_y))
+    _, ny, nx = image.shape
+    if len(t) and (ox.min() < 0 or oy.min() < 0 or ox.max() + side > nx or oy.max() + side > ny):
+        raise ValueError("windows must lie inside the frames")
+    out = np.empty((len(t), side, side), image.dtype)
+    _cut_kernel(image, t, ox, oy, out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def subtract_windows(image, scale, t, ox, oy, windows):
+    """``image -= windows / scale`` for windows (n, B, B) placed at frame ``t[i]``, top-left
+    (``oy[i]``, ``ox[i]``) of ``image`` and ``scale`` (T, Y, X); parts outside are dropped."""
     _, ny, nx = image.shape
     side = windows.shape[1]
     for i in range(windows.shape[0]):
+        f = t[i]
         for r in range(side):
             yy = oy[i] + r
             if yy < 0 or yy >= ny:
@@ -396,7 +590,7 @@ def scatter_windows(image, t, ox, oy, windows):
             for c in range(side):
                 xx = ox[i] + c
                 if 0 <= xx < nx:
-                    image[t[i], yy, xx] += windows[i, r, c]
+                    image[f, yy, xx] -= windows[i, r, c] / scale[f, yy, xx]
 
 
 def fit_spots(
@@ -420,7 +614,8 @@ def fit_spots(
     ``mu_k = b + N dE_x dE_y (+ extra_k)`` (Smith et al., Nat Methods 2010), which reaches the
     Cramer-Rao bound (Mortensen et al. 2010). Read noise of variance ``c`` is handled by adding
     ``c`` to both the data and the model (Huang et al., Nat Methods 2013). Compiled with numba;
-    iterations stop early once the position moves less than 1e-4 px.
+    iterations stop early once the position moves less than 1e-4 px, and the Cramer-Rao bounds
+    then come from the information of that last iteration.
 
     Parameters
     ----------

@@ -270,3 +270,49 @@ def test_pairs_closer_than_three_psf_widths_are_split_and_streaks_are_not():
         for f, x, y in streaks
     ]
     assert np.mean(np.array(near) == 1) >= 0.95  # each streak found, as one spot
+
+
+@pytest.mark.parametrize("shape", [(2, 37, 52), (1, 9, 12)])
+def test_bandpass_snr_matches_scipy_filters(shape):
+    """The fused compiled band-pass equals Gaussian smoothing minus a box mean (scipy.ndimage,
+    mode "reflect") over the shot-noise s.d.; frames smaller than the filters included."""
+    from scipy import ndimage
+
+    from spt._filters import bandpass_snr
+
+    rng = np.random.default_rng(4)
+    eff = rng.poisson(20.0, shape).astype(np.float32)
+    eff[:, shape[1] // 2, shape[2] // 3] += 300.0
+    sigma, box, read_var = 1.3, 11, 2.0
+    snr, scale = bandpass_snr(eff, sigma, box, read_var)
+    # frames smaller than the filters are mirrored out to the filter size first
+    py, px = max(0, box - shape[1]), max(0, box - shape[2])
+    padded = np.pad(eff.astype(float), ((0, 0), (py, py), (px, px)), mode="symmetric")
+    smooth = ndimage.gaussian_filter(padded, (0, sigma, sigma), truncate=3.0, mode="reflect")
+    mean = ndimage.uniform_filter(smooth, (1, box, box), mode="reflect")
+    smooth = smooth[:, py : py + shape[1], px : px + shape[2]]
+    mean = mean[:, py : py + shape[1], px : px + shape[2]]
+    ref_scale = np.sqrt(np.maximum(mean, 0) + read_var + 1e-6)
+    np.testing.assert_allclose(scale, ref_scale, rtol=1e-5)
+    np.testing.assert_allclose(snr, (smooth - mean) / ref_scale, atol=2e-5)
+    assert snr.max() > 4
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3, 5])
+def test_temporal_support_matches_a_numpy_reference(frames):
+    from spt._filters import temporal_support
+
+    rng = np.random.default_rng(frames)
+    snr = rng.normal(size=(4, 15, 17)).astype(np.float32)
+    snr[:, 7, 8] += 3.0  # a spot that stays put
+    k = min(frames, len(snr))
+    lo, hi = -((k - 1) // 2), k // 2
+    ref = np.empty_like(snr)
+    for t in range(len(snr)):
+        window = snr[max(0, t + lo) : t + hi + 1]
+        summed = window.sum(axis=0) / np.sqrt(len(window)) - 1.0
+        ref[t] = np.where(snr[t] < 2.0, snr[t], np.maximum(summed, snr[t]))
+    got = temporal_support(snr, frames, 2.0)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    if frames > 1:
+        assert got[:, 7, 8].mean() > snr[:, 7, 8].mean() + 0.5
