@@ -1,0 +1,171 @@
+"""Track-guided re-detection: gaps filled, merged pairs split, broken tracks joined (spt.guided)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spt.camera import camera_from_parameters
+from spt.config import PipelineConfig
+from spt.detect import DetectConfig, locate_movie
+from spt.errors import SptInputError
+from spt.guided import GuidedConfig, guided_detect, guided_detect_movie
+from spt.link import LinkConfig, link
+from spt.localize import pixel_integrals
+
+PX, DT, SIGMA, OFFSET = 0.2, 1 / 30, 1.25, 100.0
+CAMERA = camera_from_parameters(1.0, 1.0, OFFSET, 0.0, "scmos")
+DETECT = DetectConfig(
+    em_gain=1.0, e_per_adu=1.0, offset_adu=OFFSET, camera="scmos", psf_sigma_px=SIGMA
+)
+
+
+def _movie(truth: pd.DataFrame, n_frames: int, shape=(48, 64), background=10.0, seed=0):
+    """Poisson movie (ADU = photons + offset) of pixel-integrated Gaussian spots of ``truth``
+    (columns frame, x, y, photons)."""
+    ny, nx = shape
+    mu = np.full((n_frames, ny, nx), background)
+    for t, x, y, n in truth[["frame", "x", "y", "photons"]].itertuples(index=False):
+        ex, _, _ = pixel_integrals(np.arange(nx)[None] - x, np.array([[SIGMA]]))
+        ey, _, _ = pixel_integrals(np.arange(ny)[None] - y, np.array([[SIGMA]]))
+        mu[int(t)] += n * ey[0][:, None] * ex[0][None, :]
+    rng = np.random.default_rng(seed)
+    return (rng.poisson(mu) + OFFSET).astype(np.uint16)
+
+
+def _run(tracks, movie, spots=None, **kw):
+    return guided_detect(
+        tracks,
+        movie,
+        camera=CAMERA,
+        psf_sigma_px=SIGMA,
+        pixel_size_um=PX,
+        frame_interval_s=DT,
+        config=GuidedConfig(**kw),
+        spots=spots,
+    )
+
+
+def _error_at(found: pd.DataFrame, truth: pd.DataFrame, frames) -> np.ndarray:
+    f = found.set_index("frame").loc[list(frames)]
+    t = truth.set_index("frame").loc[list(frames)]
+    return np.hypot(f["x"] - t["x"], f["y"] - t["y"]).to_numpy()
+
+
+def test_blinking_dim_track_gaps_filled_but_not_its_dark_frames():
+    """A dim diffusing spot that the detector misses in some frames gets those frames back from
+    the image; the frames where it is truly off (a blink) stay empty."""
+    rng = np.random.default_rng(1)
+    n = 60
+    xy = np.array([30.0, 24.0]) + np.cumsum(rng.normal(0, 0.3, (n, 2)), axis=0)
+    on = np.ones(n, bool)
+    on[20:25] = False  # blink
+    truth = pd.DataFrame({"frame": np.arange(n), "x": xy[:, 0], "y": xy[:, 1], "photons": 250.0})
+    movie = _movie(truth[on], n)
+    spots = locate_movie(movie, DETECT)
+    tracks = link(spots, pixel_size_um=PX, frame_interval_s=DT)
+    assert tracks["particle"].nunique() == 1
+    missed = [10, 11, 30, 40, 41, 42]  # as if the detector had missed them
+    assert set(missed) <= set(tracks["frame"])
+    cut = ~tracks["frame"].isin(missed)
+    tracks, spots = tracks[cut], spots[~spots["frame"].isin(missed)]
+    out = _run(tracks, movie, spots)
+    assert out["particle"].nunique() == 1
+    assert set(missed) <= set(out["frame"])
+    assert not set(range(20, 25)) & set(out["frame"])
+    assert _error_at(out, truth, missed).max() < 0.7
+    assert not out.duplicated(["particle", "frame"]).any()
+
+
+def test_merged_pair_gets_two_positions():
+    """Two particles 2.6 px apart: where the detector gave one spot between them (owned by B)
+    and A has a gap, the joint two-emitter fit gives A its position back and corrects B's."""
+    n = 30
+    t = np.arange(n)
+    a = pd.DataFrame({"frame": t, "x": 20.0 + 0.3 * t, "y": 24.0, "photons": 600.0})
+    b = pd.DataFrame({"frame": t, "x": 20.0 + 0.3 * t, "y": 26.6, "photons": 600.0})
+    movie = _movie(pd.concat([a, b]), n, seed=2)
+    merged = list(range(10, 15))
+    rows = []
+    for pid, tr in enumerate((a, b)):
+        for f, x, y in tr[["frame", "x", "y"]].itertuples(index=False):
+            if f in merged:
+                if pid == 0:
+                    continue
+                y = 25.3  # one spot halfway, twice as bright, given to B
+            rows.append((f, x, y, 1200.0 if (pid == 1 and f in merged) else 600.0, pid))
+    tracks = pd.DataFrame(rows, columns=["frame", "x", "y", "signal", "particle"])
+    out = _run(tracks, movie)
+    assert out["particle"].nunique() == 2
+    got_a = out[out["particle"] == out.loc[out["frame"] == 0].sort_values("y")["particle"].iloc[0]]
+    assert set(merged) <= set(got_a["frame"])
+    assert _error_at(got_a, a, merged).max() < 0.5
+    got_b = out[~out.index.isin(got_a.index)]
+    assert _error_at(got_b, b, merged).max() < 0.5
+    assert got_b.set_index("frame").loc[merged, "signal"].max() < 900
+
+
+def test_broken_flowing_track_is_extended_and_joined():
+    """A particle flowing at 3 px/frame, its track cut in two by 4 undetected frames: extending
+    the first piece along its velocity finds them and reaches the second piece, which joins."""
+    n = 24
+    t = np.arange(n)
+    truth = pd.DataFrame({"frame": t, "x": 6.0 + 2.5 * t, "y": 20.0 + 0.2 * t, "photons": 500.0})
+    movie = _movie(truth, n, shape=(40, 72), seed=3)
+    hidden = [10, 11, 12, 13]
+    rows = [
+        (f, x, y, 500.0, 0 if f < 10 else 1)
+        for f, x, y in truth[["frame", "x", "y"]].itertuples(index=False)
+        if f not in hidden
+    ]
+    tracks = pd.DataFrame(rows, columns=["frame", "x", "y", "signal", "particle"])
+    # a gap of 5 frames that the linker could not bridge (max_gap_frames 2 here)
+    out = guided_detect(
+        tracks,
+        movie,
+        camera=CAMERA,
+        psf_sigma_px=SIGMA,
+        pixel_size_um=PX,
+        frame_interval_s=DT,
+        link_config=LinkConfig(max_gap_frames=2),
+    )
+    assert out["particle"].nunique() == 1
+    assert sorted(out["frame"]) == list(range(n))
+    assert _error_at(out, truth, hidden).max() < 0.6
+
+
+def test_nothing_found_in_empty_frames_and_disabled_is_identity():
+    """Noise only around a track's ends and gap: nothing is added; disabled returns the input."""
+    rows = [(f, 30.0, 20.0, 400.0, 0) for f in (5, 6, 7, 15, 16, 17)]
+    tracks = pd.DataFrame(rows, columns=["frame", "x", "y", "signal", "particle"])
+    on = pd.DataFrame({"frame": [5, 6, 7, 15, 16, 17], "x": 30.0, "y": 20.0, "photons": 400.0})
+    movie = _movie(on, 24, seed=4)
+    out = _run(tracks, movie)
+    assert sorted(out["frame"]) == [5, 6, 7, 15, 16, 17]
+    assert _run(tracks, movie, enabled=False) is tracks
+
+
+def test_movie_helper_uses_pipeline_config_and_validates():
+    cfg = PipelineConfig()
+    assert cfg.guided == GuidedConfig()
+    assert PipelineConfig.from_dict(cfg.to_dict()).guided == cfg.guided
+    with pytest.raises(ValueError):
+        GuidedConfig(min_snr=-1)
+    with pytest.raises(ValueError):
+        GuidedConfig(extend_frames=-1)
+    tracks = pd.DataFrame({"frame": [0], "x": [1.0], "y": [1.0], "particle": [0]})
+    with pytest.raises(SptInputError, match="signal"):
+        _run(tracks, np.zeros((2, 16, 16), np.uint16))
+    empty = tracks.iloc[:0]
+    assert (
+        guided_detect_movie(
+            empty,
+            empty,
+            np.zeros((2, 16, 16)),
+            detect_config=DETECT,
+            link_config=LinkConfig(),
+            config=GuidedConfig(),
+            pixel_size_um=PX,
+            frame_interval_s=DT,
+        )
+        is empty
+    )
