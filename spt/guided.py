@@ -260,6 +260,12 @@ def _probe(frames, shape, probes: _Probes, spots: _Spots, camera, sigma, config,
             sigma,
             read_var=read_var,
         )
+        # the two emitters are interchangeable: the track's own is the one nearer its prediction
+        swap = np.hypot(x2[:, 0] - probes.x[g], y2[:, 0] - probes.y[g]) < np.hypot(
+            x2[:, 1] - probes.x[g], y2[:, 1] - probes.y[g]
+        )
+        for a in (x2, y2, n2, e2):
+            a[swap] = a[swap][:, ::-1]
         with np.errstate(invalid="ignore", divide="ignore"):
             snr = n2[:, 1] / e2[:, 1, 2]
         good = ok2 & (2 * (ll2 - np.where(ok1, ll1, -np.inf)) >= config.pair_min_llr)
