@@ -15,7 +15,7 @@ from scipy.spatial import cKDTree
 from spt.camera import Camera, estimate_camera
 from spt.detect import DetectConfig, resolve_camera_and_psf
 from spt.errors import SptInputError
-from spt.link import LinkConfig
+from spt.link import LinkConfig, link
 from spt.localize import fit_groups, fit_spots, pixel_integrals
 
 __all__ = ["GuidedConfig", "guided_detect", "guided_detect_movie"]
@@ -54,6 +54,10 @@ class GuidedConfig:
         An existing spot this close (px) to a prediction is taken as the track's own: a spot left
         out of every track is added to it, and the first (last) spot of another track joins the
         two tracks when the track is extended forward (backward).
+    relink_passes : int
+        Times the augmented tracks' spots are linked again (:func:`spt.link.link`) and looked
+        at again; with gaps filled and merged pairs split the linker swaps fewer identities.
+        0: one guided pass on the first linking only.
     chunk_frames : int
         Most frames read from the movie at once (memory ~ chunk x Y x X x pixel size).
     """
@@ -67,13 +71,19 @@ class GuidedConfig:
     pair_radius_px: float = 3.5
     pair_min_llr: float = 6.0
     join_radius_px: float = 1.5
+    relink_passes: int = 1
     chunk_frames: int = 64
 
     def __post_init__(self) -> None:
         if self.min_snr < 0 or self.search_radius_px <= 0 or self.brightness_ratio < 1:
             raise ValueError("min_snr must be >= 0, search_radius_px > 0, brightness_ratio >= 1")
-        if self.extend_frames < 0 or self.max_misses < 0 or self.chunk_frames < 1:
-            raise ValueError("extend_frames must be >= 0 and chunk_frames >= 1")
+        if (
+            min(self.extend_frames, self.max_misses, self.relink_passes) < 0
+            or self.chunk_frames < 1
+        ):
+            raise ValueError(
+                "extend_frames, max_misses and relink_passes must be >= 0, chunk_frames >= 1"
+            )
         if self.pair_radius_px < 0 or self.join_radius_px < 0 or self.pair_min_llr < 0:
             raise ValueError("pair_radius_px, join_radius_px and pair_min_llr must be >= 0")
 
@@ -495,6 +505,55 @@ def guided_detect(
         raise SptInputError("frames", f"expected a (T, Y, X) movie, got shape {np.shape(frames)}")
     if not config.enabled or len(tracks) == 0:
         return tracks
+    out = _guided_pass(
+        tracks,
+        frames,
+        camera,
+        psf_sigma_px,
+        pixel_size_um,
+        frame_interval_s,
+        config,
+        link_config,
+        spots,
+    )
+    for _ in range(config.relink_passes):
+        # link again the tracks' spots (guided ones included): with the gaps filled and merged
+        # pairs split, frame-to-frame assignment makes fewer identity swaps; then look again
+        points = out.drop(columns="particle")
+        if spots is not None and len(spots):
+            keys = ["frame", "x", "y"]
+            rest = spots.merge(points[keys], on=keys, how="left", indicator=True)
+            rest = rest[rest["_merge"] == "left_only"].drop(columns="_merge")
+            spots = pd.concat([points, rest], ignore_index=True)
+        relinked = link(
+            points, link_config, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
+        )
+        out = _guided_pass(
+            relinked,
+            frames,
+            camera,
+            psf_sigma_px,
+            pixel_size_um,
+            frame_interval_s,
+            config,
+            link_config,
+            spots,
+        )
+    return out
+
+
+def _guided_pass(
+    tracks,
+    frames,
+    camera,
+    psf_sigma_px,
+    pixel_size_um,
+    frame_interval_s,
+    config,
+    link_config,
+    spots,
+) -> pd.DataFrame:
+    """One pass of :func:`guided_detect` (gaps, then ends) on linked tracks."""
     tracks = tracks.sort_values(["particle", "frame"], kind="stable", ignore_index=True)
     n_frames, ny, nx = np.shape(frames)
     sigma = float(psf_sigma_px)
