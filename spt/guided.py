@@ -107,9 +107,6 @@ class _Spots:
         self.n = np.concatenate([self.n, n])
         self.row = np.concatenate([self.row, row])
 
-    def tree(self, sep: float) -> cKDTree:
-        return cKDTree(np.column_stack([self.x, self.y, self.frame * sep]))
-
 
 @dataclass
 class _Probes:
@@ -179,11 +176,15 @@ def _probe(frames, shape, probes: _Probes, spots: _Spots, camera, sigma, config,
     if m == 0:
         return out
     sep = 1e4
-    tree = spots.tree(sep)
+    # only the spots of the probed frames
+    sub = np.flatnonzero(np.isin(spots.frame, np.unique(probes.frame)))
+    if len(sub) == 0:
+        sub = np.zeros(1, np.int64)  # one far-away point keeps the tree valid
+    tree = cKDTree(np.column_stack([spots.x[sub], spots.y[sub], spots.frame[sub] * sep]))
     centre = np.column_stack([probes.x, probes.y, probes.frame * sep])
     dist, near = tree.query(centre, k=1, distance_upper_bound=config.pair_radius_px)
     has = np.isfinite(dist)
-    near = np.where(has, near, -1)
+    near = np.where(has, sub[np.minimum(near, len(sub) - 1)], -1)
     close = has & (dist <= config.join_radius_px)
     out["near"] = np.where(close, near, -1)
     # a spot in no track at the prediction is taken as it is; any other is fitted jointly
@@ -209,7 +210,7 @@ def _probe(frames, shape, probes: _Probes, spots: _Spots, camera, sigma, config,
     )
     lens = np.fromiter((len(li) for li in lists), np.int64, len(lists))
     pi = np.repeat(np.arange(len(idx)), lens)
-    pj = np.concatenate(lists).astype(np.int64) if lens.sum() else np.zeros(0, np.int64)
+    pj = sub[np.concatenate(lists).astype(np.int64)] if lens.sum() else np.zeros(0, np.int64)
     keep = pj != partner[idx][pi]
     pi, pj = pi[keep], pj[keep]
     extra = np.zeros_like(boxes)
@@ -258,6 +259,7 @@ def _probe(frames, shape, probes: _Probes, spots: _Spots, camera, sigma, config,
             b0,
             sigma,
             read_var=read_var,
+            n_iter=6,  # started at the detection, already near its optimum
         )
         x2, y2, n2, e2, ok2, ll2 = fit_groups(
             bx,
@@ -357,7 +359,7 @@ class _Builder:
             if p >= 0 and p in self.touched:
                 pos.pop(s)
                 continue
-        rows = []
+        rows, added = [], []
         for s, i in pos.items():
             k = res["take"][s]
             if k >= 0:
@@ -377,14 +379,8 @@ class _Builder:
                         self.signal[r] = res["pn"][s] * self.to_out
                     if self.x_err is not None:
                         self.x_err[r], self.y_err[r] = res["px_err"][s], res["py_err"][s]
-            self.spots.add(
-                np.array([probes.frame[s]]),
-                np.array([res["x"][s]]),
-                np.array([res["y"][s]]),
-                np.array([res["n"][s]]),
-                np.array([-2]),
-            )
-            result[i] = len(self.spots.frame) - 1
+            added.append(s)
+            result[i] = len(self.spots.frame) + len(added) - 1
             rows.append(
                 (
                     particle[s],
@@ -396,6 +392,14 @@ class _Builder:
                     res["x_err"][s],
                     res["y_err"][s],
                 )
+            )
+        if added:
+            self.spots.add(
+                probes.frame[added],
+                res["x"][added],
+                res["y"][added],
+                res["n"][added],
+                np.full(len(added), -2),
             )
         if rows:
             arr = np.array(rows, dtype=float)
