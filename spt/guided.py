@@ -39,6 +39,10 @@ class GuidedConfig:
     brightness_ratio : float
         A guided spot's signal must lie within this factor of its track's median signal (quantum
         dots keep their brightness while on).
+    velocity_noise_um_s : float
+        S.d. (um/s, per axis) of the error of a flowing track's predicted velocity one frame
+        beyond its end: the velocity is estimated from the last 3 steps, and flow has lateral
+        jitter, so this is larger than the linker's per-frame velocity noise.
     extend_frames : int
         Most frames probed beyond each end of a track.
         0: fill gaps only.
@@ -66,6 +70,7 @@ class GuidedConfig:
     min_snr: float = 2.0
     search_radius_px: float = 1.5
     brightness_ratio: float = 2.5
+    velocity_noise_um_s: float = 10.0
     extend_frames: int = 10
     max_misses: int = 2
     pair_radius_px: float = 3.5
@@ -77,6 +82,8 @@ class GuidedConfig:
     def __post_init__(self) -> None:
         if self.min_snr < 0 or self.search_radius_px <= 0 or self.brightness_ratio < 1:
             raise ValueError("min_snr must be >= 0, search_radius_px > 0, brightness_ratio >= 1")
+        if self.velocity_noise_um_s <= 0:
+            raise ValueError("velocity_noise_um_s must be > 0")
         if (
             min(self.extend_frames, self.max_misses, self.relink_passes) < 0
             or self.chunk_frames < 1
@@ -420,7 +427,22 @@ class _Builder:
             )
         return result
 
+    def frames_of(self, particle: int) -> np.ndarray:
+        """Frames of a track now (its spots, guided ones included)."""
+        own = self.tracks["frame"].to_numpy()[self.particle == particle]
+        new = [n.loc[n["particle"] == particle, "frame"].to_numpy() for n in self.new]
+        taken = [self.detections["frame"].iloc[s] for p, s in self.taken if p == particle]
+        return np.concatenate([own, *new, np.array(taken, dtype=own.dtype)])
+
+    def overlap(self, a: int, b: int) -> bool:
+        """Whether tracks ``a`` and ``b`` share a frame or interleave in time."""
+        fa, fb = self.frames_of(a), self.frames_of(b)
+        if len(fa) == 0 or len(fb) == 0:
+            return False
+        return not (fa.max() < fb.min() or fb.max() < fa.min())
+
     def table(self) -> pd.DataFrame:
+        """The augmented tracks, renumbered from 0 in order of first appearance."""
         out = self.tracks.copy()
         out["x"], out["y"] = self.x, self.y
         if self.signal is not None:
@@ -488,7 +510,7 @@ def guided_detect(
     config : GuidedConfig
         Guided-detection parameters.
     link_config : LinkConfig
-        The linker's parameters (diffusion, velocity noise, longest gap).
+        The linker's parameters (diffusion, longest gap).
     spots : DataFrame, optional
         All detections, including those left out of tracks (their light is modelled and they
         can be added to tracks). Default: the spots of ``tracks``.
@@ -565,7 +587,7 @@ def _guided_pass(
     f2 = camera.excess_noise
     to_out = f2 if camera.calibrated else camera.adu_per_photon * f2
     sd1 = np.sqrt(2 * link_config.diffusion_um2_s * frame_interval_s) / pixel_size_um
-    sd_v = link_config.velocity_noise_um_s * frame_interval_s / pixel_size_um
+    sd_v = config.velocity_noise_um_s * frame_interval_s / pixel_size_um
 
     tf = tracks["frame"].to_numpy(np.int64)
     tx, ty = tracks["x"].to_numpy(float), tracks["y"].to_numpy(float)
@@ -690,6 +712,8 @@ def _extend(frames, tracks, builder, ref_of, sd1, sd_v, config, camera, sigma, h
                     else last.loc[tracks["particle"].iloc[r]]
                 )
                 if other == mine or other in joined or mine in joined or edge != t[idx[j]]:
+                    continue
+                if builder.overlap(mine, other):
                     continue
                 builder.particle[builder.particle == other] = mine
                 for new in builder.new:
