@@ -20,6 +20,10 @@ from spt.localize import fit_groups, fit_spots, pixel_integrals
 
 __all__ = ["GuidedConfig", "guided_detect", "guided_detect_movie"]
 
+#: A spot is taken for two unresolved emitters when its signal is within this factor of the
+#: sum of both tracks' typical signals and at least this factor above its own track's.
+_MERGED_RATIO = 1.4
+
 
 @dataclass(frozen=True)
 class GuidedConfig:
@@ -105,8 +109,10 @@ class _Spots:
     n: np.ndarray  # effective photons
     row: np.ndarray  # row in the track table, -1 when the spot is in no track, -2 guided
     src: np.ndarray  # row in the detections table, -1 for a guided spot
+    ref: np.ndarray  # median effective photons of the spot's track (its own if in none)
 
     def add(self, frame, x, y, n, row) -> None:
+        self.ref = np.concatenate([self.ref, n])
         self.src = np.concatenate([self.src, np.full(len(frame), -1)])
         self.frame = np.concatenate([self.frame, frame])
         self.x = np.concatenate([self.x, x])
@@ -299,11 +305,24 @@ def _probe(frames, shape, probes: _Probes, spots: _Spots, camera, sigma, config,
         )
         good &= np.hypot(x2[:, 0] - x2[:, 1], y2[:, 0] - y2[:, 1]) >= 1.0
         good &= (n2[:, 1] >= lo_n[p_idx]) & (n2[:, 1] <= hi_n[p_idx])
-        out["ok"][g] = good
         out["x"][g], out["y"][g], out["n"][g] = x2[:, 1], y2[:, 1], n2[:, 1]
         out["b"][g] = b0
         out["x_err"][g], out["y_err"][g] = e2[:, 1, 0], e2[:, 1, 1]
-        out["partner"][g] = np.where(good, pj, -1)
+        join = config.join_radius_px
+        # unresolved (closer than ~1 PSF s.d.): the spot carries the light of both tracks, so
+        # both get it as their position, as a merge in u-track (Jaqaman et al. 2008)
+        both = spots.n[pj] / (probes.ref[g] + spots.ref[pj])
+        shared = ~good & (np.hypot(spots.x[pj] - probes.x[g], spots.y[pj] - probes.y[g]) <= join)
+        shared &= (both >= 1 / _MERGED_RATIO) & (both <= _MERGED_RATIO)
+        shared &= spots.n[pj] >= _MERGED_RATIO * spots.ref[pj]
+        good |= shared
+        out["ok"][g] = good
+        out["x"][g] = np.where(shared, spots.x[pj], out["x"][g])
+        out["y"][g] = np.where(shared, spots.y[pj], out["y"][g])
+        out["n"][g] = np.where(shared, spots.n[pj] / 2, out["n"][g])
+        out["x_err"][g] = np.where(shared, sigma / 2, out["x_err"][g])
+        out["y_err"][g] = np.where(shared, sigma / 2, out["y_err"][g])
+        out["partner"][g] = np.where(good & ~shared, pj, -1)
         out["px"][g], out["py"][g], out["pn"][g] = x2[:, 0], y2[:, 0], n2[:, 0]
         out["px_err"][g], out["py_err"][g] = e2[:, 0, 0], e2[:, 0, 1]
     return out
@@ -610,12 +629,21 @@ def _guided_pass(
             merged["signal"].to_numpy(float) / to_out,
             merged["_row"].fillna(-1).to_numpy(np.int64),
             merged["_src"].to_numpy(np.int64),
+            merged["signal"].to_numpy(float) / to_out,
         )
     else:
         all_spots = _Spots(
-            tf.copy(), tx.copy(), ty.copy(), tn.copy(), row_of.copy(), np.full(len(tf), -1)
+            tf.copy(),
+            tx.copy(),
+            ty.copy(),
+            tn.copy(),
+            row_of.copy(),
+            np.full(len(tf), -1),
+            tn.copy(),
         )
     ref_of = pd.Series(tn).groupby(tp).median()
+    in_track = all_spots.row >= 0
+    all_spots.ref[in_track] = ref_of.loc[tp[all_spots.row[in_track]]].to_numpy()
     builder = _Builder(tracks, all_spots, spots, to_out, sigma)
 
     # 1. gaps: every missing frame between two spots of a track, by linear interpolation
