@@ -104,6 +104,36 @@ def test_merged_pair_gets_two_positions():
     assert got_b.set_index("frame").loc[merged, "signal"].max() < 900
 
 
+def test_unresolved_pair_shares_the_merged_spot():
+    """Two particles 0.8 px apart (unresolvable, PSF s.d. 1.25 px) for 6 frames: the one spot,
+    twice as bright and given to B, is given to A too (a merge, as in u-track)."""
+    n = 30
+    t = np.arange(n)
+    dy = np.where((t >= 10) & (t < 16), 0.8, 4.0)
+    a = pd.DataFrame({"frame": t, "x": 30.0, "y": 24.0 - dy / 2, "photons": 500.0})
+    b = pd.DataFrame({"frame": t, "x": 30.0, "y": 24.0 + dy / 2, "photons": 500.0})
+    movie = _movie(pd.concat([a, b]), n, seed=5)
+    merged = list(range(10, 16))
+    rows = [(f, x, y, 500.0, 0) for f, x, y in a[["frame", "x", "y"]].itertuples(index=False)]
+    rows = [r for r in rows if r[0] not in merged]
+    rows += [
+        (f, x, 24.0 if f in merged else y, 1000.0 if f in merged else 500.0, 1)
+        for f, x, y in b[["frame", "x", "y"]].itertuples(index=False)
+    ]
+    tracks = pd.DataFrame(rows, columns=["frame", "x", "y", "signal", "particle"])
+    out = _run(tracks, movie)
+    assert out["particle"].nunique() == 2
+    got_a = out[out["particle"] == out.loc[out["frame"] == 0].sort_values("y")["particle"].iloc[0]]
+    assert sorted(got_a["frame"]) == list(range(n))
+    assert _error_at(got_a, a, merged).max() < 1.0
+    # A blinks off while passing B: B's spot is not bright enough for two, A gets nothing
+    lone = _movie(pd.concat([a[~a["frame"].isin(merged)], b]), n, seed=6)
+    tracks.loc[tracks["frame"].isin(merged), "signal"] = 500.0
+    out = _run(tracks, lone, relink_passes=0)  # the shared-spot test alone, no re-linking
+    got_a = out[out["particle"] == out.loc[out["frame"] == 0].sort_values("y")["particle"].iloc[0]]
+    assert not set(merged) & set(got_a["frame"])
+
+
 def test_broken_flowing_track_is_extended_and_joined():
     """A particle flowing at 3 px/frame, its track cut in two by 4 undetected frames: extending
     the first piece along its velocity finds them and reaches the second piece, which joins."""
