@@ -106,10 +106,11 @@ def test_merged_pair_gets_two_positions():
 
 def test_unresolved_pair_shares_the_merged_spot():
     """Two particles 0.8 px apart (unresolvable, PSF s.d. 1.25 px) for 6 frames: the one spot,
-    twice as bright and given to B, is given to A too (a merge, as in u-track)."""
+    twice as bright and given to B, is given to A too (a merge, as in u-track). No re-linking
+    here, so that only the guided pass is tested."""
     n = 30
     t = np.arange(n)
-    dy = np.where((t >= 10) & (t < 16), 0.8, 4.0)
+    dy = np.where((t >= 10) & (t < 16), 0.8, np.where((t >= 8) & (t < 18), 2.0, 4.0))
     a = pd.DataFrame({"frame": t, "x": 30.0, "y": 24.0 - dy / 2, "photons": 500.0})
     b = pd.DataFrame({"frame": t, "x": 30.0, "y": 24.0 + dy / 2, "photons": 500.0})
     movie = _movie(pd.concat([a, b]), n, seed=5)
@@ -121,7 +122,7 @@ def test_unresolved_pair_shares_the_merged_spot():
         for f, x, y in b[["frame", "x", "y"]].itertuples(index=False)
     ]
     tracks = pd.DataFrame(rows, columns=["frame", "x", "y", "signal", "particle"])
-    out = _run(tracks, movie)
+    out = _run(tracks, movie, relink_passes=0)
     assert out["particle"].nunique() == 2
     got_a = out[out["particle"] == out.loc[out["frame"] == 0].sort_values("y")["particle"].iloc[0]]
     assert sorted(got_a["frame"]) == list(range(n))
@@ -129,7 +130,7 @@ def test_unresolved_pair_shares_the_merged_spot():
     # A blinks off while passing B: B's spot is not bright enough for two, A gets nothing
     lone = _movie(pd.concat([a[~a["frame"].isin(merged)], b]), n, seed=6)
     tracks.loc[tracks["frame"].isin(merged), "signal"] = 500.0
-    out = _run(tracks, lone, relink_passes=0)  # the shared-spot test alone, no re-linking
+    out = _run(tracks, lone, relink_passes=0)
     got_a = out[out["particle"] == out.loc[out["frame"] == 0].sort_values("y")["particle"].iloc[0]]
     assert not set(merged) & set(got_a["frame"])
 
