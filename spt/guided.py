@@ -62,6 +62,10 @@ class GuidedConfig:
         An existing spot this close (px) to a prediction is taken as the track's own: a spot left
         out of every track is added to it, and the first (last) spot of another track joins the
         two tracks when the track is extended forward (backward).
+    share_merged : bool
+        Give a spot to a second track when the prediction falls within ``join_radius_px`` of it,
+        two emitters cannot be resolved there, and its signal matches the sum of both tracks'
+        (a merge, as in u-track; both tracks then carry the pair's centre).
     relink_passes : int
         Times the augmented tracks' spots are linked again (:func:`spt.link.link`) and looked
         at again; with gaps filled and merged pairs split the linker swaps fewer identities.
@@ -80,6 +84,7 @@ class GuidedConfig:
     pair_radius_px: float = 3.5
     pair_min_llr: float = 6.0
     join_radius_px: float = 1.5
+    share_merged: bool = True
     relink_passes: int = 1
     chunk_frames: int = 64
 
@@ -312,7 +317,11 @@ def _probe(frames, shape, probes: _Probes, spots: _Spots, camera, sigma, config,
         # unresolved (closer than ~1 PSF s.d.): the spot carries the light of both tracks, so
         # both get it as their position, as a merge in u-track (Jaqaman et al. 2008)
         both = spots.n[pj] / (probes.ref[g] + spots.ref[pj])
-        shared = ~good & (np.hypot(spots.x[pj] - probes.x[g], spots.y[pj] - probes.y[g]) <= join)
+        shared = (
+            config.share_merged
+            & ~good
+            & (np.hypot(spots.x[pj] - probes.x[g], spots.y[pj] - probes.y[g]) <= join)
+        )
         shared &= (both >= 1 / _MERGED_RATIO) & (both <= _MERGED_RATIO)
         shared &= spots.n[pj] >= _MERGED_RATIO * spots.ref[pj]
         good |= shared
@@ -564,7 +573,9 @@ def guided_detect(
     for _ in range(config.relink_passes):
         # link again the tracks' spots (guided ones included): with the gaps filled and merged
         # pairs split, frame-to-frame assignment makes fewer identity swaps; then look again
-        points = out.drop(columns="particle")
+        # a spot shared by two tracks (a merge) is linked once: two identical candidates
+        # would leave the choice of identities after the merge to chance
+        points = out.drop(columns="particle").drop_duplicates(["frame", "x", "y"])
         if spots is not None and len(spots):
             keys = ["frame", "x", "y"]
             rest = spots.merge(points[keys], on=keys, how="left", indicator=True)
