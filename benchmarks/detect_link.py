@@ -9,7 +9,9 @@ Run by hand (not in CI), from the repository root::
 Every movie comes from :func:`spt.simulate.simulate` (blinking QDs, 20-60 um/s flow in a vessel,
 stop-and-go transport, EM-CCD noise). spt and trackpy are scored in the same run with the same
 code (:mod:`spt.metrics`). trackpy's ``minmass`` is tuned per movie on its first 100 frames
-against the ground truth (best F1), which favours trackpy.
+against the ground truth (best F1), which favours trackpy. The "spt + guided" rows add
+track-guided re-detection after linking (:mod:`spt.guided`, on by default in ``spt run``);
+their link time includes it.
 """
 
 from __future__ import annotations
