@@ -138,24 +138,26 @@ class _Probes:
 
 
 def _read_boxes(frames, t, ox, oy, side: int, camera: Camera, chunk: int) -> np.ndarray:
-    """Windows (n, side, side) in effective photons, reading at most ``chunk`` frames at once."""
+    """Windows (n, side, side) in effective photons. Only the frames holding a window are
+    read, in runs of consecutive frames of at most ``chunk`` (a lazy reader decodes each
+    needed frame once and no other)."""
     boxes = np.empty((len(t), side, side), np.float32)
     if len(t) == 0:
         return boxes
     order = np.argsort(t, kind="stable")
     ts = t[order]
+    need = np.unique(ts)
+    cut = np.flatnonzero(np.diff(need) != 1) + 1
     ar = np.arange(side)
-    start = 0
-    while start < len(ts):
-        lo = ts[start]
-        stop = np.searchsorted(ts, lo + chunk, side="left")
-        hi = ts[stop - 1]
-        block = np.asarray(frames[lo : hi + 1])
-        idx = order[start:stop]
-        rows = (oy[idx, None] + ar)[:, :, None]
-        cols = (ox[idx, None] + ar)[:, None, :]
-        boxes[idx] = camera.to_effective(block[(t[idx] - lo)[:, None, None], rows, cols])
-        start = stop
+    for run in np.split(need, cut):
+        for lo in run[::chunk]:
+            hi = min(lo + chunk - 1, run[-1])
+            block = np.asarray(frames[lo : hi + 1])
+            a, b = np.searchsorted(ts, [lo, hi + 1])
+            idx = order[a:b]
+            rows = (oy[idx, None] + ar)[:, :, None]
+            cols = (ox[idx, None] + ar)[:, None, :]
+            boxes[idx] = camera.to_effective(block[(t[idx] - lo)[:, None, None], rows, cols])
     return boxes
 
 
@@ -555,7 +557,7 @@ def guided_detect(
     missing = [c for c in ("frame", "x", "y", "particle", "signal") if c not in tracks.columns]
     if missing:
         raise SptInputError("tracks", f"missing column(s) {', '.join(missing)}")
-    if np.ndim(frames) != 3:
+    if len(np.shape(frames)) != 3:
         raise SptInputError("frames", f"expected a (T, Y, X) movie, got shape {np.shape(frames)}")
     if not config.enabled or len(tracks) == 0:
         return tracks

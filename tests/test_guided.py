@@ -200,3 +200,33 @@ def test_movie_helper_uses_pipeline_config_and_validates():
         )
         is empty
     )
+
+
+class _SliceOnlyFrames:
+    """A lazy movie that supports only slices (like spt.io's page reader), counting frames read."""
+
+    def __init__(self, movie):
+        self._movie, self.shape, self.dtype, self.read = movie, movie.shape, movie.dtype, 0
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if not isinstance(key, slice):
+            raise TypeError("slices only")
+        out = self._movie[key]
+        self.read += len(out)
+        return out
+
+
+def test_lazy_movie_reads_only_probed_frames_and_gives_the_same_result():
+    truth = pd.DataFrame({"frame": np.arange(40), "x": 30.0, "y": 20.0, "photons": 300.0})
+    movie = _movie(truth[truth["frame"] != 20], 40, seed=7)
+    rows = [(f, 30.0, 20.0, 300.0, 0) for f in range(10, 30) if f not in (15, 20)]
+    tracks = pd.DataFrame(rows, columns=["frame", "x", "y", "signal", "particle"])
+    lazy = _SliceOnlyFrames(movie)
+    out = _run(tracks, lazy, relink_passes=0)
+    pd.testing.assert_frame_equal(out, _run(tracks, movie, relink_passes=0))
+    assert 15 in set(out["frame"]) and 20 not in set(out["frame"])
+    # gaps (2 frames) and ends (at most 10 + misses on each side): far fewer than 40 reads each
+    assert lazy.read <= 2 + 2 * 10
