@@ -9,7 +9,9 @@ Run by hand (not in CI), from the repository root::
 Every movie comes from :func:`spt.simulate.simulate` (blinking QDs, 20-60 um/s flow in a vessel,
 stop-and-go transport, EM-CCD noise). spt and trackpy are scored in the same run with the same
 code (:mod:`spt.metrics`). trackpy's ``minmass`` is tuned per movie on its first 100 frames
-against the ground truth (best F1), which favours trackpy.
+against the ground truth (best F1), which favours trackpy. The "spt + guided" rows add
+track-guided re-detection after linking (:mod:`spt.guided`, on by default in ``spt run``);
+their link time includes it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from spt.detect import DetectConfig, locate_movie
+from spt.guided import GuidedConfig, guided_detect_movie
 from spt.link import LinkConfig, link
 from spt.localize import crlb
 from spt.metrics import detection_scores, isbi_scores, match_spots, track_scores
@@ -148,14 +151,29 @@ def score(truth: pd.DataFrame, spots: pd.DataFrame, tracks: pd.DataFrame, pixel_
     }
 
 
-def run_spt(sim, detect_config: DetectConfig) -> tuple[pd.DataFrame, pd.DataFrame, tuple, tuple]:
-    """spt's detection and linking; returns spots, tracks and the (wall, CPU) seconds of each."""
+def run_spt(
+    sim, detect_config: DetectConfig, guided: GuidedConfig | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, tuple, tuple]:
+    """spt's detection and linking (then guided re-detection if ``guided`` is given); returns
+    spots, tracks and the (wall, CPU) seconds of detection and of linking (guided included)."""
     w0, c0 = time.perf_counter(), time.process_time()
     spots = locate_movie(sim.movie, detect_config)
     w1, c1 = time.perf_counter(), time.process_time()
+    link_config = LinkConfig()
     tracks = link(
-        spots, LinkConfig(), pixel_size_um=sim.pixel_size_um, frame_interval_s=sim.frame_interval_s
+        spots, link_config, pixel_size_um=sim.pixel_size_um, frame_interval_s=sim.frame_interval_s
     )
+    if guided is not None:
+        tracks = guided_detect_movie(
+            tracks,
+            spots,
+            sim.movie,
+            detect_config=detect_config,
+            link_config=link_config,
+            config=guided,
+            pixel_size_um=sim.pixel_size_um,
+            frame_interval_s=sim.frame_interval_s,
+        )
     w2, c2 = time.perf_counter(), time.process_time()
     return spots, tracks, (w1 - w0, c1 - c0), (w2 - w1, c2 - c1)
 
@@ -224,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         "--out", help="also write the tables to this markdown file (and the rows to OUT.csv)"
     )
     parser.add_argument("--no-trackpy", action="store_true")
+    parser.add_argument(
+        "--no-guided", action="store_true", help="skip the 'spt + guided' rows (spt.guided)"
+    )
+    parser.add_argument(
+        "--no-estimated", action="store_true", help="skip the 'spt (camera estimated)' rows"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds of every movie")
     parser.add_argument("--movies", type=int, nargs="+", help="indices of the movies to run")
     args = parser.parse_args(argv)
@@ -246,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             sim = simulate(cfg)
             truth = visible_truth(sim)
             cam = sim.camera
+            n_before = len(rows)
             methods = {
                 "spt": DetectConfig(
                     em_gain=cam.em_gain,
@@ -254,17 +279,18 @@ def main(argv: list[str] | None = None) -> int:
                     read_noise_e=cam.read_noise_e,
                 ),
             }
-            if case is FULL[0] or args.quick:
+            if (case is FULL[0] or args.quick) and not args.no_estimated:
                 methods["spt (camera estimated)"] = DetectConfig()
             for name, dcfg in methods.items():
                 spots, tracks, td, tl = run_spt(sim, dcfg)
                 rows.append(_row(case, seed, name, truth, spots, tracks, td, tl, sim))
+                if name == "spt" and not args.no_guided:
+                    spots, tracks, td, tl = run_spt(sim, dcfg, GuidedConfig())
+                    rows.append(_row(case, seed, "spt + guided", truth, spots, tracks, td, tl, sim))
             if not args.no_trackpy:
                 spots, tracks, td, tl = run_trackpy(sim, truth)
                 rows.append(_row(case, seed, "trackpy", truth, spots, tracks, td, tl, sim))
-            print(
-                pd.DataFrame(rows[-len(methods) - (not args.no_trackpy) :]).to_string(), flush=True
-            )
+            print(pd.DataFrame(rows[n_before:]).to_string(), flush=True)
     table = pd.DataFrame(rows)
     text = _markdown(table)
     print(text)

@@ -22,6 +22,7 @@ from typing import Any
 from spt import _toml
 from spt.detect import DetectConfig
 from spt.errors import SptInputError
+from spt.guided import GuidedConfig
 from spt.link import LinkConfig
 from spt.segment import SegmentConfig
 from spt.stages import StageConfig
@@ -101,6 +102,8 @@ class PipelineConfig:
         Spot detection.
     link : LinkConfig
         Linking spots into tracks.
+    guided : GuidedConfig
+        Track-guided re-detection after linking (fills gaps, extends and joins tracks).
     segment : SegmentConfig
         Motion-state segmentation.
     stages : StageConfig
@@ -112,6 +115,7 @@ class PipelineConfig:
     movie: MovieConfig = field(default_factory=MovieConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     link: LinkConfig = field(default_factory=LinkConfig)
+    guided: GuidedConfig = field(default_factory=GuidedConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     stages: StageConfig = field(default_factory=StageConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

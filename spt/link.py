@@ -299,8 +299,9 @@ def _candidate_costs(
             )
     if not pairs:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    pr = np.unique(np.vstack(pairs), axis=0)
-    rows, cols = pr[:, 0], pr[:, 1]
+    pr = np.vstack(pairs)
+    key = np.unique(pr[:, 0] * len(pts) + pr[:, 1])
+    rows, cols = key // len(pts), key % len(pts)
     g = gap[rows]
     d2_last = ((pts[cols] - tr.pos[rows]) ** 2).sum(axis=1)
     vd = var_d * g

@@ -30,6 +30,7 @@ from spt.camera import Camera
 from spt.config import PipelineConfig
 from spt.detect import locate_chunks, resolve_camera_and_psf
 from spt.errors import SptInputError
+from spt.guided import guided_detect_movie
 from spt.io import (
     Movie,
     check_float_frames,
@@ -385,6 +386,18 @@ def process_movie(
             pixel_size_um=movie.pixel_size_um,
             frame_interval_s=movie.frame_interval_s,
         )
+        # -- track-guided re-detection (spt.guided): re-reads frames in bounded chunks --
+        tracks = guided_detect_movie(
+            tracks,
+            spots,
+            movie.frames,
+            detect_config=config.detect,
+            link_config=config.link,
+            config=config.guided,
+            pixel_size_um=movie.pixel_size_um,
+            frame_interval_s=movie.frame_interval_s,
+        )
+        # -- end of guided re-detection --
         release_free_memory()
         t3 = time.perf_counter()
         analysis = analyze_tracks(

@@ -151,3 +151,27 @@ def test_intensity_term_off_is_position_only_and_survives_toml():
     assert PipelineConfig.from_dict(tomllib.loads(text)).link.intensity_sd == 0.0
     with pytest.raises(ValueError):
         LinkConfig(intensity_sd=-0.1)
+
+
+def test_sparse_lap_is_optimal_on_random_graphs():
+    """The component-wise assignment (stars by their cheapest edge, others by a LAP) reaches
+    the optimum of one dense LAP over the whole graph."""
+    from scipy.optimize import linear_sum_assignment
+
+    from spt._lap import solve_sparse_lap
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n_rows, n_cols = rng.integers(1, 15, 2)
+        m = int(rng.integers(0, 40))
+        pairs = np.unique(
+            np.column_stack([rng.integers(0, n_rows, m), rng.integers(0, n_cols, m)]), axis=0
+        )
+        cost = rng.normal(-1.0, 1.0, len(pairs))
+        r, c = solve_sparse_lap(pairs[:, 0], pairs[:, 1], cost, n_rows, n_cols)
+        assert len(set(r)) == len(r) and len(set(c)) == len(c)
+        dense = np.zeros((n_rows, n_cols))
+        dense[pairs[:, 0], pairs[:, 1]] = np.minimum(cost, 0.0)
+        a, b = linear_sum_assignment(dense)
+        assert np.isclose(dense[r, c].sum(), dense[a, b].sum())
+        assert (dense[r, c] < 0).all()

@@ -1,0 +1,850 @@
+"""Track-guided re-detection: look again, at a low threshold, where a track says its spot must be.
+
+Owns :class:`GuidedConfig` and :func:`guided_detect`, a second pass after linking that fills the
+gaps of tracks, extends their ends and joins broken pieces from spots the detector missed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.spatial import cKDTree
+
+from spt.camera import Camera, estimate_camera
+from spt.detect import DetectConfig, resolve_camera_and_psf
+from spt.errors import SptInputError
+from spt.link import LinkConfig, link
+from spt.localize import fit_groups, fit_spots, pixel_integrals
+
+__all__ = ["GuidedConfig", "guided_detect", "guided_detect_movie"]
+
+#: A spot is taken for two unresolved emitters when its signal is within this factor of the
+#: sum of both tracks' typical signals and at least this factor above its own track's.
+_MERGED_RATIO = 1.4
+
+
+@dataclass(frozen=True)
+class GuidedConfig:
+    """Parameters of track-guided re-detection (:func:`guided_detect`).
+
+    Attributes
+    ----------
+    enabled : bool
+        Run the guided pass after linking.
+    min_snr : float
+        Accept a guided spot if its fitted ``signal / signal_err`` (Fisher information) is at
+        least this. Lower than detection's ``min_snr``: the track's prediction confines the
+        search to a few pixels, so noise has few chances to pass.
+    search_radius_px : float
+        Largest distance (px) between a guided fit and the track's prediction, on top of the
+        prediction's own uncertainty (from the linker's motion models).
+    brightness_ratio : float
+        A guided spot's signal must lie within this factor of its track's median signal (quantum
+        dots keep their brightness while on).
+    velocity_noise_um_s : float
+        S.d. (um/s, per axis) of the error of a flowing track's predicted velocity one frame
+        beyond its end: the velocity is estimated from the last 3 steps, and flow has lateral
+        jitter, so this is larger than the linker's per-frame velocity noise.
+    extend_frames : int
+        Most frames probed beyond each end of a track.
+        0: fill gaps only.
+    max_misses : int
+        Frames in a row without a spot after which the extension of a track end stops (the
+        prediction goes on through them: blinking, spots too dim in one frame).
+    pair_radius_px : float
+        A prediction closer than this (px) to a spot of another track is fitted jointly with it
+        (two emitters) and kept only if two emitters explain the window better than one.
+    pair_min_llr : float
+        Smallest twice-log-likelihood gain of two emitters over one for a joint fit to be kept.
+    join_radius_px : float
+        An existing spot this close (px) to a prediction is taken as the track's own: a spot left
+        out of every track is added to it, and the first (last) spot of another track joins the
+        two tracks when the track is extended forward (backward).
+    share_merged : bool
+        Give a spot to a second track when the prediction falls within ``join_radius_px`` of it,
+        two emitters cannot be resolved there, and its signal matches the sum of both tracks'
+        (a merge, as in u-track; both tracks then carry the pair's centre).
+    relink_passes : int
+        Times the augmented tracks' spots are linked again (:func:`spt.link.link`) and looked
+        at again; with gaps filled and merged pairs split the linker swaps fewer identities.
+        0: one guided pass on the first linking only.
+    chunk_frames : int
+        Most frames read from the movie at once (memory ~ chunk x Y x X x pixel size).
+    """
+
+    enabled: bool = True
+    min_snr: float = 2.0
+    search_radius_px: float = 1.5
+    brightness_ratio: float = 2.5
+    velocity_noise_um_s: float = 10.0
+    extend_frames: int = 10
+    max_misses: int = 2
+    pair_radius_px: float = 3.5
+    pair_min_llr: float = 6.0
+    join_radius_px: float = 1.5
+    share_merged: bool = True
+    relink_passes: int = 1
+    chunk_frames: int = 64
+
+    def __post_init__(self) -> None:
+        if self.min_snr < 0 or self.search_radius_px <= 0 or self.brightness_ratio < 1:
+            raise ValueError("min_snr must be >= 0, search_radius_px > 0, brightness_ratio >= 1")
+        if self.velocity_noise_um_s <= 0:
+            raise ValueError("velocity_noise_um_s must be > 0")
+        if (
+            min(self.extend_frames, self.max_misses, self.relink_passes) < 0
+            or self.chunk_frames < 1
+        ):
+            raise ValueError(
+                "extend_frames, max_misses and relink_passes must be >= 0, chunk_frames >= 1"
+            )
+        if self.pair_radius_px < 0 or self.join_radius_px < 0 or self.pair_min_llr < 0:
+            raise ValueError("pair_radius_px, join_radius_px and pair_min_llr must be >= 0")
+
+
+@dataclass
+class _Spots:
+    """Every spot that emits light in the movie (detections and accepted guided spots)."""
+
+    frame: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    n: np.ndarray  # effective photons
+    row: np.ndarray  # row in the track table, -1 when the spot is in no track, -2 guided
+    src: np.ndarray  # row in the detections table, -1 for a guided spot
+    ref: np.ndarray  # median effective photons of the spot's track (its own if in none)
+
+    def add(self, frame, x, y, n, row) -> None:
+        self.ref = np.concatenate([self.ref, n])
+        self.src = np.concatenate([self.src, np.full(len(frame), -1)])
+        self.frame = np.concatenate([self.frame, frame])
+        self.x = np.concatenate([self.x, x])
+        self.y = np.concatenate([self.y, y])
+        self.n = np.concatenate([self.n, n])
+        self.row = np.concatenate([self.row, row])
+
+
+@dataclass
+class _Probes:
+    """Where to look: frame, predicted position (px), prediction s.d. (px), reference photons."""
+
+    frame: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    sd: np.ndarray
+    ref: np.ndarray
+
+
+def _read_boxes(frames, t, ox, oy, side: int, camera: Camera, chunk: int) -> np.ndarray:
+    """Windows (n, side, side) in effective photons. Only the frames holding a window are
+    read, in runs of consecutive frames of at most ``chunk`` (a lazy reader decodes each
+    needed frame once and no other)."""
+    boxes = np.empty((len(t), side, side), np.float32)
+    if len(t) == 0:
+        return boxes
+    order = np.argsort(t, kind="stable")
+    ts = t[order]
+    need = np.unique(ts)
+    cut = np.flatnonzero(np.diff(need) != 1) + 1
+    ar = np.arange(side)
+    for run in np.split(need, cut):
+        for lo in run[::chunk]:
+            hi = min(lo + chunk - 1, run[-1])
+            block = np.asarray(frames[lo : hi + 1])
+            a, b = np.searchsorted(ts, [lo, hi + 1])
+            idx = order[a:b]
+            rows = (oy[idx, None] + ar)[:, :, None]
+            cols = (ox[idx, None] + ar)[:, None, :]
+            boxes[idx] = camera.to_effective(block[(t[idx] - lo)[:, None, None], rows, cols])
+    return boxes
+
+
+def _render_into(extra, ox, oy, i, x, y, n, sigma) -> None:
+    """Add spots (x, y, n) to windows ``extra[i]`` whose top-left corners are (ox[i], oy[i])."""
+    if len(i) == 0:
+        return
+    side = extra.shape[1]
+    ar = np.arange(side)
+    s = np.full((len(i), 1), sigma)
+    ex, _, _ = pixel_integrals(ox[i, None] + ar - x[:, None], s)
+    ey, _, _ = pixel_integrals(oy[i, None] + ar - y[:, None], s)
+    np.add.at(extra, i, (n[:, None, None] * ey[:, :, None] * ex[:, None, :]).astype(np.float32))
+
+
+def _probe(frames, shape, probes: _Probes, spots: _Spots, camera, sigma, config, half):
+    """Fit a spot at every probe; see :func:`guided_detect`.
+
+    Returns a dict of arrays (one entry per probe): ``ok`` accepted, ``x, y, n, b, x_err, y_err``
+    of the new spot, ``partner`` (index into ``spots`` of a neighbour refitted jointly, else -1)
+    with its refitted ``px, py, pn, px_err, py_err``, ``take`` (index of a spot in no track
+    within ``join_radius_px``, to take as the track's own, else -1) and ``near`` (index of any
+    spot within ``join_radius_px``, else -1).
+    """
+    m = len(probes.frame)
+    ny, nx = shape
+    side = 2 * half + 1
+    out = {
+        "ok": np.zeros(m, bool),
+        "partner": np.full(m, -1),
+        "take": np.full(m, -1),
+        "near": np.full(m, -1),
+    }
+    for k in ("x", "y", "n", "b", "x_err", "y_err", "px", "py", "pn", "px_err", "py_err"):
+        out[k] = np.full(m, np.nan)
+    if m == 0:
+        return out
+    sep = 1e4
+    # only the spots of the probed frames
+    sub = np.flatnonzero(np.isin(spots.frame, np.unique(probes.frame)))
+    if len(sub) == 0:
+        sub = np.zeros(1, np.int64)  # one far-away point keeps the tree valid
+    tree = cKDTree(np.column_stack([spots.x[sub], spots.y[sub], spots.frame[sub] * sep]))
+    centre = np.column_stack([probes.x, probes.y, probes.frame * sep])
+    dist, near = tree.query(centre, k=1, distance_upper_bound=config.pair_radius_px)
+    has = np.isfinite(dist)
+    near = np.where(has, sub[np.minimum(near, len(sub) - 1)], -1)
+    close = has & (dist <= config.join_radius_px)
+    out["near"] = np.where(close, near, -1)
+    # a spot in no track at the prediction is taken as it is; any other is fitted jointly
+    free = close & (spots.row[np.maximum(near, 0)] == -1)
+    out["take"] = np.where(free, near, -1)
+    partner = np.where(has & ~free, near, -1)
+    fit = out["take"] < 0
+    # window: centred on the prediction, or on the midpoint of prediction and partner
+    cx = np.where(partner >= 0, 0.5 * (probes.x + spots.x[partner]), probes.x)
+    cy = np.where(partner >= 0, 0.5 * (probes.y + spots.y[partner]), probes.y)
+    ox = np.clip(np.rint(cx).astype(np.int64) - half, 0, nx - side)
+    oy = np.clip(np.rint(cy).astype(np.int64) - half, 0, ny - side)
+    idx = np.flatnonzero(fit)
+    if len(idx) == 0:
+        return out
+    boxes = _read_boxes(
+        frames, probes.frame[idx], ox[idx], oy[idx], side, camera, config.chunk_frames
+    )
+    # light of the other spots reaching the window is a known term of the model
+    reach = half * np.sqrt(2) + 4 * sigma
+    lists = tree.query_ball_point(
+        np.column_stack([cx[idx], cy[idx], probes.frame[idx] * sep]), reach
+    )
+    lens = np.fromiter((len(li) for li in lists), np.int64, len(lists))
+    pi = np.repeat(np.arange(len(idx)), lens)
+    pj = sub[np.concatenate(lists).astype(np.int64)] if lens.sum() else np.zeros(0, np.int64)
+    keep = pj != partner[idx][pi]
+    pi, pj = pi[keep], pj[keep]
+    extra = np.zeros_like(boxes)
+    _render_into(extra, ox[idx], oy[idx], pi, spots.x[pj], spots.y[pj], spots.n[pj], sigma)
+    read_var = camera.read_var_effective
+    lo_n = probes.ref[idx] / config.brightness_ratio
+    hi_n = probes.ref[idx] * config.brightness_ratio
+    radius = np.sqrt(config.search_radius_px**2 + (2.5 * probes.sd[idx]) ** 2)
+
+    single = partner[idx] < 0
+    s_idx = np.flatnonzero(single)
+    if len(s_idx):
+        g = idx[s_idx]
+        f = fit_spots(
+            boxes[s_idx],
+            ox[g],
+            oy[g],
+            probes.x[g],
+            probes.y[g],
+            sigma,
+            read_var=read_var,
+            extra=extra[s_idx],
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            snr = f.photons / f.photons_err
+        good = f.ok & (snr >= config.min_snr)
+        good &= np.hypot(f.x - probes.x[g], f.y - probes.y[g]) <= radius[s_idx]
+        good &= (f.photons >= lo_n[s_idx]) & (f.photons <= hi_n[s_idx])
+        out["ok"][g] = good
+        out["x"][g], out["y"][g], out["n"][g], out["b"][g] = f.x, f.y, f.photons, f.background
+        out["x_err"][g], out["y_err"][g] = f.x_err, f.y_err
+    p_idx = np.flatnonzero(~single)
+    if len(p_idx):
+        g = idx[p_idx]
+        pj = partner[g]
+        bx = boxes[p_idx] - extra[p_idx]
+        edge = np.concatenate([bx[:, 0, :], bx[:, -1, :], bx[:, 1:-1, 0], bx[:, 1:-1, -1]], axis=1)
+        b0 = np.maximum(np.median(edge, axis=1), 1e-3)
+        x1, y1, n1, _, ok1, ll1 = fit_groups(
+            bx,
+            ox[g],
+            oy[g],
+            spots.x[pj, None],
+            spots.y[pj, None],
+            spots.n[pj, None],
+            b0,
+            sigma,
+            read_var=read_var,
+            n_iter=6,  # started at the detection, already near its optimum
+        )
+        x2, y2, n2, e2, ok2, ll2 = fit_groups(
+            bx,
+            ox[g],
+            oy[g],
+            np.column_stack([spots.x[pj], probes.x[g]]),
+            np.column_stack([spots.y[pj], probes.y[g]]),
+            np.column_stack([spots.n[pj], probes.ref[g]]),
+            b0,
+            sigma,
+            read_var=read_var,
+        )
+        # the two emitters are interchangeable: the track's own is the one nearer its prediction
+        swap = np.hypot(x2[:, 0] - probes.x[g], y2[:, 0] - probes.y[g]) < np.hypot(
+            x2[:, 1] - probes.x[g], y2[:, 1] - probes.y[g]
+        )
+        for a in (x2, y2, n2, e2):
+            a[swap] = a[swap][:, ::-1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            snr = n2[:, 1] / e2[:, 1, 2]
+        good = ok2 & (2 * (ll2 - np.where(ok1, ll1, -np.inf)) >= config.pair_min_llr)
+        good |= ok2 & ~ok1
+        good &= snr >= config.min_snr
+        good &= np.hypot(x2[:, 1] - probes.x[g], y2[:, 1] - probes.y[g]) <= radius[p_idx]
+        # a merged spot lies between the two emitters: its own one may be ~half their distance away
+        shift = np.hypot(x2[:, 0] - spots.x[pj], y2[:, 0] - spots.y[pj])
+        good &= shift <= 0.6 * config.pair_radius_px
+        good &= (n2[:, 0] >= spots.n[pj] / config.brightness_ratio) & (
+            n2[:, 0] <= spots.n[pj] * config.brightness_ratio
+        )
+        good &= np.hypot(x2[:, 0] - x2[:, 1], y2[:, 0] - y2[:, 1]) >= 1.0
+        good &= (n2[:, 1] >= lo_n[p_idx]) & (n2[:, 1] <= hi_n[p_idx])
+        out["x"][g], out["y"][g], out["n"][g] = x2[:, 1], y2[:, 1], n2[:, 1]
+        out["b"][g] = b0
+        out["x_err"][g], out["y_err"][g] = e2[:, 1, 0], e2[:, 1, 1]
+        join = config.join_radius_px
+        # unresolved (closer than ~1 PSF s.d.): the spot carries the light of both tracks, so
+        # both get it as their position, as a merge in u-track (Jaqaman et al. 2008)
+        both = spots.n[pj] / (probes.ref[g] + spots.ref[pj])
+        shared = (
+            config.share_merged
+            & ~good
+            & (np.hypot(spots.x[pj] - probes.x[g], spots.y[pj] - probes.y[g]) <= join)
+        )
+        shared &= (both >= 1 / _MERGED_RATIO) & (both <= _MERGED_RATIO)
+        shared &= spots.n[pj] >= _MERGED_RATIO * spots.ref[pj]
+        good |= shared
+        out["ok"][g] = good
+        out["x"][g] = np.where(shared, spots.x[pj], out["x"][g])
+        out["y"][g] = np.where(shared, spots.y[pj], out["y"][g])
+        out["n"][g] = np.where(shared, spots.n[pj] / 2, out["n"][g])
+        out["x_err"][g] = np.where(shared, sigma / 2, out["x_err"][g])
+        out["y_err"][g] = np.where(shared, sigma / 2, out["y_err"][g])
+        out["partner"][g] = np.where(good & ~shared, pj, -1)
+        out["px"][g], out["py"][g], out["pn"][g] = x2[:, 0], y2[:, 0], n2[:, 0]
+        out["px_err"][g], out["py_err"][g] = e2[:, 0, 0], e2[:, 0, 1]
+    return out
+
+
+def _dedupe_accepted(frame, x, y, score, min_dist=1.0):
+    """Indices of accepted spots to keep so no two of one frame are closer than ``min_dist``."""
+    if len(frame) < 2:
+        return np.arange(len(frame))
+    pts = np.column_stack([x, y, frame * 1e4])
+    pairs = cKDTree(pts).query_pairs(min_dist, output_type="ndarray")
+    keep = np.ones(len(frame), bool)
+    if len(pairs):
+        drop = np.where(score[pairs[:, 0]] < score[pairs[:, 1]], pairs[:, 0], pairs[:, 1])
+        keep[drop] = False
+    return np.flatnonzero(keep)
+
+
+class _Builder:
+    """The track table being augmented: new rows, refitted rows and joined particles."""
+
+    def __init__(self, tracks, spots: _Spots, detections, to_out: float, sigma: float):
+        self.tracks = tracks
+        self.detections = detections
+        self.taken: list[tuple[int, int]] = []
+        self.spots = spots
+        self.to_out = to_out
+        self.sigma = sigma
+        self.new: list[pd.DataFrame] = []
+        self.particle = tracks["particle"].to_numpy().copy()
+        self.x = tracks["x"].to_numpy(float).copy()
+        self.y = tracks["y"].to_numpy(float).copy()
+        self.signal = tracks["signal"].to_numpy(float).copy() if "signal" in tracks else None
+        self.x_err = tracks["x_err"].to_numpy(float).copy() if "x_err" in tracks else None
+        self.y_err = tracks["y_err"].to_numpy(float).copy() if "y_err" in tracks else None
+        self.touched: set[int] = set()  # spot indices refitted or taken once already
+
+    def accept(self, particle, probes: _Probes, res: dict, sel: np.ndarray) -> np.ndarray:
+        """Add the accepted probes ``sel`` (fits, joint fits, taken spots); returns, for each of
+        ``sel``, the new position's spot index (or -1 if dropped as a duplicate)."""
+        took = res["take"][sel]
+        fitted = sel[took < 0]
+        # a spot taken by two probes, or fitted twice: keep one
+        keep = _dedupe_accepted(
+            probes.frame[fitted], res["x"][fitted], res["y"][fitted], res["n"][fitted]
+        )
+        dropped = np.setdiff1d(np.arange(len(fitted)), keep)
+        result = np.full(len(sel), -1)
+        pos = {int(s): i for i, s in enumerate(sel)}
+        for i in dropped:
+            pos.pop(int(fitted[i]))
+        for s in list(pos):
+            k = res["take"][s]
+            if k >= 0:
+                if k in self.touched or self.spots.row[k] != -1:
+                    pos.pop(s)
+                    continue
+                self.touched.add(int(k))
+            p = res["partner"][s]
+            if p >= 0 and p in self.touched:
+                pos.pop(s)
+                continue
+        rows, added = [], []
+        for s, i in pos.items():
+            k = res["take"][s]
+            if k >= 0:
+                self.spots.row[k] = -2  # now in a track (its row is among the new ones)
+                result[i] = k
+                self.taken.append((int(particle[s]), int(self.spots.src[k])))
+                continue
+            p = res["partner"][s]
+            if p >= 0:
+                self.touched.add(int(p))
+                self.spots.x[p], self.spots.y[p] = res["px"][s], res["py"][s]
+                self.spots.n[p] = res["pn"][s]
+                r = self.spots.row[p]
+                if r >= 0:
+                    self.x[r], self.y[r] = res["px"][s], res["py"][s]
+                    if self.signal is not None:
+                        self.signal[r] = res["pn"][s] * self.to_out
+                    if self.x_err is not None:
+                        self.x_err[r], self.y_err[r] = res["px_err"][s], res["py_err"][s]
+            added.append(s)
+            result[i] = len(self.spots.frame) + len(added) - 1
+            rows.append(
+                (
+                    particle[s],
+                    probes.frame[s],
+                    res["x"][s],
+                    res["y"][s],
+                    res["n"][s],
+                    res["b"][s],
+                    res["x_err"][s],
+                    res["y_err"][s],
+                )
+            )
+        if added:
+            self.spots.add(
+                probes.frame[added],
+                res["x"][added],
+                res["y"][added],
+                res["n"][added],
+                np.full(len(added), -2),
+            )
+        if rows:
+            arr = np.array(rows, dtype=float)
+            self.new.append(
+                pd.DataFrame(
+                    {
+                        "particle": arr[:, 0].astype(np.int64),
+                        "frame": arr[:, 1].astype(np.int64),
+                        "x": arr[:, 2],
+                        "y": arr[:, 3],
+                        "signal": arr[:, 4] * self.to_out,
+                        "background": arr[:, 5] * self.to_out,
+                        "sigma": self.sigma,
+                        "x_err": arr[:, 6],
+                        "y_err": arr[:, 7],
+                    }
+                )
+            )
+        return result
+
+    def frames_of(self, particle: int) -> np.ndarray:
+        """Frames of a track now (its spots, guided ones included)."""
+        own = self.tracks["frame"].to_numpy()[self.particle == particle]
+        new = [n.loc[n["particle"] == particle, "frame"].to_numpy() for n in self.new]
+        taken = [self.detections["frame"].iloc[s] for p, s in self.taken if p == particle]
+        return np.concatenate([own, *new, np.array(taken, dtype=own.dtype)])
+
+    def overlap(self, a: int, b: int) -> bool:
+        """Whether tracks ``a`` and ``b`` share a frame or interleave in time."""
+        fa, fb = self.frames_of(a), self.frames_of(b)
+        if len(fa) == 0 or len(fb) == 0:
+            return False
+        return not (fa.max() < fb.min() or fb.max() < fa.min())
+
+    def table(self) -> pd.DataFrame:
+        """The augmented tracks, renumbered from 0 in order of first appearance."""
+        out = self.tracks.copy()
+        out["x"], out["y"] = self.x, self.y
+        if self.signal is not None:
+            out["signal"] = self.signal
+        if self.x_err is not None:
+            out["x_err"], out["y_err"] = self.x_err, self.y_err
+        out["particle"] = self.particle
+        if self.taken:
+            part, src = np.array(self.taken).T
+            taken = self.detections.iloc[src].reset_index(drop=True)
+            self.new.append(taken.assign(particle=part))
+        if self.new:
+            new = pd.concat(self.new, ignore_index=True)
+            new = new[[c for c in new.columns if c in out.columns]]
+            out = pd.concat([out, new], ignore_index=True)
+        first = out.groupby("particle")["frame"].min().sort_values(kind="stable")
+        mapping = pd.Series(np.arange(len(first), dtype=np.int64), index=first.index)
+        out["particle"] = mapping.loc[out["particle"].to_numpy()].to_numpy()
+        return out.sort_values(["particle", "frame"], kind="stable", ignore_index=True)
+
+
+def guided_detect(
+    tracks: pd.DataFrame,
+    frames,
+    *,
+    camera: Camera,
+    psf_sigma_px: float,
+    pixel_size_um: float,
+    frame_interval_s: float,
+    config: GuidedConfig = GuidedConfig(),
+    link_config: LinkConfig = LinkConfig(),
+    spots: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Fill the gaps of tracks, extend their ends and join broken pieces by guided detection.
+
+    After a first linking pass, each track predicts where its spot should be in the frames it
+    lacks: inside a gap, linear interpolation between the spots around it; beyond an end, the
+    last position moved by the track's velocity (constant-velocity model for flowing particles,
+    the last position for diffusing ones), one frame at a time. There, a pixel-integrated
+    Gaussian is fitted by Poisson MLE (Smith et al., Nat Methods 2010) and accepted at a low
+    SNR: confining the search to a few pixels around a prediction keeps false alarms rare, the
+    idea of u-track's gap closing (Jaqaman et al., Nat Methods 2008) applied to the image itself
+    rather than to the detections (as in tracking-by-detection with track-guided re-detection).
+    The light of other spots in the window is a known term of the model. A prediction within
+    ``pair_radius_px`` of another track's spot is fitted jointly with it as two emitters
+    (multi-emitter MLE, Huang et al., Biomed Opt Express 2011) and kept only if the likelihood
+    ratio over one emitter is large, so two merged particles each get a position; the other
+    spot's position is replaced by its joint fit. An existing spot within ``join_radius_px`` of
+    a prediction that belongs to no track is added to the track; one that starts (ends) another
+    track when extending forward (backward) joins the two tracks.
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        Linked tracks (:func:`spt.link.link`): ``frame, x, y, particle`` (px) and ``signal``.
+    frames : array-like, shape (T, Y, X)
+        The raw movie in ADU, indexable by frame slices (NumPy array, memory map or
+        :attr:`spt.io.Movie.frames`); at most ``config.chunk_frames`` frames are read at once.
+    camera : Camera
+        The camera detection used (:func:`spt.detect.resolve_camera_and_psf`).
+    psf_sigma_px : float
+        PSF s.d. (px) detection used.
+    pixel_size_um, frame_interval_s : float
+        Calibration (um/px, s), to turn the linker's motion models into pixels.
+    config : GuidedConfig
+        Guided-detection parameters.
+    link_config : LinkConfig
+        The linker's parameters (diffusion, longest gap).
+    spots : DataFrame, optional
+        All detections, including those left out of tracks (their light is modelled and they
+        can be added to tracks). Default: the spots of ``tracks``.
+
+    Returns
+    -------
+    DataFrame
+        ``tracks`` with the guided spots added (``signal``/``background`` in the units of the
+        input, ``sigma`` the PSF width), joined tracks sharing one ``particle``, renumbered from
+        0 in order of first appearance and sorted by particle then frame.
+    """
+    if not (pixel_size_um > 0 and frame_interval_s > 0):
+        raise SptInputError("guided_detect", "pixel_size_um and frame_interval_s must be > 0")
+    missing = [c for c in ("frame", "x", "y", "particle", "signal") if c not in tracks.columns]
+    if missing:
+        raise SptInputError("tracks", f"missing column(s) {', '.join(missing)}")
+    if len(np.shape(frames)) != 3:
+        raise SptInputError("frames", f"expected a (T, Y, X) movie, got shape {np.shape(frames)}")
+    if not config.enabled or len(tracks) == 0:
+        return tracks
+    out = _guided_pass(
+        tracks,
+        frames,
+        camera,
+        psf_sigma_px,
+        pixel_size_um,
+        frame_interval_s,
+        config,
+        link_config,
+        spots,
+    )
+    for _ in range(config.relink_passes):
+        # link again the tracks' spots (guided ones included): with the gaps filled and merged
+        # pairs split, frame-to-frame assignment makes fewer identity swaps; then look again
+        # a spot shared by two tracks (a merge) is linked once: two identical candidates
+        # would leave the choice of identities after the merge to chance
+        points = out.drop(columns="particle").drop_duplicates(["frame", "x", "y"])
+        if spots is not None and len(spots):
+            keys = ["frame", "x", "y"]
+            rest = spots.merge(points[keys], on=keys, how="left", indicator=True)
+            rest = rest[rest["_merge"] == "left_only"].drop(columns="_merge")
+            spots = pd.concat([points, rest], ignore_index=True)
+        relinked = link(
+            points, link_config, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
+        )
+        out = _guided_pass(
+            relinked,
+            frames,
+            camera,
+            psf_sigma_px,
+            pixel_size_um,
+            frame_interval_s,
+            config,
+            link_config,
+            spots,
+        )
+    return out
+
+
+def _guided_pass(
+    tracks,
+    frames,
+    camera,
+    psf_sigma_px,
+    pixel_size_um,
+    frame_interval_s,
+    config,
+    link_config,
+    spots,
+) -> pd.DataFrame:
+    """One pass of :func:`guided_detect` (gaps, then ends) on linked tracks."""
+    tracks = tracks.sort_values(["particle", "frame"], kind="stable", ignore_index=True)
+    n_frames, ny, nx = np.shape(frames)
+    sigma = float(psf_sigma_px)
+    half = max(1, min(int(np.ceil(3 * sigma)), (min(ny, nx) - 1) // 2))
+    f2 = camera.excess_noise
+    to_out = f2 if camera.calibrated else camera.adu_per_photon * f2
+    sd1 = np.sqrt(2 * link_config.diffusion_um2_s * frame_interval_s) / pixel_size_um
+    sd_v = config.velocity_noise_um_s * frame_interval_s / pixel_size_um
+
+    tf = tracks["frame"].to_numpy(np.int64)
+    tx, ty = tracks["x"].to_numpy(float), tracks["y"].to_numpy(float)
+    tp = tracks["particle"].to_numpy()
+    tn = tracks["signal"].to_numpy(float) / to_out
+    row_of = np.arange(len(tracks))
+    if spots is not None and len(spots):
+        spots = spots.reset_index(drop=True)
+        merged = (
+            spots[["frame", "x", "y", "signal"]]
+            .assign(_src=np.arange(len(spots)))
+            .merge(
+                tracks[["frame", "x", "y"]].assign(_row=row_of), on=["frame", "x", "y"], how="left"
+            )
+        )
+        all_spots = _Spots(
+            merged["frame"].to_numpy(np.int64, copy=True),
+            merged["x"].to_numpy(float, copy=True),
+            merged["y"].to_numpy(float, copy=True),
+            merged["signal"].to_numpy(float) / to_out,
+            merged["_row"].fillna(-1).to_numpy(np.int64),
+            merged["_src"].to_numpy(np.int64),
+            merged["signal"].to_numpy(float) / to_out,
+        )
+    else:
+        all_spots = _Spots(
+            tf.copy(),
+            tx.copy(),
+            ty.copy(),
+            tn.copy(),
+            row_of.copy(),
+            np.full(len(tf), -1),
+            tn.copy(),
+        )
+    ref_of = pd.Series(tn).groupby(tp).median()
+    in_track = all_spots.row >= 0
+    all_spots.ref[in_track] = ref_of.loc[tp[all_spots.row[in_track]]].to_numpy()
+    builder = _Builder(tracks, all_spots, spots, to_out, sigma)
+
+    # 1. gaps: every missing frame between two spots of a track, by linear interpolation
+    same = tp[1:] == tp[:-1]
+    gap = np.where(same, tf[1:] - tf[:-1] - 1, 0)
+    gap[gap > link_config.max_gap_frames] = 0
+    i = np.repeat(np.arange(len(gap)), gap)
+    k = np.arange(len(i)) - np.repeat(np.cumsum(gap) - gap, gap) + 1
+    g1 = (gap[i] + 1).astype(float)
+    w = k / g1
+    probes = _Probes(
+        tf[i] + k,
+        (1 - w) * tx[i] + w * tx[i + 1],
+        (1 - w) * ty[i] + w * ty[i + 1],
+        sd1 * np.sqrt(k * (g1 - k) / g1),
+        ref_of.loc[tp[i]].to_numpy(),
+    )
+    res = _probe(frames, (ny, nx), probes, all_spots, camera, sigma, config, half)
+    sel = np.flatnonzero(res["ok"] | (res["take"] >= 0))
+    if len(sel):
+        ok_take = res["take"][sel] >= 0
+        take = res["take"][sel]
+        # a taken spot must have the track's brightness too
+        ratio = all_spots.n[np.maximum(take, 0)] / probes.ref[sel]
+        fine = ~ok_take | (
+            (ratio >= 1 / config.brightness_ratio) & (ratio <= config.brightness_ratio)
+        )
+        builder.accept(tp[i], probes, res, sel[fine])
+
+    # 2. ends: one frame at a time beyond the first and last spot of each track
+    if config.extend_frames:
+        _extend(frames, tracks, builder, ref_of, sd1, sd_v, config, camera, sigma, half)
+    return builder.table()
+
+
+def _end_state(tracks: pd.DataFrame, direction: int):
+    """Particle, frame, position and velocity (px/frame) at the last (first) spot of each track
+    (``tracks`` sorted by particle then frame); velocity over the last (first) 3 steps."""
+    part, start, count = np.unique(
+        tracks["particle"].to_numpy(), return_index=True, return_counts=True
+    )
+    stop = start + count - 1
+    if direction > 0:
+        end, ref = stop, np.maximum(start, stop - 3)
+    else:
+        end, ref = start, np.minimum(stop, start + 3)
+    f = tracks["frame"].to_numpy(np.int64)
+    xy = tracks[["x", "y"]].to_numpy(float)
+    df = (f[end] - f[ref]).astype(float)
+    vel = (xy[end] - xy[ref]) / np.where(df == 0, np.inf, df)[:, None]
+    return part, f[end].copy(), xy[end].copy(), vel
+
+
+def _extend(frames, tracks, builder, ref_of, sd1, sd_v, config, camera, sigma, half) -> None:
+    """Probe beyond both ends of every track, frame by frame, until a frame yields nothing."""
+    n_frames, ny, nx = np.shape(frames)
+    first = tracks.groupby("particle")["frame"].min()
+    last = tracks.groupby("particle")["frame"].max()
+    joined: set[int] = set()
+    for direction in (1, -1):
+        part, frame, pos, vel = _end_state(tracks, direction)
+        moving = np.hypot(vel[:, 0], vel[:, 1]) > 3 * sd1
+        vel = np.where(moving[:, None], vel, 0.0)
+        active = ~np.isin(part, list(joined))
+        ref = ref_of.loc[part].to_numpy()
+        misses = np.zeros(len(part), np.int64)
+        for _ in range(config.extend_frames):
+            t = frame + direction
+            pred = pos + vel * direction
+            active &= (t >= 0) & (t < n_frames)
+            active &= (pred[:, 0] > -0.5) & (pred[:, 0] < nx - 0.5)
+            active &= (pred[:, 1] > -0.5) & (pred[:, 1] < ny - 0.5)
+            idx = np.flatnonzero(active)
+            if len(idx) == 0:
+                break
+            m1 = misses[idx] + 1.0
+            sd = np.where(moving[idx], np.hypot(sd1 * np.sqrt(m1), sd_v * m1), sd1 * np.sqrt(m1))
+            probes = _Probes(t[idx], pred[idx, 0], pred[idx, 1], sd, ref[idx])
+            res = _probe(frames, (ny, nx), probes, builder.spots, camera, sigma, config, half)
+            take = res["take"]
+            # an existing spot at the prediction: join its track if it starts (ends) there
+            join = np.zeros(len(idx), bool)
+            for j in np.flatnonzero(res["near"] >= 0):
+                k = res["near"][j]
+                r = builder.spots.row[k]
+                ratio = builder.spots.n[k] / ref[idx[j]]
+                if r < 0 or not (1 / config.brightness_ratio <= ratio <= config.brightness_ratio):
+                    continue
+                other = int(builder.particle[r])
+                mine = int(part[idx[j]])
+                edge = (
+                    first.loc[tracks["particle"].iloc[r]]
+                    if direction > 0
+                    else last.loc[tracks["particle"].iloc[r]]
+                )
+                if other == mine or other in joined or mine in joined or edge != t[idx[j]]:
+                    continue
+                if builder.overlap(mine, other):
+                    continue
+                builder.particle[builder.particle == other] = mine
+                for new in builder.new:
+                    new.loc[new["particle"] == other, "particle"] = mine
+                joined.update((other, mine))
+                join[j] = True
+            sel = np.flatnonzero((res["ok"] | (take >= 0)) & ~join)
+            got = np.zeros(len(idx), bool)
+            if len(sel):
+                ratio = builder.spots.n[np.maximum(take[sel], 0)] / ref[idx[sel]]
+                fine = (take[sel] < 0) | (
+                    (ratio >= 1 / config.brightness_ratio) & (ratio <= config.brightness_ratio)
+                )
+                sel = sel[fine]
+                kept = builder.accept(part[idx], probes, res, sel)
+                got[sel[kept >= 0]] = True
+                found = sel[kept >= 0]
+                new_xy = np.column_stack(
+                    [builder.spots.x[kept[kept >= 0]], builder.spots.y[kept[kept >= 0]]]
+                )
+                step_xy = (new_xy - pos[idx[found]]) * direction
+                vel[idx[found]] = np.where(
+                    moving[idx[found], None], 0.5 * vel[idx[found]] + 0.5 * step_xy, 0.0
+                )
+                pos[idx[found]] = new_xy
+                frame[idx[found]] = t[idx[found]]
+            # a frame without a spot (blink or missed): go on along the prediction, up to
+            # ``max_misses`` frames in a row
+            lost = idx[~got]
+            misses[lost] += 1
+            pos[lost], frame[lost] = pred[lost], t[lost]
+            misses[idx[got]] = 0
+            active[lost[misses[lost] > config.max_misses]] = False
+            active[idx[join]] = False
+
+
+def guided_detect_movie(
+    tracks: pd.DataFrame,
+    spots: pd.DataFrame,
+    frames,
+    *,
+    detect_config: DetectConfig,
+    link_config: LinkConfig,
+    config: GuidedConfig,
+    pixel_size_um: float,
+    frame_interval_s: float,
+) -> pd.DataFrame:
+    """:func:`guided_detect` with the camera and PSF width detection used on this movie.
+
+    The camera comes from ``detect_config`` when calibrated, else it is estimated from the
+    movie's first ``detect_config.chunk_frames`` frames exactly as :func:`spt.detect.locate_movie`
+    does; the PSF width from the config, else from the spots' ``sigma`` column (the width
+    detection fitted with), else estimated as detection does.
+
+    Parameters
+    ----------
+    tracks, spots : DataFrame
+        Linked tracks and all detections of the movie.
+    frames : array-like, shape (T, Y, X)
+        The raw movie (ADU), e.g. :attr:`spt.io.Movie.frames`.
+    detect_config, link_config, config : DetectConfig, LinkConfig, GuidedConfig
+        The run's parameters.
+    pixel_size_um, frame_interval_s : float
+        Calibration (um/px, s).
+
+    Returns
+    -------
+    DataFrame
+        See :func:`guided_detect`.
+    """
+    if not config.enabled or len(tracks) == 0:
+        return tracks
+    camera = detect_config.calibrated_camera()
+    sigma = detect_config.psf_sigma_px
+    if sigma is None and not detect_config.fit_sigma and "sigma" in spots and len(spots):
+        sigma = float(np.median(spots["sigma"].to_numpy(float)))
+    if camera is None or sigma is None:
+        first = np.asarray(frames[: detect_config.chunk_frames])
+        if sigma is None:
+            camera, sigma = resolve_camera_and_psf(first, detect_config)
+        else:
+            camera = estimate_camera(first, detect_config.camera)
+    return guided_detect(
+        tracks,
+        frames,
+        camera=camera,
+        psf_sigma_px=sigma,
+        pixel_size_um=pixel_size_um,
+        frame_interval_s=frame_interval_s,
+        config=config,
+        link_config=link_config,
+        spots=spots,
+    )

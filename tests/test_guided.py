@@ -1,0 +1,232 @@
+"""Track-guided re-detection: gaps filled, merged pairs split, broken tracks joined (spt.guided)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spt.camera import camera_from_parameters
+from spt.config import PipelineConfig
+from spt.detect import DetectConfig, locate_movie
+from spt.errors import SptInputError
+from spt.guided import GuidedConfig, guided_detect, guided_detect_movie
+from spt.link import LinkConfig, link
+from spt.localize import pixel_integrals
+
+PX, DT, SIGMA, OFFSET = 0.2, 1 / 30, 1.25, 100.0
+CAMERA = camera_from_parameters(1.0, 1.0, OFFSET, 0.0, "scmos")
+DETECT = DetectConfig(
+    em_gain=1.0, e_per_adu=1.0, offset_adu=OFFSET, camera="scmos", psf_sigma_px=SIGMA
+)
+
+
+def _movie(truth: pd.DataFrame, n_frames: int, shape=(48, 64), background=10.0, seed=0):
+    """Poisson movie (ADU = photons + offset) of pixel-integrated Gaussian spots of ``truth``
+    (columns frame, x, y, photons)."""
+    ny, nx = shape
+    mu = np.full((n_frames, ny, nx), background)
+    for t, x, y, n in truth[["frame", "x", "y", "photons"]].itertuples(index=False):
+        ex, _, _ = pixel_integrals(np.arange(nx)[None] - x, np.array([[SIGMA]]))
+        ey, _, _ = pixel_integrals(np.arange(ny)[None] - y, np.array([[SIGMA]]))
+        mu[int(t)] += n * ey[0][:, None] * ex[0][None, :]
+    rng = np.random.default_rng(seed)
+    return (rng.poisson(mu) + OFFSET).astype(np.uint16)
+
+
+def _run(tracks, movie, spots=None, **kw):
+    return guided_detect(
+        tracks,
+        movie,
+        camera=CAMERA,
+        psf_sigma_px=SIGMA,
+        pixel_size_um=PX,
+        frame_interval_s=DT,
+        config=GuidedConfig(**kw),
+        spots=spots,
+    )
+
+
+def _error_at(found: pd.DataFrame, truth: pd.DataFrame, frames) -> np.ndarray:
+    f = found.set_index("frame").loc[list(frames)]
+    t = truth.set_index("frame").loc[list(frames)]
+    return np.hypot(f["x"] - t["x"], f["y"] - t["y"]).to_numpy()
+
+
+def test_blinking_dim_track_gaps_filled_but_not_its_dark_frames():
+    """A dim diffusing spot that the detector misses in some frames gets those frames back from
+    the image; the frames where it is truly off (a blink) stay empty."""
+    rng = np.random.default_rng(1)
+    n = 60
+    xy = np.array([30.0, 24.0]) + np.cumsum(rng.normal(0, 0.3, (n, 2)), axis=0)
+    on = np.ones(n, bool)
+    on[20:25] = False  # blink
+    truth = pd.DataFrame({"frame": np.arange(n), "x": xy[:, 0], "y": xy[:, 1], "photons": 250.0})
+    movie = _movie(truth[on], n)
+    spots = locate_movie(movie, DETECT)
+    tracks = link(spots, pixel_size_um=PX, frame_interval_s=DT)
+    assert tracks["particle"].nunique() == 1
+    missed = [10, 11, 30, 40, 41, 42]  # as if the detector had missed them
+    assert set(missed) <= set(tracks["frame"])
+    cut = ~tracks["frame"].isin(missed)
+    tracks, spots = tracks[cut], spots[~spots["frame"].isin(missed)]
+    out = _run(tracks, movie, spots)
+    assert out["particle"].nunique() == 1
+    assert set(missed) <= set(out["frame"])
+    assert not set(range(20, 25)) & set(out["frame"])
+    assert _error_at(out, truth, missed).max() < 0.7
+    assert not out.duplicated(["particle", "frame"]).any()
+
+
+def test_merged_pair_gets_two_positions():
+    """Two particles 2.6 px apart: where the detector gave one spot between them (owned by B)
+    and A has a gap, the joint two-emitter fit gives A its position back and corrects B's."""
+    n = 30
+    t = np.arange(n)
+    a = pd.DataFrame({"frame": t, "x": 20.0 + 0.3 * t, "y": 24.0, "photons": 600.0})
+    b = pd.DataFrame({"frame": t, "x": 20.0 + 0.3 * t, "y": 26.6, "photons": 600.0})
+    movie = _movie(pd.concat([a, b]), n, seed=2)
+    merged = list(range(10, 15))
+    rows = []
+    for pid, tr in enumerate((a, b)):
+        for f, x, y in tr[["frame", "x", "y"]].itertuples(index=False):
+            if f in merged:
+                if pid == 0:
+                    continue
+                y = 25.3  # one spot halfway, twice as bright, given to B
+            rows.append((f, x, y, 1200.0 if (pid == 1 and f in merged) else 600.0, pid))
+    tracks = pd.DataFrame(rows, columns=["frame", "x", "y", "signal", "particle"])
+    out = _run(tracks, movie)
+    assert out["particle"].nunique() == 2
+    got_a = out[out["particle"] == out.loc[out["frame"] == 0].sort_values("y")["particle"].iloc[0]]
+    assert set(merged) <= set(got_a["frame"])
+    assert _error_at(got_a, a, merged).max() < 0.5
+    got_b = out[~out.index.isin(got_a.index)]
+    assert _error_at(got_b, b, merged).max() < 0.5
+    assert got_b.set_index("frame").loc[merged, "signal"].max() < 900
+
+
+def test_unresolved_pair_shares_the_merged_spot():
+    """Two particles 0.8 px apart (unresolvable, PSF s.d. 1.25 px) for 6 frames: the one spot,
+    twice as bright and given to B, is given to A too (a merge, as in u-track). No re-linking
+    here, so that only the guided pass is tested."""
+    n = 30
+    t = np.arange(n)
+    dy = np.where((t >= 10) & (t < 16), 0.8, np.where((t >= 8) & (t < 18), 2.0, 4.0))
+    a = pd.DataFrame({"frame": t, "x": 30.0, "y": 24.0 - dy / 2, "photons": 500.0})
+    b = pd.DataFrame({"frame": t, "x": 30.0, "y": 24.0 + dy / 2, "photons": 500.0})
+    movie = _movie(pd.concat([a, b]), n, seed=5)
+    merged = list(range(10, 16))
+    rows = [(f, x, y, 500.0, 0) for f, x, y in a[["frame", "x", "y"]].itertuples(index=False)]
+    rows = [r for r in rows if r[0] not in merged]
+    rows += [
+        (f, x, 24.0 if f in merged else y, 1000.0 if f in merged else 500.0, 1)
+        for f, x, y in b[["frame", "x", "y"]].itertuples(index=False)
+    ]
+    tracks = pd.DataFrame(rows, columns=["frame", "x", "y", "signal", "particle"])
+    out = _run(tracks, movie, relink_passes=0)
+    assert out["particle"].nunique() == 2
+    got_a = out[out["particle"] == out.loc[out["frame"] == 0].sort_values("y")["particle"].iloc[0]]
+    assert sorted(got_a["frame"]) == list(range(n))
+    assert _error_at(got_a, a, merged).max() < 1.0
+    # A blinks off while passing B: B's spot is not bright enough for two, A gets nothing
+    lone = _movie(pd.concat([a[~a["frame"].isin(merged)], b]), n, seed=6)
+    tracks.loc[tracks["frame"].isin(merged), "signal"] = 500.0
+    out = _run(tracks, lone, relink_passes=0)
+    got_a = out[out["particle"] == out.loc[out["frame"] == 0].sort_values("y")["particle"].iloc[0]]
+    assert not set(merged) & set(got_a["frame"])
+
+
+def test_broken_flowing_track_is_extended_and_joined():
+    """A particle flowing at 3 px/frame, its track cut in two by 4 undetected frames: extending
+    the first piece along its velocity finds them and reaches the second piece, which joins."""
+    n = 24
+    t = np.arange(n)
+    truth = pd.DataFrame({"frame": t, "x": 6.0 + 2.5 * t, "y": 20.0 + 0.2 * t, "photons": 500.0})
+    movie = _movie(truth, n, shape=(40, 72), seed=3)
+    hidden = [10, 11, 12, 13]
+    rows = [
+        (f, x, y, 500.0, 0 if f < 10 else 1)
+        for f, x, y in truth[["frame", "x", "y"]].itertuples(index=False)
+        if f not in hidden
+    ]
+    tracks = pd.DataFrame(rows, columns=["frame", "x", "y", "signal", "particle"])
+    # a gap of 5 frames that the linker could not bridge (max_gap_frames 2 here)
+    out = guided_detect(
+        tracks,
+        movie,
+        camera=CAMERA,
+        psf_sigma_px=SIGMA,
+        pixel_size_um=PX,
+        frame_interval_s=DT,
+        link_config=LinkConfig(max_gap_frames=2),
+    )
+    assert out["particle"].nunique() == 1
+    assert sorted(out["frame"]) == list(range(n))
+    assert _error_at(out, truth, hidden).max() < 0.6
+
+
+def test_nothing_found_in_empty_frames_and_disabled_is_identity():
+    """Noise only around a track's ends and gap: nothing is added; disabled returns the input."""
+    rows = [(f, 30.0, 20.0, 400.0, 0) for f in (5, 6, 7, 15, 16, 17)]
+    tracks = pd.DataFrame(rows, columns=["frame", "x", "y", "signal", "particle"])
+    on = pd.DataFrame({"frame": [5, 6, 7, 15, 16, 17], "x": 30.0, "y": 20.0, "photons": 400.0})
+    movie = _movie(on, 24, seed=4)
+    out = _run(tracks, movie)
+    assert sorted(out["frame"]) == [5, 6, 7, 15, 16, 17]
+    assert _run(tracks, movie, enabled=False) is tracks
+
+
+def test_movie_helper_uses_pipeline_config_and_validates():
+    cfg = PipelineConfig()
+    assert cfg.guided == GuidedConfig()
+    assert PipelineConfig.from_dict(cfg.to_dict()).guided == cfg.guided
+    with pytest.raises(ValueError):
+        GuidedConfig(min_snr=-1)
+    with pytest.raises(ValueError):
+        GuidedConfig(extend_frames=-1)
+    tracks = pd.DataFrame({"frame": [0], "x": [1.0], "y": [1.0], "particle": [0]})
+    with pytest.raises(SptInputError, match="signal"):
+        _run(tracks, np.zeros((2, 16, 16), np.uint16))
+    empty = tracks.iloc[:0]
+    assert (
+        guided_detect_movie(
+            empty,
+            empty,
+            np.zeros((2, 16, 16)),
+            detect_config=DETECT,
+            link_config=LinkConfig(),
+            config=GuidedConfig(),
+            pixel_size_um=PX,
+            frame_interval_s=DT,
+        )
+        is empty
+    )
+
+
+class _SliceOnlyFrames:
+    """A lazy movie that supports only slices (like spt.io's page reader), counting frames read."""
+
+    def __init__(self, movie):
+        self._movie, self.shape, self.dtype, self.read = movie, movie.shape, movie.dtype, 0
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if not isinstance(key, slice):
+            raise TypeError("slices only")
+        out = self._movie[key]
+        self.read += len(out)
+        return out
+
+
+def test_lazy_movie_reads_only_probed_frames_and_gives_the_same_result():
+    truth = pd.DataFrame({"frame": np.arange(40), "x": 30.0, "y": 20.0, "photons": 300.0})
+    movie = _movie(truth[truth["frame"] != 20], 40, seed=7)
+    rows = [(f, 30.0, 20.0, 300.0, 0) for f in range(10, 30) if f not in (15, 20)]
+    tracks = pd.DataFrame(rows, columns=["frame", "x", "y", "signal", "particle"])
+    lazy = _SliceOnlyFrames(movie)
+    out = _run(tracks, lazy, relink_passes=0)
+    pd.testing.assert_frame_equal(out, _run(tracks, movie, relink_passes=0))
+    assert 15 in set(out["frame"]) and 20 not in set(out["frame"])
+    # gaps (2 frames) and ends (at most 10 + misses on each side): far fewer than 40 reads each
+    assert lazy.read <= 2 + 2 * 10
