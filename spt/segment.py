@@ -710,7 +710,9 @@ def _stop_go_partition(t, xy, sigma2, L, pen, w):  # pragma: no cover - compiled
             cps.append(p)
         e = p
         isstop = not isstop
-    return cps, tot
+    # isstop is now the type the piece before the first would have: the first piece is a stop
+    # when it is False
+    return cps, tot, not isstop
 
 
 def _stops_and_runs(
@@ -737,9 +739,15 @@ class _Units:
 
 
 def _describe(
-    frames: np.ndarray, xy: np.ndarray, sigma2_px: float | None, cfg: SegmentConfig, u: _Units
+    frames: np.ndarray,
+    xy: np.ndarray,
+    sigma2_px: float | None,
+    cfg: SegmentConfig,
+    u: _Units,
+    directed: bool | None = None,
 ) -> dict:
-    """Physical parameters and motion state of one segment (positions in px)."""
+    """Physical parameters and motion state of one segment (positions in px); ``directed``
+    (when not None) replaces the segment's own test of directed motion."""
     px, dt = u.pixel_size_um, u.frame_interval_s
     n = len(frames)
     out = {
@@ -787,14 +795,15 @@ def _describe(
     radius_um = float(np.sqrt(2 * rg2)) * px
     # alpha: exact likelihood of fBm + localisation noise (far less variable than an MSD fit)
     _, alpha, _ = fit_fbm(frames, xy[:, 0], xy[:, 1])
-    directed = speed >= cfg.directed_min_speed_um_s and (
-        chi2 >= cfg.directed_min_chi2
-        or (
-            np.isfinite(alpha)
-            and alpha >= cfg.directed_min_alpha
-            and chi2 >= cfg.directed_min_chi2 / 3
+    if directed is None:
+        directed = speed >= cfg.directed_min_speed_um_s and (
+            chi2 >= cfg.directed_min_chi2
+            or (
+                np.isfinite(alpha)
+                and alpha >= cfg.directed_min_alpha
+                and chi2 >= cfg.directed_min_chi2 / 3
+            )
         )
-    )
     if directed:
         state = "directed"
     elif radius_um <= cfg.immobile_max_radius_um or D <= cfg.immobile_max_D_um2_s:
@@ -970,6 +979,8 @@ def _segment_one(
                 cuts = [s + k for k in cps]
                 if _stops_and_runs(frames, xy, [s, *cuts, e], s2, cfg.directed_min_chi2):
                     refined += cuts
+            elif cps and _MIXED:
+                refined += _mixed_cuts(frames, xy, inc, [s, *(s + k for k in cps), e], s2, cfg, pen)
     starts = refined
     ends = [*starts[1:], n]
     # A segment's steps run from its first point to the first point of the next segment.
@@ -992,8 +1003,93 @@ def _segment_one(
     return _stop_go_regions(frames, xy, out, s2, sigma2_px, cfg, u)
 
 
+_MIXED = int(__import__('os').environ.get('MIXED', 1))
+_MAXB = int(__import__('os').environ.get('MAXB', 400))
+
+
+def _mixed_cuts(
+    frames: np.ndarray,
+    xy: np.ndarray,
+    inc: _Increments,
+    nodes: list[int],
+    s2: float,
+    cfg: SegmentConfig,
+    pen: float,
+) -> list[int]:
+    """Cuts of a stretch [nodes[0], nodes[-1]) into blocks that are either one straight piece
+    between neighbouring nodes (the piecewise-linear cuts of the stretch) or one diffusive
+    segment spanning any number of them (:meth:`_Increments.fit_noise`, paying log(2m) for its
+    D), whichever explains the steps best after ``pen`` per cut (optimal partitioning over the
+    nodes, costs as in :func:`_linear_changepoints`). Returns the inner cuts when the straight
+    blocks hold both a stop and a run, else none."""
+    K = len(nodes) - 1
+    m = nodes[-1] - nodes[0]
+    ia, ib = np.triu_indices(K + 1, 1)
+    a = np.array(nodes)[ia]
+    b = np.array(nodes)[ib] - 1
+    diff = inc.fit_noise(a, b, s2, cfg.blur_r)[2] + np.log(2 * m)
+    diff_cost = dict(zip(zip(ia.tolist(), ib.tolist()), diff.tolist()))
+    log2pis = np.log(2 * np.pi * s2)
+    join = pen + 2.0 * (np.log(4 * np.pi * s2) + 1.0)
+    L = int(cfg.min_segment_frames)
+    sg_cost = {}
+    for i, j in zip(ia.tolist(), ib.tolist()):
+        p, q = nodes[i], nodes[j]
+        if q - p < 2 * L or q - p > _MAXB:
+            continue
+        t = frames[p:q].astype(float)
+        pts = np.ascontiguousarray(xy[p:q] - xy[p:q].mean(axis=0))
+        cps, tot, _ = _stop_go_partition(t - t[0], pts, s2, L, pen, _STOP_LEVEL_POINTS)
+        if cps:
+            sg_cost[(i, j)] = (tot + 2 * (q - p - 1) * log2pis, [p + c for c in cps])
+    F = np.full(K + 1, np.inf)
+    F[0] = -join
+    prev = np.zeros(K + 1, np.int64)
+    kind = np.zeros(K + 1, bool)  # True: the block ending at node j is stop-and-go
+    for j in range(1, K + 1):
+        for i in range(j):
+            c = F[i] + join + diff_cost[(i, j)]
+            if c < F[j]:
+                F[j], prev[j], kind[j] = c, i, False
+            if (i, j) in sg_cost:
+                c = F[i] + join + sg_cost[(i, j)][0]
+                if c < F[j]:
+                    F[j], prev[j], kind[j] = c, i, True
+    bounds = []
+    j = K
+    any_sg = False
+    while j > 0:
+        if kind[j]:
+            bounds += sg_cost[(prev[j], j)][1]
+            any_sg = True
+        bounds.append(nodes[j])
+        j = prev[j]
+    if not any_sg:
+        return []
+    return sorted(bounds)[:-1]
+
+
 #: Points of a stop whose mean gives the level where the neighbouring run starts or ends.
 _STOP_LEVEL_POINTS = 8
+_SLOW = float(__import__('os').environ.get('SLOW', 2.0))
+
+
+def _run_chi2(
+    frames: np.ndarray, xy: np.ndarray, a: int, s: int, e: int, b: int, sigma2: float
+) -> float:
+    """Significance (chi^2, 2 dof) of the displacement of the run [s, e) of the stop-and-go
+    stretch [a, b): between the levels of the stops on either side (means of up to
+    ``_STOP_LEVEL_POINTS`` points, as in :func:`_stop_go_partition`), or, for a run that starts or
+    ends the stretch, from its least-squares slope; ``sigma2`` is the localisation variance."""
+    w = _STOP_LEVEL_POINTS
+    if s > a and e < b:
+        before, after = xy[max(s - w, a) : s], xy[e : min(e + w, b)]
+        delta = after.mean(axis=0) - before.mean(axis=0)
+        return float(delta @ delta) / (sigma2 * (1 / len(before) + 1 / len(after)))
+    t = frames[s:e] - frames[s:e].mean()
+    ctt = float(t @ t)
+    v = t @ (xy[s:e] - xy[s:e].mean(axis=0)) / ctt
+    return float(v @ v) * ctt / sigma2
 
 
 def _stop_go_regions(
@@ -1023,18 +1119,23 @@ def _stop_go_regions(
         group = segs[j:k]
         a, b = group[0]["start"], group[-1]["end"]
         states = {d["state"] for d in group}
-        if len(states) < 2 or b - a < 2 * L:
+        slow = all(d["speed_um_s"] < _SLOW for d in group)
+        if (len(states) < 2 and not (states == {"directed"} and slow)) or b - a < 2 * L:
             out += group
             j = k
             continue
         t = frames[a:b].astype(float)
         pts = np.ascontiguousarray(xy[a:b] - xy[a:b].mean(axis=0))
         pen = cfg.changepoint_penalty * 3 * np.log(2 * (b - a))
-        cps, _ = _stop_go_partition(t - t[0], pts, s2, L, pen, _STOP_LEVEL_POINTS)
+        cps, _, is_stop = _stop_go_partition(t - t[0], pts, s2, L, pen, _STOP_LEVEL_POINTS)
         starts = [a, *sorted(a + int(c) for c in cps)]
         ends = [*starts[1:], b]
         for s, e in zip(starts, ends, strict=True):
-            d = _describe(frames[s : e + 1], xy[s : e + 1], sigma2_px, cfg, u)
+            run = None
+            if not is_stop:
+                run = _run_chi2(frames, xy, a, s, e, b, s2) >= cfg.directed_min_chi2
+            is_stop = not is_stop
+            d = _describe(frames[s : e + 1], xy[s : e + 1], sigma2_px, cfg, u, directed=run)
             if out and d["state"] == "immobile" and out[-1]["state"] == "immobile":
                 s0 = out[-1]["start"]
                 d = _describe(frames[s0 : e + 1], xy[s0 : e + 1], sigma2_px, cfg, u)
