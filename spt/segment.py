@@ -319,6 +319,81 @@ def _ma1_fixed_noise(d, n, a, b, mu, q_grid, sigma2, blur_r):  # pragma: no cove
     return q_out, cost_out
 
 
+@njit(cache=True)
+def _fixed_noise_blocks(d, n, nodes, q_grid, sigma2, blur_r):  # pragma: no cover - compiled
+    """-2 log L of :meth:`_Increments.fit_noise` for every block of points [nodes[i], nodes[j])
+    (its steps nodes[i] .. nodes[j] - 2), in one forward pass per start node: the drift enters
+    the quadratic form through sums kept for every grid value (as in
+    :func:`_optimal_partition`). Returns a (K, K) matrix, inf for j <= i."""
+    K, G = nodes.size, q_grid.size
+    out = np.full((K, K), np.inf)
+    log2pi = math.log(2.0 * math.pi)
+    logdet = np.empty(G)
+    dprev = np.empty(G)
+    z0 = np.empty(G)
+    z1 = np.empty(G)
+    w = np.empty(G)
+    szz = np.empty(G)
+    szw0 = np.empty(G)
+    szw1 = np.empty(G)
+    sww = np.empty(G)
+    for i in range(K - 1):
+        a = nodes[i]
+        for g in range(G):
+            logdet[g] = 0.0
+            dprev[g] = 1.0
+            z0[g] = 0.0
+            z1[g] = 0.0
+            w[g] = 0.0
+            szz[g] = 0.0
+            szw0[g] = 0.0
+            szw1[g] = 0.0
+            sww[g] = 0.0
+        sd0, sd1, sn = 0.0, 0.0, 0.0
+        j = i + 1
+        last = nodes[K - 1] - 2
+        for k in range(a, last + 1):
+            ni = n[k]
+            for g in range(G):
+                r = q_grid[g]
+                off = sigma2 * (r * blur_r - 1.0)
+                di = sigma2 * (2.0 + r * (ni - 2.0 * blur_r))
+                lk = off / dprev[g] if k > a else 0.0
+                dk = max(di - lk * off, 1e-12)
+                a0 = d[k, 0] - lk * z0[g]
+                a1 = d[k, 1] - lk * z1[g]
+                aw = ni - lk * w[g]
+                logdet[g] += math.log(dk)
+                szz[g] += (a0 * a0 + a1 * a1) / dk
+                szw0[g] += a0 * aw / dk
+                szw1[g] += a1 * aw / dk
+                sww[g] += aw * aw / dk
+                dprev[g] = dk
+                z0[g] = a0
+                z1[g] = a1
+                w[g] = aw
+            sd0 += d[k, 0]
+            sd1 += d[k, 1]
+            sn += ni
+            while j < K and nodes[j] - 2 < k:
+                j += 1
+            if j < K and nodes[j] - 2 == k:
+                mu0, mu1 = sd0 / sn, sd1 / sn
+                length = k - a + 1
+                best = np.inf
+                for g in range(G):
+                    quad = (
+                        szz[g]
+                        - 2.0 * (mu0 * szw0[g] + mu1 * szw1[g])
+                        + (mu0 * mu0 + mu1 * mu1) * sww[g]
+                    )
+                    cost = 2.0 * logdet[g] + quad + 2.0 * length * log2pi
+                    if cost < best:
+                        best = cost
+                out[i, j] = best
+    return out
+
+
 # Ratios q / sigma^2 = 2 D dt / sigma^2 tried by fit_noise (0: immobile).
 _Q_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 1e4, 36)])
 
@@ -1004,7 +1079,6 @@ def _segment_one(
 
 
 _MIXED = int(__import__('os').environ.get('MIXED', 1))
-_MAXB = int(__import__('os').environ.get('MAXB', 400))
 
 
 def _mixed_cuts(
@@ -1016,57 +1090,183 @@ def _mixed_cuts(
     cfg: SegmentConfig,
     pen: float,
 ) -> list[int]:
-    """Cuts of a stretch [nodes[0], nodes[-1]) into blocks that are either one straight piece
-    between neighbouring nodes (the piecewise-linear cuts of the stretch) or one diffusive
-    segment spanning any number of them (:meth:`_Increments.fit_noise`, paying log(2m) for its
-    D), whichever explains the steps best after ``pen`` per cut (optimal partitioning over the
-    nodes, costs as in :func:`_linear_changepoints`). Returns the inner cuts when the straight
-    blocks hold both a stop and a run, else none."""
-    K = len(nodes) - 1
-    m = nodes[-1] - nodes[0]
-    ia, ib = np.triu_indices(K + 1, 1)
-    a = np.array(nodes)[ia]
-    b = np.array(nodes)[ib] - 1
-    diff = inc.fit_noise(a, b, s2, cfg.blur_r)[2] + np.log(2 * m)
-    diff_cost = dict(zip(zip(ia.tolist(), ib.tolist()), diff.tolist()))
-    log2pis = np.log(2 * np.pi * s2)
-    join = pen + 2.0 * (np.log(4 * np.pi * s2) + 1.0)
-    L = int(cfg.min_segment_frames)
-    sg_cost = {}
-    for i, j in zip(ia.tolist(), ib.tolist()):
-        p, q = nodes[i], nodes[j]
-        if q - p < 2 * L or q - p > _MAXB:
-            continue
-        t = frames[p:q].astype(float)
-        pts = np.ascontiguousarray(xy[p:q] - xy[p:q].mean(axis=0))
-        cps, tot, _ = _stop_go_partition(t - t[0], pts, s2, L, pen, _STOP_LEVEL_POINTS)
-        if cps:
-            sg_cost[(i, j)] = (tot + 2 * (q - p - 1) * log2pis, [p + c for c in cps])
-    F = np.full(K + 1, np.inf)
-    F[0] = -join
-    prev = np.zeros(K + 1, np.int64)
-    kind = np.zeros(K + 1, bool)  # True: the block ending at node j is stop-and-go
-    for j in range(1, K + 1):
-        for i in range(j):
-            c = F[i] + join + diff_cost[(i, j)]
-            if c < F[j]:
-                F[j], prev[j], kind[j] = c, i, False
-            if (i, j) in sg_cost:
-                c = F[i] + join + sg_cost[(i, j)][0]
-                if c < F[j]:
-                    F[j], prev[j], kind[j] = c, i, True
-    bounds = []
-    j = K
-    any_sg = False
-    while j > 0:
-        if kind[j]:
-            bounds += sg_cost[(prev[j], j)][1]
-            any_sg = True
-        bounds.append(nodes[j])
-        j = prev[j]
+    """Cuts of the stretch [nodes[0], nodes[-1]) into diffusive segments (between any two
+    nodes) and stretches of the continuous stop-and-go model (cut anywhere), whichever explains
+    the path best after penalties (:func:`_mixed_partition`). Returns the inner cuts, or none
+    when the best explanation has no stop-and-go part."""
+    a0 = nodes[0]
+    m = nodes[-1] - a0
+    nd = np.array(nodes, np.int64)
+    diff = _fixed_noise_blocks(inc.d, inc.n, nd, _Q_GRID, s2, cfg.blur_r) + np.log(2 * m)
+    t = frames[a0 : nodes[-1]].astype(float)
+    pts = np.ascontiguousarray(xy[a0 : nodes[-1]] - xy[a0 : nodes[-1]].mean(axis=0))
+    cps, any_sg = _mixed_partition(
+        t - t[0], pts, s2, int(cfg.min_segment_frames), pen, _STOP_LEVEL_POINTS, nd - a0, diff
+    )
     if not any_sg:
         return []
-    return sorted(bounds)[:-1]
+    return sorted(a0 + int(c) for c in cps)
+
+
+@njit(cache=True)
+def _mixed_partition(t, xy, sigma2, L, pen, w, nodes, diff):  # pragma: no cover - compiled
+    """Optimal partition of a path into diffusive blocks (between nodes; -2 log L of their
+    steps ``diff[i, j]``) and stop-and-go stretches (alternating stops and runs of
+    :func:`_stop_go_partition`, runs anchored to the levels of the stops on either side, free
+    straight lines next to a diffusive block or at an end). A cut between stops and runs costs
+    ``pen``; one next to a diffusive block ``pen`` plus one step of pure noise. Every block of
+    ``k`` points is charged for ``k - 1`` points. Returns the cuts and whether any stop or run
+    was used."""
+    n = t.size
+    c = _path_sums(t, xy)
+    l2p = 2.0 * math.log(2.0 * math.pi * sigma2)  # per point, two axes
+    join = pen + 2.0 * (math.log(4.0 * math.pi * sigma2) + 1.0)
+    K = nodes.size - 1
+    isnode = np.full(n + 1, -1)
+    for k in range(K + 1):
+        isnode[nodes[k]] = k
+    Le = np.zeros((n + 1, 2))
+    Ls = np.zeros((n + 1, 2))
+    for b in range(1, n + 1):
+        a = max(b - w, 0)
+        Le[b, 0] = (c[b, 3] - c[a, 3]) / (b - a)
+        Le[b, 1] = (c[b, 4] - c[a, 4]) / (b - a)
+    for i in range(0, n):
+        e = min(i + w, n)
+        Ls[i, 0] = (c[e, 3] - c[i, 3]) / (e - i)
+        Ls[i, 1] = (c[e, 4] - c[i, 4]) / (e - i)
+    tau = np.zeros(n + 1)
+    for k in range(1, n):
+        tau[k] = 0.5 * (t[k - 1] + t[k])
+    INF = np.inf
+    H = np.full(n + 1, INF)  # stop ending at e
+    G = np.full(n + 1, INF)  # run ending at e, anchored to the stop after it
+    Gf = np.full(n + 1, INF)  # run ending at e with a free end (end of path or diffusive next)
+    Dv = np.full(n + 1, INF)  # diffusive block ending at node e
+    S = np.full(n + 1, INF)  # cost before a free start at i (0 or after a diffusive block)
+    pH = np.full(n + 1, -1)
+    pHt = np.zeros(n + 1, np.int64)
+    pG = np.full(n + 1, -1)
+    pGt = np.zeros(n + 1, np.int64)
+    pGf = np.full(n + 1, -1)
+    pGft = np.zeros(n + 1, np.int64)
+    pD = np.full(n + 1, -1)
+    pDt = np.zeros(n + 1, np.int64)
+    S[0] = -l2p
+    # types: 0 start, 1 stop, 2 run (anchored end), 3 run (free end), 4 diffusive
+    for e in range(1, n + 1):
+        # diffusive block ending at node e
+        if isnode[e] > 0:
+            j = isnode[e]
+            best, arg, typ = INF, -1, 0
+            for i in range(j):
+                b = nodes[i]
+                if b == 0:
+                    pc, pt = 0.0, 0
+                else:
+                    pc, pt = H[b] + join, 1
+                    if Gf[b] + join < pc:
+                        pc, pt = Gf[b] + join, 3
+                    if Dv[b] + join < pc:
+                        pc, pt = Dv[b] + join, 4
+                v = pc + diff[i, j]
+                if v < best:
+                    best, arg, typ = v, b, pt
+            Dv[e], pD[e], pDt[e] = best, arg, typ
+        if e < L:
+            if isnode[e] > 0 and e < n:
+                S[e] = Dv[e] + join - l2p
+            continue
+        # stop ending at e
+        best, arg, typ = INF, -1, 0
+        for i in range(0, e - L + 1):
+            if S[i] < INF:
+                pc, pt = S[i], (0 if i == 0 else 4)
+            else:
+                pc, pt = INF, 0
+            if G[i] + pen < pc:
+                pc, pt = G[i] + pen, 2
+            if pc == INF:
+                continue
+            v = pc + _level_rss(c, i, e) / sigma2 + l2p * (e - i)
+            if v < best:
+                best, arg, typ = v, i, pt
+        H[e], pH[e], pHt[e] = best, arg, typ
+        # runs ending at e
+        bestA, argA, typA = INF, -1, 0
+        bestF, argF, typF = INF, -1, 0
+        free_end = e == n or isnode[e] > 0
+        for b in range(0, e - L + 1):
+            cnt = c[e, 0] - c[b, 0]
+            lin = INF
+            if S[b] < INF or (free_end and H[b] < INF):
+                lin = _line_rss(c, b, e) / sigma2 + 2.0 * math.log(cnt) + l2p * cnt
+            if S[b] < INF:
+                pt = 0 if b == 0 else 4
+                v = S[b] + lin
+                if v < bestA:
+                    bestA, argA, typA = v, b, pt
+                if free_end and v < bestF:
+                    bestF, argF, typF = v, b, pt
+            if H[b] == INF:
+                continue
+            if free_end:
+                v = H[b] + pen + lin
+                if v < bestF:
+                    bestF, argF, typF = v, b, 1
+            if e < n:
+                st = c[e, 1] - c[b, 1]
+                sx = c[e, 3] - c[b, 3]
+                sy = c[e, 4] - c[b, 4]
+                tb = tau[b]
+                D = tau[e] - tb
+                Ax, Ay = Le[b, 0], Le[b, 1]
+                Bx, By = Ls[e, 0] - Ax, Ls[e, 1] - Ay
+                ss = (st - cnt * tb) / D
+                s2 = (c[e, 2] - c[b, 2] - 2 * tb * st + cnt * tb * tb) / (D * D)
+                sxx = (c[e, 5] - c[b, 5] - tb * sx) / D
+                sxy = (c[e, 6] - c[b, 6] - tb * sy) / D
+                rss = (
+                    c[e, 7]
+                    - c[b, 7]
+                    - 2 * (Ax * sx + Ay * sy)
+                    - 2 * (Bx * sxx + By * sxy)
+                    + cnt * (Ax * Ax + Ay * Ay)
+                    + 2 * (Ax * Bx + Ay * By) * ss
+                    + (Bx * Bx + By * By) * s2
+                )
+                v = H[b] + pen + rss / sigma2 + l2p * cnt
+                if v < bestA:
+                    bestA, argA, typA = v, b, 1
+        G[e], pG[e], pGt[e] = bestA, argA, typA
+        Gf[e], pGf[e], pGft[e] = bestF, argF, typF
+        if isnode[e] > 0 and e < n:
+            S[e] = Dv[e] + join - l2p
+    # backtrack
+    fin = 1
+    tot = H[n]
+    if Gf[n] < tot:
+        tot, fin = Gf[n], 3
+    if Dv[n] < tot:
+        tot, fin = Dv[n], 4
+    cps = []
+    any_stop, any_run = False, False
+    e, typ = n, fin
+    while e > 0:
+        if typ == 1:
+            p, nt = pH[e], pHt[e]
+        elif typ == 2:
+            p, nt = pG[e], pGt[e]
+        elif typ == 3:
+            p, nt = pGf[e], pGft[e]
+        else:
+            p, nt = pD[e], pDt[e]
+        any_stop = any_stop or typ == 1
+        any_run = any_run or typ == 2 or typ == 3
+        if p > 0:
+            cps.append(p)
+        e, typ = p, nt
+    return cps, any_stop and any_run
 
 
 #: Points of a stop whose mean gives the level where the neighbouring run starts or ends.
