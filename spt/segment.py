@@ -790,20 +790,6 @@ def _stop_go_partition(t, xy, sigma2, L, pen, w):  # pragma: no cover - compiled
     return cps, tot, not isstop
 
 
-def _stops_and_runs(
-    frames: np.ndarray, xy: np.ndarray, bounds: list[int], sigma2: float, chi2_min: float
-) -> bool:
-    """True when the straight pieces ``bounds`` include both a stop and a run: the slope of a
-    piece is significant (chi^2, 2 dof, >= chi2_min) for a run and not for a stop."""
-    chi2 = []
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        t = frames[a:b] - frames[a:b].mean()
-        ctt = float(t @ t)
-        v = t @ (xy[a:b] - xy[a:b].mean(axis=0)) / ctt
-        chi2.append(float(v @ v) * ctt / sigma2)
-    return min(chi2) < chi2_min <= max(chi2)
-
-
 # --------------------------------------------------------------------------- segment description
 
 
@@ -1037,25 +1023,23 @@ def _segment_one(
     L = max(int(cfg.min_segment_frames) - 1, 2)
     s2 = inc.noise_variance(L, cfg.blur_r) if sigma2_px is None else max(sigma2_px, inc.floor)
     starts = [0, *changepoints(frames, xy, cfg).tolist()]
-    # Pass 2: each stretch is also cut with the piecewise-linear model (stops and constant-
-    # velocity runs, no diffusion); that explanation replaces the diffusive one when it is
-    # more likely after penalties (the diffusive model pays log(2m) for its D).
+    # Pass 2: each stretch is cut with the piecewise-linear model (stops and constant-velocity
+    # runs, no diffusion); its cuts are the nodes at which the stretch may then change between
+    # diffusion and the continuous stop-and-go model (:func:`_mixed_cuts`): stop-and-go parts
+    # replace diffusion where they are more likely after penalties (diffusion pays log(2m) for
+    # its D).
     ends = [*starts[1:], n]
     refined = []
     for s, e in zip(starts, ends, strict=True):
         refined.append(s)
         if 2 * cfg.min_segment_frames <= e - s <= 2000:
             pen = cfg.changepoint_penalty * 3 * np.log(2 * (e - s))
-            cps, cost_lin = _linear_changepoints(
+            cps, _ = _linear_changepoints(
                 frames[s:e].astype(float), xy[s:e], s2, cfg.min_segment_frames, pen
             )
-            cost_diff = inc.fit_noise(np.array([s]), np.array([e - 1]), s2, cfg.blur_r)[2][0]
-            if cps and cost_lin < cost_diff + np.log(2 * (e - s)):
-                cuts = [s + k for k in cps]
-                if _stops_and_runs(frames, xy, [s, *cuts, e], s2, cfg.directed_min_chi2):
-                    refined += cuts
-            elif cps and _MIXED:
-                refined += _mixed_cuts(frames, xy, inc, [s, *(s + k for k in cps), e], s2, cfg, pen)
+            if cps:
+                nodes = [s, *(s + k for k in cps), e]
+                refined += _mixed_cuts(frames, xy, inc, nodes, s2, cfg, pen)
     starts = refined
     ends = [*starts[1:], n]
     # A segment's steps run from its first point to the first point of the next segment.
@@ -1076,9 +1060,6 @@ def _segment_one(
         else:
             out.append({**d, "start": s, "end": e})
     return _stop_go_regions(frames, xy, out, s2, sigma2_px, cfg, u)
-
-
-_MIXED = int(__import__('os').environ.get('MIXED', 1))
 
 
 def _mixed_cuts(
@@ -1271,7 +1252,6 @@ def _mixed_partition(t, xy, sigma2, L, pen, w, nodes, diff):  # pragma: no cover
 
 #: Points of a stop whose mean gives the level where the neighbouring run starts or ends.
 _STOP_LEVEL_POINTS = 8
-_SLOW = float(__import__('os').environ.get('SLOW', 2.0))
 
 
 def _run_chi2(
@@ -1319,8 +1299,7 @@ def _stop_go_regions(
         group = segs[j:k]
         a, b = group[0]["start"], group[-1]["end"]
         states = {d["state"] for d in group}
-        slow = all(d["speed_um_s"] < _SLOW for d in group)
-        if (len(states) < 2 and not (states == {"directed"} and slow)) or b - a < 2 * L:
+        if len(states) < 2 or b - a < 2 * L:
             out += group
             j = k
             continue
