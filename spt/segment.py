@@ -76,6 +76,11 @@ class SegmentConfig:
     changepoint_penalty : float
         Multiplier of the BIC penalty ``5 log(2 m)`` (m steps) that each segment pays in -2 log
         likelihood. Larger gives fewer change points.
+    stop_go_penalty : float
+        Penalty per change point, times ``log(2 m)`` (m points), when a stretch of stops and
+        runs is re-cut with the continuous stop-and-go model (a run goes straight from one stop
+        to the next, so a change point adds no free parameter beyond its time and a stop's
+        position). Larger gives fewer, longer runs and stops.
     directed_min_chi2 : float
         A segment is ``directed`` when its net displacement is this many times (chi^2 with 2
         degrees of freedom) the variance expected from its own diffusion and localisation noise...
@@ -118,6 +123,7 @@ class SegmentConfig:
 
     min_segment_frames: int = 6
     changepoint_penalty: float = 0.85
+    stop_go_penalty: float = 0.65
     directed_min_chi2: float = 30.0
     directed_min_speed_um_s: float = 0.05
     directed_min_alpha: float = 1.8
@@ -143,6 +149,7 @@ class SegmentConfig:
             )
         for name in (
             "changepoint_penalty",
+            "stop_go_penalty",
             "directed_min_chi2",
             "directed_min_speed_um_s",
             "immobile_max_radius_um",
@@ -1305,7 +1312,7 @@ def _stop_go_regions(
             continue
         t = frames[a:b].astype(float)
         pts = np.ascontiguousarray(xy[a:b] - xy[a:b].mean(axis=0))
-        pen = cfg.changepoint_penalty * 3 * np.log(2 * (b - a))
+        pen = cfg.stop_go_penalty * np.log(2 * (b - a))
         cps, _, is_stop = _stop_go_partition(t - t[0], pts, s2, L, pen, _STOP_LEVEL_POINTS)
         starts = [a, *sorted(a + int(c) for c in cps)]
         ends = [*starts[1:], b]
