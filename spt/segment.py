@@ -335,8 +335,15 @@ def _fixed_noise_blocks(d, n, nodes, q_grid, sigma2, blur_r):  # pragma: no cove
     K, G = nodes.size, q_grid.size
     out = np.full((K, K), np.inf)
     log2pi = math.log(2.0 * math.pi)
-    logdet = np.empty(G)
-    dprev = np.empty(G)
+    # in units of the noise: steps / sigma, variances / sigma^2 (keeps the products in range)
+    scale = 1.0 / math.sqrt(sigma2)
+    log_s2 = math.log(sigma2)
+    off = np.empty(G)
+    for g in range(G):
+        off[g] = q_grid[g] * blur_r - 1.0
+    logacc = np.empty(G)
+    prod = np.empty(G)
+    inv = np.empty(G)
     z0 = np.empty(G)
     z1 = np.empty(G)
     w = np.empty(G)
@@ -344,11 +351,13 @@ def _fixed_noise_blocks(d, n, nodes, q_grid, sigma2, blur_r):  # pragma: no cove
     szw0 = np.empty(G)
     szw1 = np.empty(G)
     sww = np.empty(G)
+    last = nodes[K - 1] - 2
     for i in range(K - 1):
         a = nodes[i]
         for g in range(G):
-            logdet[g] = 0.0
-            dprev[g] = 1.0
+            logacc[g] = 0.0
+            prod[g] = 1.0
+            inv[g] = 0.0
             z0[g] = 0.0
             z1[g] = 0.0
             w[g] = 0.0
@@ -358,29 +367,34 @@ def _fixed_noise_blocks(d, n, nodes, q_grid, sigma2, blur_r):  # pragma: no cove
             sww[g] = 0.0
         sd0, sd1, sn = 0.0, 0.0, 0.0
         j = i + 1
-        last = nodes[K - 1] - 2
         for k in range(a, last + 1):
             ni = n[k]
+            dx = d[k, 0] * scale
+            dy = d[k, 1] * scale
+            base = ni - 2.0 * blur_r
             for g in range(G):
-                r = q_grid[g]
-                off = sigma2 * (r * blur_r - 1.0)
-                di = sigma2 * (2.0 + r * (ni - 2.0 * blur_r))
-                lk = off / dprev[g] if k > a else 0.0
-                dk = max(di - lk * off, 1e-12)
-                a0 = d[k, 0] - lk * z0[g]
-                a1 = d[k, 1] - lk * z1[g]
+                o = off[g]
+                lk = o * inv[g]
+                dk = max(2.0 + q_grid[g] * base - lk * o, 1e-12)
+                iv = 1.0 / dk
+                a0 = dx - lk * z0[g]
+                a1 = dy - lk * z1[g]
                 aw = ni - lk * w[g]
-                logdet[g] += math.log(dk)
-                szz[g] += (a0 * a0 + a1 * a1) / dk
-                szw0[g] += a0 * aw / dk
-                szw1[g] += a1 * aw / dk
-                sww[g] += aw * aw / dk
-                dprev[g] = dk
+                prod[g] *= dk
+                szz[g] += (a0 * a0 + a1 * a1) * iv
+                szw0[g] += a0 * aw * iv
+                szw1[g] += a1 * aw * iv
+                sww[g] += aw * aw * iv
+                inv[g] = iv
                 z0[g] = a0
                 z1[g] = a1
                 w[g] = aw
-            sd0 += d[k, 0]
-            sd1 += d[k, 1]
+            if (k - a) % 32 == 31:
+                for g in range(G):
+                    logacc[g] += math.log(prod[g])
+                    prod[g] = 1.0
+            sd0 += dx
+            sd1 += dy
             sn += ni
             while j < K and nodes[j] - 2 < k:
                 j += 1
@@ -394,7 +408,8 @@ def _fixed_noise_blocks(d, n, nodes, q_grid, sigma2, blur_r):  # pragma: no cove
                         - 2.0 * (mu0 * szw0[g] + mu1 * szw1[g])
                         + (mu0 * mu0 + mu1 * mu1) * sww[g]
                     )
-                    cost = 2.0 * logdet[g] + quad + 2.0 * length * log2pi
+                    logdet = logacc[g] + math.log(prod[g])
+                    cost = 2.0 * logdet + quad + 2.0 * length * (log2pi + log_s2)
                     if cost < best:
                         best = cost
                 out[i, j] = best
@@ -797,6 +812,20 @@ def _stop_go_partition(t, xy, sigma2, L, pen, w):  # pragma: no cover - compiled
     return cps, tot, not isstop
 
 
+def _stops_and_runs(
+    frames: np.ndarray, xy: np.ndarray, bounds: list[int], sigma2: float, chi2_min: float
+) -> bool:
+    """True when the straight pieces ``bounds`` include both a stop and a run: the slope of a
+    piece is significant (chi^2, 2 dof, >= chi2_min) for a run and not for a stop."""
+    chi2 = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        t = frames[a:b] - frames[a:b].mean()
+        ctt = float(t @ t)
+        v = t @ (xy[a:b] - xy[a:b].mean(axis=0)) / ctt
+        chi2.append(float(v @ v) * ctt / sigma2)
+    return min(chi2) < chi2_min <= max(chi2)
+
+
 # --------------------------------------------------------------------------- segment description
 
 
@@ -1044,8 +1073,8 @@ def _segment_one(
             cps, _ = _linear_changepoints(
                 frames[s:e].astype(float), xy[s:e], s2, cfg.min_segment_frames, pen
             )
-            if cps:
-                nodes = [s, *(s + k for k in cps), e]
+            nodes = [s, *(s + k for k in cps), e]
+            if cps and _stops_and_runs(frames, xy, nodes, s2, cfg.directed_min_chi2):
                 refined += _mixed_cuts(frames, xy, inc, nodes, s2, cfg, pen)
     starts = refined
     ends = [*starts[1:], n]
