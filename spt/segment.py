@@ -710,108 +710,6 @@ def _linear_partition(t, xy, sigma2, L, pen):  # pragma: no cover - compiled
     return cps, F[n]
 
 
-@njit(cache=True)
-def _stop_go_partition(t, xy, sigma2, L, pen, w):  # pragma: no cover - compiled
-    """Optimal partition of a path into alternating stops and runs with a continuous path.
-
-    A stop is a constant position; a run between two stops is the straight line from the level
-    of the stop before it (mean of its last ``w`` points) at the knot half-way between the two
-    frames, to the level of the stop after it (mean of its first ``w`` points) at the next
-    knot, so that a run costs no free parameter. A run that starts or ends the stretch is a
-    free straight line. Each piece has >= L points; ``pen`` per change point. Returns the
-    indices of the points that start a new piece and the total RSS / sigma2 plus penalties.
-    O(n^2) from cumulative sums of 1, t, t^2, x, y, t x, t y, x^2 + y^2."""
-    n = t.size
-    c = _path_sums(t, xy)
-    # local levels
-    Le = np.zeros((n + 1, 2))
-    Ls = np.zeros((n + 1, 2))
-    for b in range(1, n + 1):
-        a = max(b - w, 0)
-        Le[b, 0] = (c[b, 3] - c[a, 3]) / (b - a)
-        Le[b, 1] = (c[b, 4] - c[a, 4]) / (b - a)
-    for i in range(0, n):
-        e = min(i + w, n)
-        Ls[i, 0] = (c[e, 3] - c[i, 3]) / (e - i)
-        Ls[i, 1] = (c[e, 4] - c[i, 4]) / (e - i)
-    tau = np.zeros(n + 1)
-    for k in range(1, n):
-        tau[k] = 0.5 * (t[k - 1] + t[k])
-    H = np.full(n + 1, np.inf)
-    G = np.full(n + 1, np.inf)
-    pH = np.full(n + 1, -1)
-    pG = np.full(n + 1, -1)
-    for e in range(L, n + 1):
-        # stop ending at e
-        best = np.inf
-        arg = -1
-        for i in range(0, e - L + 1):
-            prevc = 0.0 if i == 0 else G[i] + pen
-            if prevc == np.inf:
-                continue
-            v = prevc + _level_rss(c, i, e) / sigma2
-            if v < best:
-                best = v
-                arg = i
-        H[e] = best
-        pH[e] = arg
-        # run ending at e (followed by a stop starting at e, or the end)
-        best = np.inf
-        arg = -1
-        for b in range(0, e - L + 1):
-            cnt = c[e, 0] - c[b, 0]
-            st = c[e, 1] - c[b, 1]
-            sx = c[e, 3] - c[b, 3]
-            sy = c[e, 4] - c[b, 4]
-            if b == 0 or e == n:
-                prevc = 0.0 if b == 0 else H[b] + pen
-                if prevc == np.inf:
-                    continue
-                rss = _line_rss(c, b, e)
-                v = prevc + rss / sigma2 + 2.0 * math.log(cnt)
-            else:
-                prevc = H[b] + pen
-                if prevc == np.inf:
-                    continue
-                tb = tau[b]
-                D = tau[e] - tb
-                Ax, Ay = Le[b, 0], Le[b, 1]
-                Bx, By = Ls[e, 0] - Ax, Ls[e, 1] - Ay
-                ss = (st - cnt * tb) / D
-                s2 = (c[e, 2] - c[b, 2] - 2 * tb * st + cnt * tb * tb) / (D * D)
-                sxx = (c[e, 5] - c[b, 5] - tb * sx) / D
-                sxy = (c[e, 6] - c[b, 6] - tb * sy) / D
-                rss = (
-                    c[e, 7]
-                    - c[b, 7]
-                    - 2 * (Ax * sx + Ay * sy)
-                    - 2 * (Bx * sxx + By * sxy)
-                    + cnt * (Ax * Ax + Ay * Ay)
-                    + 2 * (Ax * Bx + Ay * By) * ss
-                    + (Bx * Bx + By * By) * s2
-                )
-                v = prevc + rss / sigma2
-            if v < best:
-                best = v
-                arg = b
-        G[e] = best
-        pG[e] = arg
-    # backtrack
-    cps = []
-    e = n
-    isstop = H[n] <= G[n]
-    tot = min(H[n], G[n])
-    while e > 0:
-        p = pH[e] if isstop else pG[e]
-        if p > 0:
-            cps.append(p)
-        e = p
-        isstop = not isstop
-    # isstop is now the type the piece before the first would have: the first piece is a stop
-    # when it is False
-    return cps, tot, not isstop
-
-
 def _stops_and_runs(
     frames: np.ndarray, xy: np.ndarray, bounds: list[int], sigma2: float, chi2_min: float
 ) -> bool:
@@ -1095,7 +993,7 @@ def _segment_one(
             }
         else:
             out.append({**d, "start": s, "end": e})
-    return _stop_go_regions(frames, xy, out, s2, sigma2_px, cfg, u)
+    return _stop_go_regions(frames, xy, out, inc, s2, sigma2_px, cfg, u)
 
 
 def _mixed_cuts(
@@ -1113,31 +1011,47 @@ def _mixed_cuts(
     when the best explanation has no stop-and-go part."""
     a0 = nodes[0]
     m = nodes[-1] - a0
+    L = int(cfg.min_segment_frames)
     nd = np.array(nodes, np.int64)
     diff = _fixed_noise_blocks(inc.d, inc.n, nd, _Q_GRID, s2, cfg.blur_r) + np.log(2 * m)
     t = frames[a0 : nodes[-1]].astype(float)
     pts = np.ascontiguousarray(xy[a0 : nodes[-1]] - xy[a0 : nodes[-1]].mean(axis=0))
-    cps, any_sg = _mixed_partition(
-        t - t[0], pts, s2, int(cfg.min_segment_frames), pen, _STOP_LEVEL_POINTS, nd - a0, diff
+    starts, kinds = _mixed_partition(
+        t - t[0], pts, s2, L, pen, _STOP_LEVEL_POINTS, nd - a0, diff, pen, False, False
     )
-    if not any_sg:
+    if not ((kinds == 1).any() and np.isin(kinds, (2, 3)).any()):
         return []
-    return sorted(a0 + int(c) for c in cps)
+    return (a0 + starts[1:]).tolist()
 
 
 @njit(cache=True)
-def _mixed_partition(t, xy, sigma2, L, pen, w, nodes, diff):  # pragma: no cover - compiled
-    """Optimal partition of a path into diffusive blocks (between nodes; -2 log L of their
-    steps ``diff[i, j]``) and stop-and-go stretches (alternating stops and runs of
-    :func:`_stop_go_partition`, runs anchored to the levels of the stops on either side, free
-    straight lines next to a diffusive block or at an end). A cut between stops and runs costs
-    ``pen``; one next to a diffusive block ``pen`` plus one step of pure noise. Every block of
-    ``k`` points is charged for ``k - 1`` points. Returns the cuts and whether any stop or run
-    was used."""
+def _mixed_partition(
+    t, xy, sigma2, L, pen, w, nodes, diff, pen_join, diff_first, diff_last
+):  # pragma: no cover - compiled
+    """Optimal partition of a path into stretches of stop-and-go and diffusive blocks.
+
+    A stop is a constant position. A run between two stops is the straight line from the level
+    of the stop before it (mean of its last ``w`` points) at the knot half-way between the two
+    frames, to the level of the stop after it (mean of its first ``w`` points) at the next
+    knot, so that a run costs no free parameter; a run next to a diffusive block or at an end
+    of the path is a free straight line (``2 log k`` for its slope). Stops and runs alternate,
+    have >= ``L`` points and cost ``RSS / sigma2`` plus ``pen`` per change point between them.
+    A diffusive block spans any two nodes and costs ``diff[i, j]`` (the -2 log L of its steps);
+    a change next to it costs ``pen_join`` plus one step of pure noise. Every block of ``k``
+    points is charged for ``k - 1`` points, so the costs compare with the step likelihoods.
+    ``diff_first`` / ``diff_last`` force the first / last block to be diffusive. O(n^2) from
+    the cumulative sums of :func:`_path_sums` plus O(K^2) for the nodes.
+
+    Returns
+    -------
+    starts : int array, the first point of every piece (``starts[0] == 0``).
+    kinds : int array, per piece: 1 stop, 2 run ending at a stop, 3 run with a free end,
+        4 diffusive block.
+    """
     n = t.size
     c = _path_sums(t, xy)
     l2p = 2.0 * math.log(2.0 * math.pi * sigma2)  # per point, two axes
-    join = pen + 2.0 * (math.log(4.0 * math.pi * sigma2) + 1.0)
+    join = pen_join + 2.0 * (math.log(4.0 * math.pi * sigma2) + 1.0)
     K = nodes.size - 1
     isnode = np.full(n + 1, -1)
     for k in range(K + 1):
@@ -1169,7 +1083,8 @@ def _mixed_partition(t, xy, sigma2, L, pen, w, nodes, diff):  # pragma: no cover
     pGft = np.zeros(n + 1, np.int64)
     pD = np.full(n + 1, -1)
     pDt = np.zeros(n + 1, np.int64)
-    S[0] = -l2p
+    if not diff_first:
+        S[0] = -l2p
     # types: 0 start, 1 stop, 2 run (anchored end), 3 run (free end), 4 diffusive
     for e in range(1, n + 1):
         # diffusive block ending at node e
@@ -1260,14 +1175,14 @@ def _mixed_partition(t, xy, sigma2, L, pen, w, nodes, diff):  # pragma: no cover
         if isnode[e] > 0 and e < n:
             S[e] = Dv[e] + join - l2p
     # backtrack
-    fin = 1
-    tot = H[n]
-    if Gf[n] < tot:
-        tot, fin = Gf[n], 3
-    if Dv[n] < tot:
-        tot, fin = Dv[n], 4
-    cps = []
-    any_stop, any_run = False, False
+    tot, fin = Dv[n], 4
+    if not diff_last:
+        if H[n] < tot:
+            tot, fin = H[n], 1
+        if Gf[n] < tot:
+            tot, fin = Gf[n], 3
+    starts = []
+    kinds = []
     e, typ = n, fin
     while e > 0:
         if typ == 1:
@@ -1278,12 +1193,12 @@ def _mixed_partition(t, xy, sigma2, L, pen, w, nodes, diff):  # pragma: no cover
             p, nt = pGf[e], pGft[e]
         else:
             p, nt = pD[e], pDt[e]
-        any_stop = any_stop or typ == 1
-        any_run = any_run or typ == 2 or typ == 3
-        if p > 0:
-            cps.append(p)
+        starts.append(p)
+        kinds.append(typ)
         e, typ = p, nt
-    return cps, any_stop and any_run
+    starts.reverse()
+    kinds.reverse()
+    return np.array(starts, np.int64), np.array(kinds, np.int64)
 
 
 #: Points of a stop whose mean gives the level where the neighbouring run starts or ends.
@@ -1291,15 +1206,15 @@ _STOP_LEVEL_POINTS = 8
 
 
 def _run_chi2(
-    frames: np.ndarray, xy: np.ndarray, a: int, s: int, e: int, b: int, sigma2: float
+    frames: np.ndarray, xy: np.ndarray, s: int, e: int, lo: int, hi: int, sigma2: float
 ) -> float:
-    """Significance (chi^2, 2 dof) of the displacement of the run [s, e) of the stop-and-go
-    stretch [a, b): between the levels of the stops on either side (means of up to
-    ``_STOP_LEVEL_POINTS`` points, as in :func:`_stop_go_partition`), or, for a run that starts or
-    ends the stretch, from its least-squares slope; ``sigma2`` is the localisation variance."""
+    """Significance (chi^2, 2 dof) of the displacement of the run [s, e): between the levels of
+    the stops before and after it (means of up to ``_STOP_LEVEL_POINTS`` points within
+    [lo, hi), as in :func:`_mixed_partition`), or, when ``lo == s`` or ``hi == e`` (no stop on
+    that side), from its least-squares slope; ``sigma2`` is the localisation variance."""
     w = _STOP_LEVEL_POINTS
-    if s > a and e < b:
-        before, after = xy[max(s - w, a) : s], xy[e : min(e + w, b)]
+    if s > lo and e < hi:
+        before, after = xy[max(s - w, lo) : s], xy[e : min(e + w, hi)]
         delta = after.mean(axis=0) - before.mean(axis=0)
         return float(delta @ delta) / (sigma2 * (1 / len(before) + 1 / len(after)))
     t = frames[s:e] - frames[s:e].mean()
@@ -1308,20 +1223,28 @@ def _run_chi2(
     return float(v @ v) * ctt / sigma2
 
 
+#: Frames by which the boundary between a stretch of stops and runs and a diffusive neighbour
+#: may move when the stretch is re-cut.
+_BOUNDARY_WINDOW = 20
+
+
 def _stop_go_regions(
     frames: np.ndarray,
     xy: np.ndarray,
     segs: list[dict],
+    inc: _Increments,
     s2: float,
     sigma2_px: float | None,
     cfg: SegmentConfig,
     u: _Units,
 ) -> list[dict]:
     """Re-cut each stretch of consecutive stops (immobile) and runs (directed) that holds both
-    with the continuous stop-and-go model (:func:`_stop_go_partition`): knowing that a run
+    with the continuous stop-and-go model (:func:`_mixed_partition`): knowing that a run
     starts where the last stop was and ends where the next stop is locates slow runs far better
-    than pieces fitted independently."""
+    than pieces fitted independently. A free or confined neighbour joins the re-cut as one
+    diffusive block whose boundary with the stretch may move by ``_BOUNDARY_WINDOW`` frames."""
     L = int(cfg.min_segment_frames)
+    W = _BOUNDARY_WINDOW
     out: list[dict] = []
     j = 0
     while j < len(segs):
@@ -1339,17 +1262,46 @@ def _stop_go_regions(
             out += group
             j = k
             continue
-        t = frames[a:b].astype(float)
-        pts = np.ascontiguousarray(xy[a:b] - xy[a:b].mean(axis=0))
-        pen = cfg.stop_go_penalty * np.log(2 * (b - a))
-        cps, _, is_stop = _stop_go_partition(t - t[0], pts, s2, L, pen, _STOP_LEVEL_POINTS)
-        starts = [a, *sorted(a + int(c) for c in cps)]
-        ends = [*starts[1:], b]
-        for s, e in zip(starts, ends, strict=True):
+        diffusive = ("free", "confined")
+        left = bool(W) and bool(out) and out[-1]["state"] in diffusive
+        right = bool(W) and k < len(segs) and segs[k]["state"] in diffusive
+        lo = out[-1]["start"] if left else a
+        hi = segs[k]["end"] if right else b
+        nodes = [lo]
+        if left:
+            nodes += [x for x in range(a - W, a + W + 1) if lo + L <= x <= b - L]
+        if right:
+            nodes += [
+                x for x in range(b - W, b + W + 1) if max(a + L, nodes[-1] + 1) <= x <= hi - L
+            ]
+        nodes.append(hi)
+        nd = np.array(nodes, np.int64)
+        if left or right:
+            diff = _fixed_noise_blocks(inc.d, inc.n, nd, _Q_GRID, s2, cfg.blur_r)
+            diff += np.log(2 * (hi - lo))
+        else:
+            diff = np.full((2, 2), np.inf)
+        t = frames[lo:hi].astype(float)
+        pts = np.ascontiguousarray(xy[lo:hi] - xy[lo:hi].mean(axis=0))
+        pen = cfg.stop_go_penalty * np.log(2 * (hi - lo))
+        pen_join = cfg.changepoint_penalty * 3 * np.log(2 * (hi - lo))
+        starts, kinds = _mixed_partition(
+            t - t[0], pts, s2, L, pen, _STOP_LEVEL_POINTS, nd - lo, diff, pen_join, left, right
+        )
+        if not ((kinds == 1).any() and np.isin(kinds, (2, 3)).any()):
+            out += group
+            j = k
+            continue
+        if left:
+            out.pop()
+        starts = (lo + starts).tolist()
+        ends = [*starts[1:], hi]
+        for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
             run = None
-            if not is_stop:
-                run = _run_chi2(frames, xy, a, s, e, b, s2) >= cfg.directed_min_chi2
-            is_stop = not is_stop
+            if kinds[i] in (2, 3):
+                before = lo if i > 0 and kinds[i - 1] == 1 else s
+                after = hi if i + 1 < len(kinds) and kinds[i + 1] == 1 else e
+                run = _run_chi2(frames, xy, s, e, before, after, s2) >= cfg.directed_min_chi2
             d = _describe(frames[s : e + 1], xy[s : e + 1], sigma2_px, cfg, u, directed=run)
             if out and d["state"] == "immobile" and out[-1]["state"] == "immobile":
                 s0 = out[-1]["start"]
@@ -1357,7 +1309,7 @@ def _stop_go_regions(
                 out[-1] = {**d, "start": s0, "end": e}
             else:
                 out.append({**d, "start": s, "end": e})
-        j = k
+        j = k + 1 if right else k
     return out
 
 
