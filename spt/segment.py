@@ -964,6 +964,7 @@ def _segment_one(
     # its D).
     ends = [*starts[1:], n]
     refined = []
+    pass2: set[int] = set()
     for s, e in zip(starts, ends, strict=True):
         refined.append(s)
         if 2 * cfg.min_segment_frames <= e - s <= 2000:
@@ -973,7 +974,9 @@ def _segment_one(
             )
             nodes = [s, *(s + k for k in cps), e]
             if cps and _stops_and_runs(frames, xy, nodes, s2, cfg.directed_min_chi2):
-                refined += _mixed_cuts(frames, xy, inc, nodes, s2, cfg, pen)
+                new_cuts = _mixed_cuts(frames, xy, inc, nodes, s2, cfg, pen)
+                refined += new_cuts
+                pass2 |= set(new_cuts)
     starts = refined
     ends = [*starts[1:], n]
     # A segment's steps run from its first point to the first point of the next segment.
@@ -981,10 +984,12 @@ def _segment_one(
         _describe(frames[s : e + 1], xy[s : e + 1], sigma2_px, cfg, u)
         for s, e in zip(starts, ends, strict=True)
     ]
-    # neighbouring stops are one stop
+    # neighbouring stops are one stop; so are neighbours of one diffusive state that only the
+    # stop-and-go model of pass 2 cut apart
     out: list[dict] = []
     for d, s, e in zip(descs, starts, ends, strict=True):
-        if out and d["state"] == "immobile" and out[-1]["state"] == "immobile":
+        same = bool(out) and d["state"] == out[-1]["state"]
+        if same and (d["state"] == "immobile" or (s in pass2 and d["state"] != "directed")):
             s0 = out[-1]["start"]
             out[-1] = {
                 **_describe(frames[s0 : e + 1], xy[s0 : e + 1], sigma2_px, cfg, u),
