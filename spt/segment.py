@@ -1327,8 +1327,11 @@ def segment_tracks(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split every track into motion segments and label points and segments with a motion state.
 
-    Change points come from a penalised likelihood of the step vectors (:func:`changepoints`);
-    each segment is then classified (``directed`` if its net displacement is significant for its
+    Change points come from a penalised likelihood of the step vectors (:func:`changepoints`),
+    refined where a continuous model of stops and straight runs (a run goes from one stop's
+    position to the next; positions in localisation noise) explains a part of a track better
+    than diffusion (optimal partition into diffusive and stop-and-go pieces); each segment is
+    then classified (``directed`` if its net displacement is significant for its
     own noise and diffusion, else ``immobile`` / ``confined`` / ``free`` from its noise-corrected
     spread) and neighbouring stops are merged; finally confined vs free is decided per
     population of segments with similar D (:func:`pool_confinement`), so the result of a
