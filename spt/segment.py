@@ -974,7 +974,7 @@ def _segment_one(
             )
             nodes = [s, *(s + k for k in cps), e]
             if cps and _stops_and_runs(frames, xy, nodes, s2, cfg.directed_min_chi2):
-                new_cuts = _mixed_cuts(frames, xy, inc, nodes, s2, cfg, pen)
+                new_cuts = _mixed_cuts(frames, xy, inc, nodes, s2, cfg, pen, u)
                 refined += new_cuts
                 pass2 |= set(new_cuts)
     starts = refined
@@ -1009,11 +1009,12 @@ def _mixed_cuts(
     s2: float,
     cfg: SegmentConfig,
     pen: float,
+    u: _Units,
 ) -> list[int]:
     """Cuts of the stretch [nodes[0], nodes[-1]) into diffusive segments (between any two
     nodes) and stretches of the continuous stop-and-go model (cut anywhere), whichever explains
     the path best after penalties (:func:`_mixed_partition`). Returns the inner cuts, or none
-    when the best explanation has no stop-and-go part."""
+    when the best explanation holds no run or no immobile stop."""
     a0 = nodes[0]
     m = nodes[-1] - a0
     L = int(cfg.min_segment_frames)
@@ -1026,7 +1027,21 @@ def _mixed_cuts(
     )
     if not ((kinds == 1).any() and np.isin(kinds, (2, 3)).any()):
         return []
-    return (a0 + starts[1:]).tolist()
+    # a stop-and-go explanation needs a stop that is immobile by the rule of :func:`_describe`
+    # (noise-corrected disk radius or short-time D); without it, straight pieces are only a
+    # better fit than Brownian motion for persistent or slow anomalous diffusion
+    ends = [*starts[1:], m]
+    for p, q, kind in zip(starts, ends, kinds, strict=True):
+        if kind != 1:
+            continue
+        r = pts[p:q] - pts[p:q].mean(axis=0)
+        rg2 = max(float(np.mean(np.sum(r * r, axis=1))) - 2 * s2, 0.0)
+        radius_um = float(np.sqrt(2 * rg2)) * u.pixel_size_um
+        q_px2 = inc.fit_noise(np.array([a0 + p]), np.array([a0 + q - 1]), s2, cfg.blur_r)[1][0]
+        D = q_px2 / (2 * u.frame_interval_s) * u.pixel_size_um**2
+        if radius_um <= cfg.immobile_max_radius_um or D <= cfg.immobile_max_D_um2_s:
+            return (a0 + starts[1:]).tolist()
+    return []
 
 
 @njit(cache=True)
