@@ -955,7 +955,12 @@ def _segment_one(
         return [{**_describe(frames, xy, sigma2_px, cfg, u), "start": 0, "end": n}]
     inc = _Increments(frames, xy)
     L = max(int(cfg.min_segment_frames) - 1, 2)
-    s2 = inc.noise_variance(L, cfg.blur_r) if sigma2_px is None else max(sigma2_px, inc.floor)
+    # Localisation variance of the stop-and-go models (px^2): the track's own covariance-based
+    # estimate, or the reported error when larger (a Cramer-Rao error is a lower bound of the
+    # real one; too small a noise makes confined diffusion look like stops and runs).
+    s2 = inc.noise_variance(L, cfg.blur_r)
+    if sigma2_px is not None:
+        s2 = max(s2, sigma2_px)
     starts = [0, *changepoints(frames, xy, cfg).tolist()]
     # Pass 2: each stretch is cut with the piecewise-linear model (stops and constant-velocity
     # runs, no diffusion); its cuts are the nodes at which the stretch may then change between
