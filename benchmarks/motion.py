@@ -262,6 +262,20 @@ def _true_changepoints(obs: pd.DataFrame) -> dict[int, np.ndarray]:
     return out
 
 
+def _cps_between_long_phases(obs: pd.DataFrame, min_frames: int) -> dict[int, np.ndarray]:
+    """Per particle, for each true change point (as in :func:`_true_changepoints`): whether the
+    true phases on both sides last at least ``min_frames`` frames."""
+    out = {}
+    for pid, g in obs.groupby("particle", sort=True):
+        s = g["state"].to_numpy()
+        f = g["frame"].to_numpy()
+        idx = np.flatnonzero(s[1:] != s[:-1]) + 1
+        bounds = np.r_[f[0], f[idx], f[-1] + 1]
+        length = np.diff(bounds)
+        out[pid] = (length[:-1] >= min_frames) & (length[1:] >= min_frames)
+    return out
+
+
 def _match_cps(true: np.ndarray, pred: np.ndarray, tol: int) -> tuple[int, list[int]]:
     """Greedy one-to-one matching of change points within ``tol`` frames; (n matched, offsets)."""
     used = np.zeros(len(pred), bool)
@@ -373,6 +387,7 @@ def run_sim(args: argparse.Namespace) -> None:
     true_state = obs["state"].to_numpy()
     true_cps = _true_changepoints(obs)
     n_true = sum(len(v) for v in true_cps.values())
+    long_cps = _cps_between_long_phases(obs, config.min_segment_frames)
     table = {}
     for name, pred_state, seg_labels, seg_table in (
         (
@@ -390,15 +405,23 @@ def run_sim(args: argparse.Namespace) -> None:
         }
         n_pred = sum(len(v) for v in pred_cps.values())
         matched, offs = 0, []
+        matched_long = n_long = 0
         for pid, tc in true_cps.items():
             k, o = _match_cps(tc, pred_cps.get(pid, np.zeros(0)), args.cp_tol)
             matched += k
             offs += o
+            # diagnostic: changes next to a true phase shorter than min_segment_frames (e.g. a
+            # run cut short by the next stage), which no segment of the allowed length can match
+            keep = long_cps[pid]
+            n_long += int(keep.sum())
+            matched_long += _match_cps(tc[keep], pred_cps.get(pid, np.zeros(0)), args.cp_tol)[0]
         row = {
             "per-point accuracy (micro F1)": acc,
             "per-point macro F1": macro,
             **{f"F1 {s}": v for s, v in per.items()},
             f"true CPs found within {args.cp_tol} frames": matched / max(n_true, 1),
+            f"  same, without CPs next to phases < {config.min_segment_frames} frames "
+            f"({n_true - n_long})": matched_long / max(n_long, 1),
             f"predicted CPs within {args.cp_tol} frames (precision)": matched / max(n_pred, 1),
             "mean CP offset (frames)": float(np.mean(offs)) if offs else np.nan,
         }

@@ -76,6 +76,11 @@ class SegmentConfig:
     changepoint_penalty : float
         Multiplier of the BIC penalty ``5 log(2 m)`` (m steps) that each segment pays in -2 log
         likelihood. Larger gives fewer change points.
+    stop_go_penalty : float
+        Penalty per change point, times ``log(2 m)`` (m points), when a stretch of stops and
+        runs is re-cut with the continuous stop-and-go model (a run goes straight from one stop
+        to the next, so a change point adds no free parameter beyond its time and a stop's
+        position). Larger gives fewer, longer runs and stops.
     directed_min_chi2 : float
         A segment is ``directed`` when its net displacement is this many times (chi^2 with 2
         degrees of freedom) the variance expected from its own diffusion and localisation noise...
@@ -118,6 +123,7 @@ class SegmentConfig:
 
     min_segment_frames: int = 6
     changepoint_penalty: float = 0.85
+    stop_go_penalty: float = 0.65
     directed_min_chi2: float = 30.0
     directed_min_speed_um_s: float = 0.05
     directed_min_alpha: float = 1.8
@@ -143,6 +149,7 @@ class SegmentConfig:
             )
         for name in (
             "changepoint_penalty",
+            "stop_go_penalty",
             "directed_min_chi2",
             "directed_min_speed_um_s",
             "immobile_max_radius_um",
@@ -317,6 +324,96 @@ def _ma1_fixed_noise(d, n, a, b, mu, q_grid, sigma2, blur_r):  # pragma: no cove
                 q_out[k] = r
         cost_out[k] = best
     return q_out, cost_out
+
+
+@njit(cache=True)
+def _fixed_noise_blocks(d, n, nodes, q_grid, sigma2, blur_r):  # pragma: no cover - compiled
+    """-2 log L of :meth:`_Increments.fit_noise` for every block of points [nodes[i], nodes[j])
+    (its steps nodes[i] .. nodes[j] - 2), in one forward pass per start node: the drift enters
+    the quadratic form through sums kept for every grid value (as in
+    :func:`_optimal_partition`). Returns a (K, K) matrix, inf for j <= i."""
+    K, G = nodes.size, q_grid.size
+    out = np.full((K, K), np.inf)
+    log2pi = math.log(2.0 * math.pi)
+    # in units of the noise: steps / sigma, variances / sigma^2 (keeps the products in range)
+    scale = 1.0 / math.sqrt(sigma2)
+    log_s2 = math.log(sigma2)
+    off = np.empty(G)
+    for g in range(G):
+        off[g] = q_grid[g] * blur_r - 1.0
+    logacc = np.empty(G)
+    prod = np.empty(G)
+    inv = np.empty(G)
+    z0 = np.empty(G)
+    z1 = np.empty(G)
+    w = np.empty(G)
+    szz = np.empty(G)
+    szw0 = np.empty(G)
+    szw1 = np.empty(G)
+    sww = np.empty(G)
+    last = nodes[K - 1] - 2
+    for i in range(K - 1):
+        a = nodes[i]
+        for g in range(G):
+            logacc[g] = 0.0
+            prod[g] = 1.0
+            inv[g] = 0.0
+            z0[g] = 0.0
+            z1[g] = 0.0
+            w[g] = 0.0
+            szz[g] = 0.0
+            szw0[g] = 0.0
+            szw1[g] = 0.0
+            sww[g] = 0.0
+        sd0, sd1, sn = 0.0, 0.0, 0.0
+        j = i + 1
+        for k in range(a, last + 1):
+            ni = n[k]
+            dx = d[k, 0] * scale
+            dy = d[k, 1] * scale
+            base = ni - 2.0 * blur_r
+            for g in range(G):
+                o = off[g]
+                lk = o * inv[g]
+                dk = max(2.0 + q_grid[g] * base - lk * o, 1e-12)
+                iv = 1.0 / dk
+                a0 = dx - lk * z0[g]
+                a1 = dy - lk * z1[g]
+                aw = ni - lk * w[g]
+                prod[g] *= dk
+                szz[g] += (a0 * a0 + a1 * a1) * iv
+                szw0[g] += a0 * aw * iv
+                szw1[g] += a1 * aw * iv
+                sww[g] += aw * aw * iv
+                inv[g] = iv
+                z0[g] = a0
+                z1[g] = a1
+                w[g] = aw
+            if (k - a) % 32 == 31:
+                for g in range(G):
+                    logacc[g] += math.log(prod[g])
+                    prod[g] = 1.0
+            sd0 += dx
+            sd1 += dy
+            sn += ni
+            while j < K and nodes[j] - 2 < k:
+                j += 1
+            if j < K and nodes[j] - 2 == k:
+                mu0, mu1 = sd0 / sn, sd1 / sn
+                length = k - a + 1
+                best = np.inf
+                for g in range(G):
+                    quad = (
+                        szz[g]
+                        - 2.0 * (mu0 * szw0[g] + mu1 * szw1[g])
+                        + (mu0 * mu0 + mu1 * mu1) * sww[g]
+                    )
+                    logdet = logacc[g] + math.log(prod[g])
+                    cost = 2.0 * logdet + quad + 2.0 * length * (log2pi + log_s2)
+                    if cost < best:
+                        best = cost
+                out[i, j] = best
+    return out
 
 
 # Ratios q / sigma^2 = 2 D dt / sigma^2 tried by fit_noise (0: immobile).
@@ -613,106 +710,6 @@ def _linear_partition(t, xy, sigma2, L, pen):  # pragma: no cover - compiled
     return cps, F[n]
 
 
-@njit(cache=True)
-def _stop_go_partition(t, xy, sigma2, L, pen, w):  # pragma: no cover - compiled
-    """Optimal partition of a path into alternating stops and runs with a continuous path.
-
-    A stop is a constant position; a run between two stops is the straight line from the level
-    of the stop before it (mean of its last ``w`` points) at the knot half-way between the two
-    frames, to the level of the stop after it (mean of its first ``w`` points) at the next
-    knot, so that a run costs no free parameter. A run that starts or ends the stretch is a
-    free straight line. Each piece has >= L points; ``pen`` per change point. Returns the
-    indices of the points that start a new piece and the total RSS / sigma2 plus penalties.
-    O(n^2) from cumulative sums of 1, t, t^2, x, y, t x, t y, x^2 + y^2."""
-    n = t.size
-    c = _path_sums(t, xy)
-    # local levels
-    Le = np.zeros((n + 1, 2))
-    Ls = np.zeros((n + 1, 2))
-    for b in range(1, n + 1):
-        a = max(b - w, 0)
-        Le[b, 0] = (c[b, 3] - c[a, 3]) / (b - a)
-        Le[b, 1] = (c[b, 4] - c[a, 4]) / (b - a)
-    for i in range(0, n):
-        e = min(i + w, n)
-        Ls[i, 0] = (c[e, 3] - c[i, 3]) / (e - i)
-        Ls[i, 1] = (c[e, 4] - c[i, 4]) / (e - i)
-    tau = np.zeros(n + 1)
-    for k in range(1, n):
-        tau[k] = 0.5 * (t[k - 1] + t[k])
-    H = np.full(n + 1, np.inf)
-    G = np.full(n + 1, np.inf)
-    pH = np.full(n + 1, -1)
-    pG = np.full(n + 1, -1)
-    for e in range(L, n + 1):
-        # stop ending at e
-        best = np.inf
-        arg = -1
-        for i in range(0, e - L + 1):
-            prevc = 0.0 if i == 0 else G[i] + pen
-            if prevc == np.inf:
-                continue
-            v = prevc + _level_rss(c, i, e) / sigma2
-            if v < best:
-                best = v
-                arg = i
-        H[e] = best
-        pH[e] = arg
-        # run ending at e (followed by a stop starting at e, or the end)
-        best = np.inf
-        arg = -1
-        for b in range(0, e - L + 1):
-            cnt = c[e, 0] - c[b, 0]
-            st = c[e, 1] - c[b, 1]
-            sx = c[e, 3] - c[b, 3]
-            sy = c[e, 4] - c[b, 4]
-            if b == 0 or e == n:
-                prevc = 0.0 if b == 0 else H[b] + pen
-                if prevc == np.inf:
-                    continue
-                rss = _line_rss(c, b, e)
-                v = prevc + rss / sigma2 + 2.0 * math.log(cnt)
-            else:
-                prevc = H[b] + pen
-                if prevc == np.inf:
-                    continue
-                tb = tau[b]
-                D = tau[e] - tb
-                Ax, Ay = Le[b, 0], Le[b, 1]
-                Bx, By = Ls[e, 0] - Ax, Ls[e, 1] - Ay
-                ss = (st - cnt * tb) / D
-                s2 = (c[e, 2] - c[b, 2] - 2 * tb * st + cnt * tb * tb) / (D * D)
-                sxx = (c[e, 5] - c[b, 5] - tb * sx) / D
-                sxy = (c[e, 6] - c[b, 6] - tb * sy) / D
-                rss = (
-                    c[e, 7]
-                    - c[b, 7]
-                    - 2 * (Ax * sx + Ay * sy)
-                    - 2 * (Bx * sxx + By * sxy)
-                    + cnt * (Ax * Ax + Ay * Ay)
-                    + 2 * (Ax * Bx + Ay * By) * ss
-                    + (Bx * Bx + By * By) * s2
-                )
-                v = prevc + rss / sigma2
-            if v < best:
-                best = v
-                arg = b
-        G[e] = best
-        pG[e] = arg
-    # backtrack
-    cps = []
-    e = n
-    isstop = H[n] <= G[n]
-    tot = min(H[n], G[n])
-    while e > 0:
-        p = pH[e] if isstop else pG[e]
-        if p > 0:
-            cps.append(p)
-        e = p
-        isstop = not isstop
-    return cps, tot
-
-
 def _stops_and_runs(
     frames: np.ndarray, xy: np.ndarray, bounds: list[int], sigma2: float, chi2_min: float
 ) -> bool:
@@ -737,9 +734,15 @@ class _Units:
 
 
 def _describe(
-    frames: np.ndarray, xy: np.ndarray, sigma2_px: float | None, cfg: SegmentConfig, u: _Units
+    frames: np.ndarray,
+    xy: np.ndarray,
+    sigma2_px: float | None,
+    cfg: SegmentConfig,
+    u: _Units,
+    directed: bool | None = None,
 ) -> dict:
-    """Physical parameters and motion state of one segment (positions in px)."""
+    """Physical parameters and motion state of one segment (positions in px); ``directed``
+    (when not None) replaces the segment's own test of directed motion."""
     px, dt = u.pixel_size_um, u.frame_interval_s
     n = len(frames)
     out = {
@@ -787,14 +790,15 @@ def _describe(
     radius_um = float(np.sqrt(2 * rg2)) * px
     # alpha: exact likelihood of fBm + localisation noise (far less variable than an MSD fit)
     _, alpha, _ = fit_fbm(frames, xy[:, 0], xy[:, 1])
-    directed = speed >= cfg.directed_min_speed_um_s and (
-        chi2 >= cfg.directed_min_chi2
-        or (
-            np.isfinite(alpha)
-            and alpha >= cfg.directed_min_alpha
-            and chi2 >= cfg.directed_min_chi2 / 3
+    if directed is None:
+        directed = speed >= cfg.directed_min_speed_um_s and (
+            chi2 >= cfg.directed_min_chi2
+            or (
+                np.isfinite(alpha)
+                and alpha >= cfg.directed_min_alpha
+                and chi2 >= cfg.directed_min_chi2 / 3
+            )
         )
-    )
     if directed:
         state = "directed"
     elif radius_um <= cfg.immobile_max_radius_um or D <= cfg.immobile_max_D_um2_s:
@@ -951,25 +955,33 @@ def _segment_one(
         return [{**_describe(frames, xy, sigma2_px, cfg, u), "start": 0, "end": n}]
     inc = _Increments(frames, xy)
     L = max(int(cfg.min_segment_frames) - 1, 2)
-    s2 = inc.noise_variance(L, cfg.blur_r) if sigma2_px is None else max(sigma2_px, inc.floor)
+    # Localisation variance of the stop-and-go models (px^2): the track's own covariance-based
+    # estimate, or the reported error when larger (a Cramer-Rao error is a lower bound of the
+    # real one; too small a noise makes confined diffusion look like stops and runs).
+    s2 = inc.noise_variance(L, cfg.blur_r)
+    if sigma2_px is not None:
+        s2 = max(s2, sigma2_px)
     starts = [0, *changepoints(frames, xy, cfg).tolist()]
-    # Pass 2: each stretch is also cut with the piecewise-linear model (stops and constant-
-    # velocity runs, no diffusion); that explanation replaces the diffusive one when it is
-    # more likely after penalties (the diffusive model pays log(2m) for its D).
+    # Pass 2: each stretch is cut with the piecewise-linear model (stops and constant-velocity
+    # runs, no diffusion); its cuts are the nodes at which the stretch may then change between
+    # diffusion and the continuous stop-and-go model (:func:`_mixed_cuts`): stop-and-go parts
+    # replace diffusion where they are more likely after penalties (diffusion pays log(2m) for
+    # its D).
     ends = [*starts[1:], n]
     refined = []
+    pass2: set[int] = set()
     for s, e in zip(starts, ends, strict=True):
         refined.append(s)
         if 2 * cfg.min_segment_frames <= e - s <= 2000:
             pen = cfg.changepoint_penalty * 3 * np.log(2 * (e - s))
-            cps, cost_lin = _linear_changepoints(
+            cps, _ = _linear_changepoints(
                 frames[s:e].astype(float), xy[s:e], s2, cfg.min_segment_frames, pen
             )
-            cost_diff = inc.fit_noise(np.array([s]), np.array([e - 1]), s2, cfg.blur_r)[2][0]
-            if cps and cost_lin < cost_diff + np.log(2 * (e - s)):
-                cuts = [s + k for k in cps]
-                if _stops_and_runs(frames, xy, [s, *cuts, e], s2, cfg.directed_min_chi2):
-                    refined += cuts
+            nodes = [s, *(s + k for k in cps), e]
+            if cps and _stops_and_runs(frames, xy, nodes, s2, cfg.directed_min_chi2):
+                new_cuts = _mixed_cuts(frames, xy, inc, nodes, s2, cfg, pen, u)
+                refined += new_cuts
+                pass2 |= set(new_cuts)
     starts = refined
     ends = [*starts[1:], n]
     # A segment's steps run from its first point to the first point of the next segment.
@@ -977,10 +989,12 @@ def _segment_one(
         _describe(frames[s : e + 1], xy[s : e + 1], sigma2_px, cfg, u)
         for s, e in zip(starts, ends, strict=True)
     ]
-    # neighbouring stops are one stop
+    # neighbouring stops are one stop; so are neighbours of one diffusive state that only the
+    # stop-and-go model of pass 2 cut apart
     out: list[dict] = []
     for d, s, e in zip(descs, starts, ends, strict=True):
-        if out and d["state"] == "immobile" and out[-1]["state"] == "immobile":
+        same = bool(out) and d["state"] == out[-1]["state"]
+        if same and (d["state"] == "immobile" or (s in pass2 and d["state"] != "directed")):
             s0 = out[-1]["start"]
             out[-1] = {
                 **_describe(frames[s0 : e + 1], xy[s0 : e + 1], sigma2_px, cfg, u),
@@ -989,27 +1003,273 @@ def _segment_one(
             }
         else:
             out.append({**d, "start": s, "end": e})
-    return _stop_go_regions(frames, xy, out, s2, sigma2_px, cfg, u)
+    return _stop_go_regions(frames, xy, out, inc, s2, sigma2_px, cfg, u)
+
+
+def _mixed_cuts(
+    frames: np.ndarray,
+    xy: np.ndarray,
+    inc: _Increments,
+    nodes: list[int],
+    s2: float,
+    cfg: SegmentConfig,
+    pen: float,
+    u: _Units,
+) -> list[int]:
+    """Cuts of the stretch [nodes[0], nodes[-1]) into diffusive segments (between any two
+    nodes) and stretches of the continuous stop-and-go model (cut anywhere), whichever explains
+    the path best after penalties (:func:`_mixed_partition`). Returns the inner cuts, or none
+    when the best explanation holds no run or no immobile stop."""
+    a0 = nodes[0]
+    m = nodes[-1] - a0
+    L = int(cfg.min_segment_frames)
+    nd = np.array(nodes, np.int64)
+    diff = _fixed_noise_blocks(inc.d, inc.n, nd, _Q_GRID, s2, cfg.blur_r) + np.log(2 * m)
+    t = frames[a0 : nodes[-1]].astype(float)
+    pts = np.ascontiguousarray(xy[a0 : nodes[-1]] - xy[a0 : nodes[-1]].mean(axis=0))
+    starts, kinds = _mixed_partition(
+        t - t[0], pts, s2, L, pen, _STOP_LEVEL_POINTS, nd - a0, diff, pen, False, False
+    )
+    if not ((kinds == 1).any() and np.isin(kinds, (2, 3)).any()):
+        return []
+    # a stop-and-go explanation needs a stop that is immobile by the rule of :func:`_describe`
+    # (noise-corrected disk radius or short-time D); without it, straight pieces are only a
+    # better fit than Brownian motion for persistent or slow anomalous diffusion
+    ends = [*starts[1:], m]
+    for p, q, kind in zip(starts, ends, kinds, strict=True):
+        if kind != 1:
+            continue
+        r = pts[p:q] - pts[p:q].mean(axis=0)
+        rg2 = max(float(np.mean(np.sum(r * r, axis=1))) - 2 * s2, 0.0)
+        radius_um = float(np.sqrt(2 * rg2)) * u.pixel_size_um
+        q_px2 = inc.fit_noise(np.array([a0 + p]), np.array([a0 + q - 1]), s2, cfg.blur_r)[1][0]
+        D = q_px2 / (2 * u.frame_interval_s) * u.pixel_size_um**2
+        if radius_um <= cfg.immobile_max_radius_um or D <= cfg.immobile_max_D_um2_s:
+            return (a0 + starts[1:]).tolist()
+    return []
+
+
+@njit(cache=True)
+def _mixed_partition(
+    t, xy, sigma2, L, pen, w, nodes, diff, pen_join, diff_first, diff_last
+):  # pragma: no cover - compiled
+    """Optimal partition of a path into stretches of stop-and-go and diffusive blocks.
+
+    A stop is a constant position. A run between two stops is the straight line from the level
+    of the stop before it (mean of its last ``w`` points) at the knot half-way between the two
+    frames, to the level of the stop after it (mean of its first ``w`` points) at the next
+    knot, so that a run costs no free parameter; a run next to a diffusive block or at an end
+    of the path is a free straight line (``2 log k`` for its slope). Stops and runs alternate,
+    have >= ``L`` points and cost ``RSS / sigma2`` plus ``pen`` per change point between them.
+    A diffusive block spans any two nodes and costs ``diff[i, j]`` (the -2 log L of its steps);
+    a change next to it costs ``pen_join`` plus one step of pure noise. Every block of ``k``
+    points is charged for ``k - 1`` points, so the costs compare with the step likelihoods.
+    ``diff_first`` / ``diff_last`` force the first / last block to be diffusive. O(n^2) from
+    the cumulative sums of :func:`_path_sums` plus O(K^2) for the nodes.
+
+    Returns
+    -------
+    starts : int array, the first point of every piece (``starts[0] == 0``).
+    kinds : int array, per piece: 1 stop, 2 run ending at a stop, 3 run with a free end,
+        4 diffusive block.
+    """
+    n = t.size
+    c = _path_sums(t, xy)
+    l2p = 2.0 * math.log(2.0 * math.pi * sigma2)  # per point, two axes
+    join = pen_join + 2.0 * (math.log(4.0 * math.pi * sigma2) + 1.0)
+    K = nodes.size - 1
+    isnode = np.full(n + 1, -1)
+    for k in range(K + 1):
+        isnode[nodes[k]] = k
+    Le = np.zeros((n + 1, 2))
+    Ls = np.zeros((n + 1, 2))
+    for b in range(1, n + 1):
+        a = max(b - w, 0)
+        Le[b, 0] = (c[b, 3] - c[a, 3]) / (b - a)
+        Le[b, 1] = (c[b, 4] - c[a, 4]) / (b - a)
+    for i in range(0, n):
+        e = min(i + w, n)
+        Ls[i, 0] = (c[e, 3] - c[i, 3]) / (e - i)
+        Ls[i, 1] = (c[e, 4] - c[i, 4]) / (e - i)
+    tau = np.zeros(n + 1)
+    for k in range(1, n):
+        tau[k] = 0.5 * (t[k - 1] + t[k])
+    INF = np.inf
+    H = np.full(n + 1, INF)  # stop ending at e
+    G = np.full(n + 1, INF)  # run ending at e, anchored to the stop after it
+    Gf = np.full(n + 1, INF)  # run ending at e with a free end (end of path or diffusive next)
+    Dv = np.full(n + 1, INF)  # diffusive block ending at node e
+    S = np.full(n + 1, INF)  # cost before a free start at i (0 or after a diffusive block)
+    pH = np.full(n + 1, -1)
+    pHt = np.zeros(n + 1, np.int64)
+    pG = np.full(n + 1, -1)
+    pGt = np.zeros(n + 1, np.int64)
+    pGf = np.full(n + 1, -1)
+    pGft = np.zeros(n + 1, np.int64)
+    pD = np.full(n + 1, -1)
+    pDt = np.zeros(n + 1, np.int64)
+    if not diff_first:
+        S[0] = -l2p
+    # types: 0 start, 1 stop, 2 run (anchored end), 3 run (free end), 4 diffusive
+    for e in range(1, n + 1):
+        # diffusive block ending at node e
+        if isnode[e] > 0:
+            j = isnode[e]
+            best, arg, typ = INF, -1, 0
+            for i in range(j):
+                b = nodes[i]
+                if b == 0:
+                    pc, pt = 0.0, 0
+                else:
+                    pc, pt = H[b] + join, 1
+                    if Gf[b] + join < pc:
+                        pc, pt = Gf[b] + join, 3
+                    if Dv[b] + join < pc:
+                        pc, pt = Dv[b] + join, 4
+                v = pc + diff[i, j]
+                if v < best:
+                    best, arg, typ = v, b, pt
+            Dv[e], pD[e], pDt[e] = best, arg, typ
+        if e < L:
+            if isnode[e] > 0 and e < n:
+                S[e] = Dv[e] + join - l2p
+            continue
+        # stop ending at e
+        best, arg, typ = INF, -1, 0
+        for i in range(0, e - L + 1):
+            if S[i] < INF:
+                pc, pt = S[i], (0 if i == 0 else 4)
+            else:
+                pc, pt = INF, 0
+            if G[i] + pen < pc:
+                pc, pt = G[i] + pen, 2
+            if pc == INF:
+                continue
+            v = pc + _level_rss(c, i, e) / sigma2 + l2p * (e - i)
+            if v < best:
+                best, arg, typ = v, i, pt
+        H[e], pH[e], pHt[e] = best, arg, typ
+        # runs ending at e
+        bestA, argA, typA = INF, -1, 0
+        bestF, argF, typF = INF, -1, 0
+        free_end = e == n or isnode[e] > 0
+        for b in range(0, e - L + 1):
+            cnt = c[e, 0] - c[b, 0]
+            lin = INF
+            if S[b] < INF or (free_end and H[b] < INF):
+                lin = _line_rss(c, b, e) / sigma2 + 2.0 * math.log(cnt) + l2p * cnt
+            if S[b] < INF:
+                pt = 0 if b == 0 else 4
+                v = S[b] + lin
+                if v < bestA:
+                    bestA, argA, typA = v, b, pt
+                if free_end and v < bestF:
+                    bestF, argF, typF = v, b, pt
+            if H[b] == INF:
+                continue
+            if free_end:
+                v = H[b] + pen + lin
+                if v < bestF:
+                    bestF, argF, typF = v, b, 1
+            if e < n:
+                st = c[e, 1] - c[b, 1]
+                sx = c[e, 3] - c[b, 3]
+                sy = c[e, 4] - c[b, 4]
+                tb = tau[b]
+                D = tau[e] - tb
+                Ax, Ay = Le[b, 0], Le[b, 1]
+                Bx, By = Ls[e, 0] - Ax, Ls[e, 1] - Ay
+                ss = (st - cnt * tb) / D
+                s2 = (c[e, 2] - c[b, 2] - 2 * tb * st + cnt * tb * tb) / (D * D)
+                sxx = (c[e, 5] - c[b, 5] - tb * sx) / D
+                sxy = (c[e, 6] - c[b, 6] - tb * sy) / D
+                rss = (
+                    c[e, 7]
+                    - c[b, 7]
+                    - 2 * (Ax * sx + Ay * sy)
+                    - 2 * (Bx * sxx + By * sxy)
+                    + cnt * (Ax * Ax + Ay * Ay)
+                    + 2 * (Ax * Bx + Ay * By) * ss
+                    + (Bx * Bx + By * By) * s2
+                )
+                v = H[b] + pen + rss / sigma2 + l2p * cnt
+                if v < bestA:
+                    bestA, argA, typA = v, b, 1
+        G[e], pG[e], pGt[e] = bestA, argA, typA
+        Gf[e], pGf[e], pGft[e] = bestF, argF, typF
+        if isnode[e] > 0 and e < n:
+            S[e] = Dv[e] + join - l2p
+    # backtrack
+    tot, fin = Dv[n], 4
+    if not diff_last:
+        if H[n] < tot:
+            tot, fin = H[n], 1
+        if Gf[n] < tot:
+            tot, fin = Gf[n], 3
+    starts = []
+    kinds = []
+    e, typ = n, fin
+    while e > 0:
+        if typ == 1:
+            p, nt = pH[e], pHt[e]
+        elif typ == 2:
+            p, nt = pG[e], pGt[e]
+        elif typ == 3:
+            p, nt = pGf[e], pGft[e]
+        else:
+            p, nt = pD[e], pDt[e]
+        starts.append(p)
+        kinds.append(typ)
+        e, typ = p, nt
+    starts.reverse()
+    kinds.reverse()
+    return np.array(starts, np.int64), np.array(kinds, np.int64)
 
 
 #: Points of a stop whose mean gives the level where the neighbouring run starts or ends.
 _STOP_LEVEL_POINTS = 8
 
 
+def _run_chi2(
+    frames: np.ndarray, xy: np.ndarray, s: int, e: int, lo: int, hi: int, sigma2: float
+) -> float:
+    """Significance (chi^2, 2 dof) of the displacement of the run [s, e): between the levels of
+    the stops before and after it (means of up to ``_STOP_LEVEL_POINTS`` points within
+    [lo, hi), as in :func:`_mixed_partition`), or, when ``lo == s`` or ``hi == e`` (no stop on
+    that side), from its least-squares slope; ``sigma2`` is the localisation variance."""
+    w = _STOP_LEVEL_POINTS
+    if s > lo and e < hi:
+        before, after = xy[max(s - w, lo) : s], xy[e : min(e + w, hi)]
+        delta = after.mean(axis=0) - before.mean(axis=0)
+        return float(delta @ delta) / (sigma2 * (1 / len(before) + 1 / len(after)))
+    t = frames[s:e] - frames[s:e].mean()
+    ctt = float(t @ t)
+    v = t @ (xy[s:e] - xy[s:e].mean(axis=0)) / ctt
+    return float(v @ v) * ctt / sigma2
+
+
+#: Frames by which the boundary between a stretch of stops and runs and a diffusive neighbour
+#: may move when the stretch is re-cut.
+_BOUNDARY_WINDOW = 20
+
+
 def _stop_go_regions(
     frames: np.ndarray,
     xy: np.ndarray,
     segs: list[dict],
+    inc: _Increments,
     s2: float,
     sigma2_px: float | None,
     cfg: SegmentConfig,
     u: _Units,
 ) -> list[dict]:
     """Re-cut each stretch of consecutive stops (immobile) and runs (directed) that holds both
-    with the continuous stop-and-go model (:func:`_stop_go_partition`): knowing that a run
+    with the continuous stop-and-go model (:func:`_mixed_partition`): knowing that a run
     starts where the last stop was and ends where the next stop is locates slow runs far better
-    than pieces fitted independently."""
+    than pieces fitted independently. A free or confined neighbour joins the re-cut as one
+    diffusive block whose boundary with the stretch may move by ``_BOUNDARY_WINDOW`` frames."""
     L = int(cfg.min_segment_frames)
+    W = _BOUNDARY_WINDOW
     out: list[dict] = []
     j = 0
     while j < len(segs):
@@ -1027,21 +1287,54 @@ def _stop_go_regions(
             out += group
             j = k
             continue
-        t = frames[a:b].astype(float)
-        pts = np.ascontiguousarray(xy[a:b] - xy[a:b].mean(axis=0))
-        pen = cfg.changepoint_penalty * 3 * np.log(2 * (b - a))
-        cps, _ = _stop_go_partition(t - t[0], pts, s2, L, pen, _STOP_LEVEL_POINTS)
-        starts = [a, *sorted(a + int(c) for c in cps)]
-        ends = [*starts[1:], b]
-        for s, e in zip(starts, ends, strict=True):
-            d = _describe(frames[s : e + 1], xy[s : e + 1], sigma2_px, cfg, u)
+        diffusive = ("free", "confined")
+        left = bool(W) and bool(out) and out[-1]["state"] in diffusive
+        right = bool(W) and k < len(segs) and segs[k]["state"] in diffusive
+        lo = out[-1]["start"] if left else a
+        hi = segs[k]["end"] if right else b
+        nodes = [lo]
+        if left:
+            nodes += [x for x in range(a - W, a + W + 1) if lo + L <= x <= b - L]
+        if right:
+            nodes += [
+                x for x in range(b - W, b + W + 1) if max(a + L, nodes[-1] + 1) <= x <= hi - L
+            ]
+        nodes.append(hi)
+        nd = np.array(nodes, np.int64)
+        if left or right:
+            diff = _fixed_noise_blocks(inc.d, inc.n, nd, _Q_GRID, s2, cfg.blur_r)
+            diff += np.log(2 * (hi - lo))
+        else:
+            diff = np.full((2, 2), np.inf)
+        t = frames[lo:hi].astype(float)
+        pts = np.ascontiguousarray(xy[lo:hi] - xy[lo:hi].mean(axis=0))
+        pen = cfg.stop_go_penalty * np.log(2 * (hi - lo))
+        pen_join = cfg.changepoint_penalty * 3 * np.log(2 * (hi - lo))
+        starts, kinds = _mixed_partition(
+            t - t[0], pts, s2, L, pen, _STOP_LEVEL_POINTS, nd - lo, diff, pen_join, left, right
+        )
+        if not ((kinds == 1).any() and np.isin(kinds, (2, 3)).any()):
+            out += group
+            j = k
+            continue
+        if left:
+            out.pop()
+        starts = (lo + starts).tolist()
+        ends = [*starts[1:], hi]
+        for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
+            run = None
+            if kinds[i] in (2, 3):
+                before = lo if i > 0 and kinds[i - 1] == 1 else s
+                after = hi if i + 1 < len(kinds) and kinds[i + 1] == 1 else e
+                run = _run_chi2(frames, xy, s, e, before, after, s2) >= cfg.directed_min_chi2
+            d = _describe(frames[s : e + 1], xy[s : e + 1], sigma2_px, cfg, u, directed=run)
             if out and d["state"] == "immobile" and out[-1]["state"] == "immobile":
                 s0 = out[-1]["start"]
                 d = _describe(frames[s0 : e + 1], xy[s0 : e + 1], sigma2_px, cfg, u)
                 out[-1] = {**d, "start": s0, "end": e}
             else:
                 out.append({**d, "start": s, "end": e})
-        j = k
+        j = k + 1 if right else k
     return out
 
 
@@ -1054,8 +1347,11 @@ def segment_tracks(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split every track into motion segments and label points and segments with a motion state.
 
-    Change points come from a penalised likelihood of the step vectors (:func:`changepoints`);
-    each segment is then classified (``directed`` if its net displacement is significant for its
+    Change points come from a penalised likelihood of the step vectors (:func:`changepoints`),
+    refined where a continuous model of stops and straight runs (a run goes from one stop's
+    position to the next; positions in localisation noise) explains a part of a track better
+    than diffusion (optimal partition into diffusive and stop-and-go pieces); each segment is
+    then classified (``directed`` if its net displacement is significant for its
     own noise and diffusion, else ``immobile`` / ``confined`` / ``free`` from its noise-corrected
     spread) and neighbouring stops are merged; finally confined vs free is decided per
     population of segments with similar D (:func:`pool_confinement`), so the result of a
