@@ -16,6 +16,7 @@ import pandas as pd
 
 from spt.config import PipelineConfig
 from spt.errors import SptInputError
+from spt.guided import guided_detect_movie
 from spt.pipeline import MovieResult, analyze_tracks, array_chunks, track_frames
 from spt.schema import MASK_LABELS
 
@@ -153,6 +154,9 @@ def track_layer_frames(
         frame_interval_s=frame_interval_s,
         progress=on_chunk,
     )
+    if stop_requested():
+        raise Cancelled
+    tracks = _guided(frames, spots, tracks, config, first, stop, pixel_size_um, frame_interval_s)
     t1 = time.perf_counter()
     if stop_requested():
         raise Cancelled
@@ -173,6 +177,35 @@ def track_layer_frames(
         masks=masks,
         timings_s={"detect_link": t1 - t0, "analyze": t2 - t1},
     )
+
+
+def _guided(
+    frames,
+    spots: pd.DataFrame,
+    tracks: pd.DataFrame,
+    config: PipelineConfig,
+    first: int,
+    stop: int,
+    pixel_size_um: float,
+    frame_interval_s: float,
+) -> pd.DataFrame:
+    """Track-guided re-detection (:mod:`spt.guided`), as ``spt run`` does, on frames
+    ``first .. stop - 1`` only: frame numbers are shifted so that no probe leaves the range."""
+
+    def shift(table: pd.DataFrame, by: int) -> pd.DataFrame:
+        return table.assign(frame=table["frame"] + by) if by else table
+
+    found = guided_detect_movie(
+        shift(tracks, -first),
+        shift(spots, -first),
+        frames[first:stop],
+        detect_config=config.detect,
+        link_config=config.link,
+        config=config.guided,
+        pixel_size_um=pixel_size_um,
+        frame_interval_s=frame_interval_s,
+    )
+    return shift(found, first)
 
 
 def reanalyze(
