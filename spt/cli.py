@@ -121,10 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workers",
         type=_positive_int,
-        default=1,
         metavar="N",
-        help="worker processes on this machine (default 1); with fewer movies than workers, "
-        "the frames of each movie are split between them",
+        help="cores of this machine to use (default: all available). With at least N movies, "
+        "N worker processes each process one movie at a time; with fewer, each movie is "
+        "detected in N threads while N helper processes analyse its tracks and draw its "
+        "figures. --workers 1 runs in one process and one thread",
     )
     run.add_argument(
         "--scheduler",
@@ -262,7 +263,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     _check_out_dir(args.out)
-    if args.scheduler and args.workers > 1:
+    if args.scheduler and args.workers is not None:
         raise SptInputError(
             "--workers", "give either --workers (this machine) or --scheduler (a Dask cluster)"
         )
