@@ -56,7 +56,7 @@ from spt.provenance import (
     up_to_date,
 )
 from spt.schema import SPOT_COLUMNS, empty_table
-from spt.summary import MovieStages, pooled_stage_velocities
+from spt.summary import MovieStages, stage_summary
 
 __all__ = [
     "BatchOutcome",
@@ -540,12 +540,13 @@ def write_batch_outputs(
             )
             for r in results
         ]
-        pooled = pooled_stage_velocities(stages)
+        summary = stage_summary(stages)
+        pooled = summary.velocities
     write_table(pooled, expected[0])
     if report:
         from spt.report import write_batch_report  # matplotlib: imported when needed
 
-        write_batch_report(results, out, summary_table=failed, velocities=pooled)
+        write_batch_report(results, out, summary_table=failed, summary=summary)
     text = json.dumps({"key": key, "created_utc": now_utc(), "spt": spt.__version__, **record})
     tmp = out / f".{BATCH_PROVENANCE_FILE}.tmp"
     tmp.write_text(text + "\n", encoding="utf-8")

@@ -346,6 +346,7 @@ def write_batch_report(
     *,
     summary_table: pd.DataFrame | None = None,
     velocities: pd.DataFrame | None = None,
+    summary: StageSummary | None = None,
 ) -> list[Path]:
     """Write the pooled per-stage tables, figures and ``batch_report.html`` into ``out_dir``.
 
@@ -365,16 +366,25 @@ def write_batch_report(
     velocities : DataFrame, optional
         The pooled stage velocity table of these movies, if already computed
         (:func:`spt.summary.pooled_stage_velocities`); computed otherwise.
+    summary : StageSummary, optional
+        All pooled tables of these movies, if already computed (:func:`spt.summary.stage_summary`
+        of their :class:`~spt.summary.MovieStages` named as the results); ``velocities`` is then
+        not used.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    movies = [
-        MovieStages(
-            r.analysis.tracks, r.analysis.segments, r.pixel_size_um, r.frame_interval_s, name=r.name
-        )
-        for r in results
-    ]
-    summary = stage_summary(movies, velocities=velocities)
+    if summary is None:
+        movies = [
+            MovieStages(
+                r.analysis.tracks,
+                r.analysis.segments,
+                r.pixel_size_um,
+                r.frame_interval_s,
+                name=r.name,
+            )
+            for r in results
+        ]
+        summary = stage_summary(movies, velocities=velocities)
     written = _write_tables(
         {"stage_dwells": summary.dwells, "stage_transitions": summary.transitions}, out
     )
