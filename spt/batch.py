@@ -8,6 +8,7 @@ in a local process pool, or through ``dask.distributed``) and writes a batch sum
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import glob
 import hashlib
@@ -16,6 +17,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -459,6 +461,7 @@ def run_batch(
         progress.movie_done(jobs[i].folder, message)
 
     todo_jobs = [jobs[i] for i in todo]
+    local = bool(todo_jobs) and scheduler is None and cores > 1
     if not todo_jobs or (scheduler is None and cores == 1):
         runner = functools.partial(_run_serial, keep=keep_results)
     elif scheduler is not None:
@@ -467,20 +470,29 @@ def run_batch(
         runner = functools.partial(_run_here, keep=keep_results)
     else:
         runner = _run_pool
-    try:
-        runner(
-            todo_jobs, out, config, cores, scheduler, progress, lambda k, r: finished(todo[k], r)
-        )
-    finally:
-        progress.close()
+    with _worker_pool(cores, progress) if local else contextlib.nullcontext() as pool:
+        try:
+            runner(
+                todo_jobs,
+                out,
+                config,
+                cores,
+                scheduler,
+                progress,
+                lambda k, r: finished(todo[k], r),
+                pool,
+            )
+        finally:
+            progress.close()
 
-    summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
-    for column in SUMMARY_COLUMNS[4:8]:
-        summary[column] = summary[column].astype("Int64")
-    outcome = BatchOutcome(summary, out, [kept[i] for i in sorted(kept)])
-    if outcome.folders:
-        write_table(summary, out / "batch_summary.csv")
-        write_batch_outputs(outcome, config, force=force)
+        summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+        for column in SUMMARY_COLUMNS[4:8]:
+            summary[column] = summary[column].astype("Int64")
+        outcome = BatchOutcome(summary, out, [kept[i] for i in sorted(kept)])
+        if outcome.folders:
+            write_table(summary, out / "batch_summary.csv")
+            # The local workers, idle now, draw the batch report's figures.
+            write_batch_outputs(outcome, config, force=force, executor=pool)
     return outcome
 
 
@@ -489,7 +501,7 @@ BATCH_PROVENANCE_FILE = "batch_provenance.json"
 
 
 def write_batch_outputs(
-    outcome: BatchOutcome, config: PipelineConfig, *, force: bool = False
+    outcome: BatchOutcome, config: PipelineConfig, *, force: bool = False, executor: Any = None
 ) -> bool:
     """Write the per-stage table pooled over the batch and, for two or more movies, the report.
 
@@ -500,6 +512,7 @@ def write_batch_outputs(
 
     Skipped (returns False) when ``batch_provenance.json`` shows they were computed from exactly
     the current movie results and failures, so that re-running a finished batch is quick.
+    ``executor`` (e.g. a process pool) draws the report's figures in parallel.
     """
     out = outcome.out_dir
     fmt = config.output.table_format
@@ -546,7 +559,7 @@ def write_batch_outputs(
     if report:
         from spt.report import write_batch_report  # matplotlib: imported when needed
 
-        write_batch_report(results, out, summary_table=failed, summary=summary)
+        write_batch_report(results, out, summary_table=failed, summary=summary, executor=executor)
     text = json.dumps({"key": key, "created_utc": now_utc(), "spt": spt.__version__, **record})
     tmp = out / f".{BATCH_PROVENANCE_FILE}.tmp"
     tmp.write_text(text + "\n", encoding="utf-8")
@@ -595,13 +608,19 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a killed worker whose parent died too may linger as a
+    zombie until it is reaped: it counts as dead)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):  # no /proc (macOS): kill() said it exists
+        return True
+    return state not in ("Z", "X")
 
 
 def read_results(folders: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list:
@@ -656,7 +675,7 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _run_serial(jobs, out, config, cores, scheduler, progress, done, keep=False) -> None:
+def _run_serial(jobs, out, config, cores, scheduler, progress, done, pool, keep=False) -> None:
     """One core: every movie here, one after the other, detected in one thread."""
     for k, job in enumerate(jobs):
         row = process_one(
@@ -665,50 +684,35 @@ def _run_serial(jobs, out, config, cores, scheduler, progress, done, keep=False)
         done(k, row)
 
 
-def _run_here(jobs, out, config, cores, scheduler, progress, done, keep=False) -> None:
-    """Fewer movies than cores: each movie here, detected in one thread per core, while
-    ``cores`` helper processes segment parts of its tracks and draw its figures."""
-    with _worker_pool(cores) as pool:
-        for k, job in enumerate(jobs):
-            row = process_one(
-                job,
-                out,
-                config,
-                report=progress.frames,
-                executor=pool,
-                n_parts=4 * cores,
-                split_frames=False,
-                detect_threads=cores,
-                keep_result=keep,
-            )
-            done(k, row)
+def _run_here(jobs, out, config, cores, scheduler, progress, done, pool, keep=False) -> None:
+    """Fewer movies than cores: each movie here, detected in one thread per core, while the
+    ``pool`` of helper processes segments parts of its tracks and draws its figures."""
+    for k, job in enumerate(jobs):
+        row = process_one(
+            job,
+            out,
+            config,
+            report=progress.frames,
+            executor=pool,
+            n_parts=4 * cores,
+            split_frames=False,
+            detect_threads=cores,
+            keep_result=keep,
+        )
+        done(k, row)
 
 
-def _run_pool(jobs, out, config, cores, scheduler, progress, done) -> None:
-    """At least as many movies as cores: one worker process per core, one movie each at a time
-    (detected in one thread), as Dask runs them."""
-    queue = _mp_context().Queue()
-
-    def relay() -> None:
-        while (msg := queue.get()) is not None:
-            progress.frames(*msg)
-
-    with _worker_pool(cores, queue) as pool:
-        # The workers have started (forked before this thread exists).
-        reader = threading.Thread(target=relay, daemon=True)
-        reader.start()
-        try:
-            futures = {pool.submit(_pool_task, job, out, config): k for k, job in enumerate(jobs)}
-            for future in as_completed(futures):
-                k = futures[future]
-                done(k, _result_or_failure(future, jobs[k], out))
-        finally:
-            queue.put(None)
-            reader.join(timeout=5)
-            queue.close()
+def _run_pool(jobs, out, config, cores, scheduler, progress, done, pool) -> None:
+    """At least as many movies as cores: the ``pool``'s worker processes, one per core, each
+    process one movie at a time (detected in one thread), as Dask runs them."""
+    futures = {pool.submit(_pool_task, job, out, config): k for k, job in enumerate(jobs)}
+    for future in as_completed(futures):
+        k = futures[future]
+        done(k, _result_or_failure(future, jobs[k], out))
 
 
 _WORKER_QUEUE: Any = None
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 #: Environment variables that set the thread count of numerical libraries in worker processes.
 _THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
@@ -736,30 +740,41 @@ def _mp_context() -> Any:
 
 
 @contextlib.contextmanager
-def _worker_pool(n: int, queue: Any = None) -> Iterator[ProcessPoolExecutor]:
-    """``n`` single-threaded worker processes, started now (their numerical libraries use one
-    thread each, as Dask's nanny sets them: N threads per worker on N cores would oversubscribe
-    the machine)."""
+def _worker_pool(n: int, progress: BatchProgress) -> Iterator[ProcessPoolExecutor]:
+    """``n`` single-threaded worker processes, started now, whose frame counts go to
+    ``progress`` (their numerical libraries use one thread each, as Dask's nanny sets them: N
+    threads per worker on N cores would oversubscribe the machine)."""
+    ctx = _mp_context()
+    queue = ctx.Queue()
     saved = dict(os.environ)
     for name in _THREAD_VARIABLES:
         os.environ.setdefault(name, "1")
     try:
-        pool = ProcessPoolExecutor(
-            n, mp_context=_mp_context(), initializer=_init_worker, initargs=(queue,)
-        )
+        pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(queue,))
         # Start the workers now, while this process has a single thread; they import
-        # matplotlib while this process detects.
+        # matplotlib while this process goes on.
         for _ in range(n):
             pool.submit(_warm_up)
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+    def relay() -> None:
+        while (msg := queue.get()) is not None:
+            progress.frames(*msg)
+
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
     try:
         yield pool
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
-    pool.shutdown(wait=True)
+    finally:
+        pool.shutdown(wait=True)
+        queue.put(None)
+        reader.join(timeout=5)
+        queue.close()
 
 
 def _init_worker(queue: Any) -> None:
@@ -767,6 +782,21 @@ def _init_worker(queue: Any) -> None:
     _WORKER_QUEUE = queue
     # A forked worker inherits libraries already loaded with one thread per core.
     threadpool_limits(limits=1)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Have Linux kill this worker when the process that started it dies (e.g. ``kill -9`` of
+    ``spt``), rather than let it finish its movie unseen while a re-run redoes it."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        prctl = ctypes.CDLL(None).prctl  # the C library's, already loaded
+    except (OSError, AttributeError):
+        return
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before the call
+        os._exit(1)
 
 
 def _warm_up() -> None:
@@ -815,7 +845,7 @@ def _dask_task(job: MovieJob, out: Path, config: PipelineConfig, topic: str) -> 
         return process_one(job, out, config, report=report, detect_threads=threads)
 
 
-def _run_dask(jobs, out, config, workers, scheduler, progress, done) -> None:
+def _run_dask(jobs, out, config, cores, scheduler, progress, done, pool) -> None:
     """A Dask distributed cluster: the same tasks as the local pool, scheduled by Dask."""
     try:
         from distributed import Client

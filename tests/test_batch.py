@@ -206,6 +206,7 @@ def test_a_killed_run_leaves_nothing_mistaken_for_complete_and_resumes(movies, r
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        _wait_until_gone(proc.pid)  # its worker processes too
     complete = {p.parent.relative_to(out).as_posix() for p in out.rglob("provenance.json")}
     assert 1 <= len(complete) < len(FOLDERS)
     assert not (out / "batch_summary.csv").exists()
@@ -220,6 +221,24 @@ def test_a_killed_run_leaves_nothing_mistaken_for_complete_and_resumes(movies, r
     assert {f for f, s in statuses.items() if s == "ok"} == set(FOLDERS) - complete
     assert not _hidden(out), "temporary folders left behind"
     _assert_same_results(out, reference)
+
+
+def _wait_until_gone(group: int, timeout_s: float = 30) -> None:
+    """Wait until no process of a killed process group still runs (zombies do not run)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        running = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == group and fields[0] not in ("Z", "X"):
+                running.append(stat)
+        if not running:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"processes of group {group} still run {timeout_s} s after SIGKILL")
 
 
 def test_stale_temporaries_of_dead_processes_are_removed(movies, reference, tmp_path):
