@@ -704,11 +704,20 @@ def _run_here(jobs, out, config, cores, scheduler, progress, done, pool, keep=Fa
 
 def _run_pool(jobs, out, config, cores, scheduler, progress, done, pool) -> None:
     """At least as many movies as cores: the ``pool``'s worker processes, one per core, each
-    process one movie at a time (detected in one thread), as Dask runs them."""
-    futures = {pool.submit(_pool_task, job, out, config): k for k, job in enumerate(jobs)}
+    process one movie at a time (detected in one thread), as Dask runs them. The largest files
+    go first, so that no worker is left with a long movie at the end."""
+    order = sorted(range(len(jobs)), key=lambda k: -_file_size(jobs[k].path))
+    futures = {pool.submit(_pool_task, jobs[k], out, config): k for k in order}
     for future in as_completed(futures):
         k = futures[future]
         done(k, _result_or_failure(future, jobs[k], out))
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # reported as the movie's failure when it is processed
+        return 0
 
 
 _WORKER_QUEUE: Any = None
