@@ -585,12 +585,19 @@ def test_write_table_failure_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
     path = tmp_path / "tracks.csv"
     path.write_text("old\n")
 
-    def explode(self, target, **kwargs):
+    def explode(_table, target, **kwargs):
         with open(target, "w") as fh:
             fh.write("half")
         raise OSError("disk full")
 
+    # The CSV is written by Arrow when pyarrow is installed, else by pandas: both fail.
     monkeypatch.setattr(pd.DataFrame, "to_csv", explode)
+    try:
+        import pyarrow.csv as pa_csv
+    except ImportError:
+        pa_csv = None
+    if pa_csv is not None:
+        monkeypatch.setattr(pa_csv, "write_csv", explode)
     with pytest.raises(OSError, match="disk full"):
         write_table(pd.DataFrame({"x": [1.0]}), path)
     assert path.read_text() == "old\n"
