@@ -604,6 +604,31 @@ def test_write_table_failure_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["tracks.csv"]
 
 
+@pytest.mark.parametrize(
+    "text", [["free", "confined", ""], ["a,b", 'say "x"', "two\nlines"]], ids=["plain", "quoted"]
+)
+def test_written_csv_reads_back_as_pandas_own_csv(tmp_path, text):
+    # Arrow writes plain tables, pandas those whose text needs quotes; both read back the same.
+    table = pd.DataFrame(
+        {
+            "frame": np.arange(3, dtype=np.int64),
+            "x": [1e-05, -0.0, 1 / 3],
+            "missing": [np.nan, np.inf, 1e300],
+            "flag": [True, False, True],
+            "count": pd.array([1, None, 3], dtype="Int64"),
+            "state": text,
+            "stage": pd.Categorical(["circulation", "perinuclear", "circulation"]),
+        },
+        index=[7, 3, 5],
+    )
+    write_table(table, tmp_path / "t.csv")
+    (tmp_path / "pandas.csv").write_text(table.to_csv(index=False))
+    got = pd.read_csv(tmp_path / "t.csv")
+    pd.testing.assert_frame_equal(got, pd.read_csv(tmp_path / "pandas.csv"))
+    assert (tmp_path / "t.csv").read_text().splitlines()[0] == ",".join(table.columns)
+    assert got["flag"].tolist() == [True, False, True]
+
+
 def test_write_table_refuses_unknown_suffix(tmp_path):
     with pytest.raises(SptInputError, match="use .csv or .parquet"):
         write_table(pd.DataFrame({"x": [1]}), tmp_path / "t.xlsx")
