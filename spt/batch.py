@@ -385,8 +385,9 @@ def run_batch(
         :func:`available_cores`). 1 runs everything here, one thread. N > 1 with at least N
         movies to process runs N worker processes, one movie each at a time, each detecting in
         one thread; with fewer movies (or ``keep_results``) the movies are processed here one
-        after the other, detected in N threads, while N helper processes segment parts of the
-        tracks and draw the figures. The results are the same in every case.
+        after the other, detected in N threads, while N (at most :data:`MAX_HELPERS`) helper
+        processes segment parts of the tracks and draw the figures. The results are the same in
+        every case.
     scheduler : str, optional
         Address of a Dask distributed scheduler (e.g. ``tcp://10.0.0.5:8786``); the work is sent
         there instead. Workers must see the same paths (shared file system) and have spt
@@ -470,7 +471,8 @@ def run_batch(
         runner = functools.partial(_run_here, keep=keep_results)
     else:
         runner = _run_pool
-    with _worker_pool(cores, progress) if local else contextlib.nullcontext() as pool:
+    n_workers = min(cores, MAX_HELPERS) if runner is not _run_pool else cores
+    with _worker_pool(n_workers, progress) if local else contextlib.nullcontext() as pool:
         try:
             runner(
                 todo_jobs,
@@ -684,9 +686,15 @@ def _run_serial(jobs, out, config, cores, scheduler, progress, done, pool, keep=
         done(k, row)
 
 
+#: Most helper processes for movies processed here: they draw 4 figures and segment track
+#: parts, which gain little from more on a movie of ordinary size.
+MAX_HELPERS = 8
+
+
 def _run_here(jobs, out, config, cores, scheduler, progress, done, pool, keep=False) -> None:
     """Fewer movies than cores: each movie here, detected in one thread per core, while the
-    ``pool`` of helper processes segments parts of its tracks and draws its figures."""
+    ``pool`` of helper processes (at most :data:`MAX_HELPERS`) segments parts of its tracks
+    and draws its figures."""
     for k, job in enumerate(jobs):
         row = process_one(
             job,
@@ -694,7 +702,7 @@ def _run_here(jobs, out, config, cores, scheduler, progress, done, pool, keep=Fa
             config,
             report=progress.frames,
             executor=pool,
-            n_parts=4 * cores,
+            n_parts=4 * min(cores, MAX_HELPERS),
             split_frames=False,
             detect_threads=cores,
             keep_result=keep,

@@ -125,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="cores of this machine to use (default: all available). With at least N movies, "
         "N worker processes each process one movie at a time; with fewer, each movie is "
-        "detected in N threads while N helper processes analyse its tracks and draw its "
-        "figures. --workers 1 runs in one process and one thread",
+        "detected in N threads while N (at most 8) helper processes analyse its tracks and "
+        "draw its figures. --workers 1 runs in one process and one thread",
     )
     run.add_argument(
         "--scheduler",
