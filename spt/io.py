@@ -1113,9 +1113,10 @@ def _write_csv_arrow(df: pd.DataFrame, path: Path) -> bool:
 
     The file reads back (``pandas.read_csv``) to the same table as pandas' own CSV and looks
     the same: plain unquoted header and words, booleans as ``True``/``False``, missing values
-    empty. Only float formatting may differ in form (``0.00001`` for ``1e-05``: the same
-    shortest round-trip value). Tables with text that would need quoting (commas, quotes, line
-    breaks), or without pyarrow, are left to pandas.
+    empty. Only float formatting may differ in form (``0.00001`` for ``1e-05``, ``2`` for
+    ``2.0``: the same shortest round-trip value). Tables with text that would need quoting
+    (commas, quotes, line breaks) or a float column of whole numbers only (it would read back
+    as integers), or without pyarrow, are left to pandas.
     """
     try:
         import pyarrow as pa
@@ -1126,6 +1127,12 @@ def _write_csv_arrow(df: pd.DataFrame, path: Path) -> bool:
     for name, column in df.items():
         if not isinstance(name, str):
             return False
+        if column.dtype.kind == "f":
+            # Arrow writes 2.0 as "2", which reads back as an integer column when every value
+            # is a whole number (pandas writes "2.0"): such tables are left to pandas.
+            values = column.to_numpy(dtype=float, na_value=np.nan)
+            if len(values) and np.isfinite(values).all() and (values == np.round(values)).all():
+                return False
         if column.dtype == bool:
             column = pd.Series(np.where(column, "True", "False"), index=column.index)
         columns[name] = column

@@ -605,10 +605,17 @@ def test_write_table_failure_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "text", [["free", "confined", ""], ["a,b", 'say "x"', "two\nlines"]], ids=["plain", "quoted"]
+    "extra",
+    [
+        {"state": ["free", "confined", ""]},
+        {"state": ["a,b", 'say "x"', "two\nlines"]},
+        {"whole": [1.0, 2.0, -3.0], "part_whole": [1.0, 2.0, 2.5]},
+    ],
+    ids=["plain", "quoted", "whole-numbers"],
 )
-def test_written_csv_reads_back_as_pandas_own_csv(tmp_path, text):
-    # Arrow writes plain tables, pandas those whose text needs quotes; both read back the same.
+def test_written_csv_reads_back_as_pandas_own_csv(tmp_path, extra):
+    # Arrow writes plain tables, pandas those whose text needs quotes or with a float column of
+    # whole numbers (Arrow's "2" would read back as an integer); all read back the same.
     table = pd.DataFrame(
         {
             "frame": np.arange(3, dtype=np.int64),
@@ -616,8 +623,8 @@ def test_written_csv_reads_back_as_pandas_own_csv(tmp_path, text):
             "missing": [np.nan, np.inf, 1e300],
             "flag": [True, False, True],
             "count": pd.array([1, None, 3], dtype="Int64"),
-            "state": text,
             "stage": pd.Categorical(["circulation", "perinuclear", "circulation"]),
+            **extra,
         },
         index=[7, 3, 5],
     )
