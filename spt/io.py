@@ -1127,6 +1127,9 @@ def _write_csv_arrow(df: pd.DataFrame, path: Path) -> bool:
     for name, column in df.items():
         if not isinstance(name, str):
             return False
+        categorical = isinstance(column.dtype, pd.CategoricalDtype)
+        if not categorical and column.dtype.kind not in "iufO" and column.dtype != bool:
+            return False  # dates, durations, nullable booleans...: Arrow formats them otherwise
         if column.dtype.kind == "f":
             # Arrow writes 2.0 as "2", which reads back as an integer column when every value
             # is a whole number (pandas writes "2.0"): such tables are left to pandas.
