@@ -7,19 +7,24 @@ in a local process pool, or through ``dask.distributed``) and writes a batch sum
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import glob
 import hashlib
+import importlib
 import json
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
+import sys
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 import spt
 from spt.config import PipelineConfig
@@ -52,7 +58,7 @@ from spt.provenance import (
     up_to_date,
 )
 from spt.schema import SPOT_COLUMNS, empty_table
-from spt.summary import MovieStages, pooled_stage_velocities
+from spt.summary import MovieStages, stage_summary
 
 __all__ = [
     "BatchOutcome",
@@ -223,12 +229,15 @@ def process_one(
     executor: Any = None,
     n_parts: int | None = None,
     split_frames: bool = True,
+    detect_threads: int | None = None,
     keep_result: bool = False,
 ) -> dict[str, Any]:
     """Process one movie and write its results; never raises for a bad movie.
 
     This is the unit of work sent to local workers and Dask workers (only paths and the
-    configuration travel, never frames).
+    configuration travel, never frames). ``executor``, ``n_parts``, ``split_frames`` and
+    ``detect_threads`` are passed to :func:`spt.pipeline.process_movie` (``executor`` also
+    draws the figures, :func:`spt.pipeline.write_results`).
 
     Returns
     -------
@@ -253,6 +262,7 @@ def process_one(
             executor=executor,
             n_parts=n_parts,
             split_frames=split_frames,
+            detect_threads=detect_threads,
         )
         write_results(result, folder.parent, config, executor=executor)
     except SptInputError as err:
@@ -351,7 +361,7 @@ def run_batch(
     config: PipelineConfig = PipelineConfig(),
     *,
     masks_path: str | os.PathLike | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     scheduler: str | None = None,
     force: bool = False,
     progress: BatchProgress | None = None,
@@ -370,9 +380,14 @@ def run_batch(
         All parameters.
     masks_path : path-like, optional
         One mask image for all movies (default: ``<movie>_masks.tif`` beside each movie).
-    workers : int
-        Local worker processes. With fewer movies to process than workers, the frames of each
-        movie are detected in parallel instead.
+    workers : int, optional
+        Cores of this machine the run may use (default: all that this process may run on,
+        :func:`available_cores`). 1 runs everything here, one thread. N > 1 with at least N
+        movies to process runs N worker processes, one movie each at a time, each detecting in
+        one thread; with fewer movies (or ``keep_results``) the movies are processed here one
+        after the other, detected in N threads, while N (at most :data:`MAX_HELPERS`) helper
+        processes segment parts of the tracks and draw the figures. The results are the same in
+        every case.
     scheduler : str, optional
         Address of a Dask distributed scheduler (e.g. ``tcp://10.0.0.5:8786``); the work is sent
         there instead. Workers must see the same paths (shared file system) and have spt
@@ -384,21 +399,23 @@ def run_batch(
     on_error : callable, optional
         Called with the message of each failed movie.
     keep_results : bool
-        Also return the in-memory results of the movies processed (serial runs only; for small
-        batches and notebooks, as they are all held in memory).
+        Also return the in-memory results of the movies processed (not with ``scheduler``; for
+        small batches and notebooks, as they are all held in memory): the movies are then
+        processed in this process.
 
     Returns
     -------
     BatchOutcome
-        The summary. When at least one movie has results, also written: ``batch_summary.csv``,
-        the per-stage table pooled over the batch ``stage_velocities.<fmt>`` and the batch report
-        (:func:`spt.report.write_batch_report`: ``batch_report.html``, pooled dwell and
-        transition tables, figures) in ``out_dir``.
+        The summary. When at least one movie has results, also written in ``out_dir``:
+        ``batch_summary.csv`` and the per-stage table pooled over the batch
+        ``stage_velocities.<fmt>``; with two or more, the batch report too
+        (:func:`write_batch_outputs`).
     """
-    if workers < 1:
+    cores = available_cores() if workers is None else workers
+    if cores < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if keep_results and (workers > 1 or scheduler is not None):
-        raise ValueError("keep_results needs a serial run (workers=1, no scheduler)")
+    if keep_results and scheduler is not None:
+        raise ValueError("keep_results needs a local run (no scheduler)")
     if config.output.table_format == "parquet":
         try:
             import pyarrow  # noqa: F401
@@ -445,26 +462,39 @@ def run_batch(
         progress.movie_done(jobs[i].folder, message)
 
     todo_jobs = [jobs[i] for i in todo]
-    if not todo_jobs or (scheduler is None and workers == 1):
+    local = bool(todo_jobs) and scheduler is None and cores > 1
+    if not todo_jobs or (scheduler is None and cores == 1):
         runner = functools.partial(_run_serial, keep=keep_results)
     elif scheduler is not None:
         runner = _run_dask
+    elif keep_results or len(todo_jobs) < cores:
+        runner = functools.partial(_run_here, keep=keep_results)
     else:
         runner = _run_pool
-    try:
-        runner(
-            todo_jobs, out, config, workers, scheduler, progress, lambda k, r: finished(todo[k], r)
-        )
-    finally:
-        progress.close()
+    n_workers = min(cores, MAX_HELPERS) if runner is not _run_pool else cores
+    with _worker_pool(n_workers, progress) if local else contextlib.nullcontext() as pool:
+        try:
+            runner(
+                todo_jobs,
+                out,
+                config,
+                cores,
+                scheduler,
+                progress,
+                lambda k, r: finished(todo[k], r),
+                pool,
+            )
+        finally:
+            progress.close()
 
-    summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
-    for column in SUMMARY_COLUMNS[4:8]:
-        summary[column] = summary[column].astype("Int64")
-    outcome = BatchOutcome(summary, out, [kept[i] for i in sorted(kept)])
-    if outcome.folders:
-        write_table(summary, out / "batch_summary.csv")
-        write_batch_outputs(outcome, config, force=force)
+        summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+        for column in SUMMARY_COLUMNS[4:8]:
+            summary[column] = summary[column].astype("Int64")
+        outcome = BatchOutcome(summary, out, [kept[i] for i in sorted(kept)])
+        if outcome.folders:
+            write_table(summary, out / "batch_summary.csv")
+            # The local workers, idle now, draw the batch report's figures.
+            write_batch_outputs(outcome, config, force=force, executor=pool)
     return outcome
 
 
@@ -473,12 +503,18 @@ BATCH_PROVENANCE_FILE = "batch_provenance.json"
 
 
 def write_batch_outputs(
-    outcome: BatchOutcome, config: PipelineConfig, *, force: bool = False
+    outcome: BatchOutcome, config: PipelineConfig, *, force: bool = False, executor: Any = None
 ) -> bool:
-    """Write the per-stage table pooled over the batch and the batch report.
+    """Write the per-stage table pooled over the batch and, for two or more movies, the report.
+
+    The batch report (:func:`spt.report.write_batch_report`: ``batch_report.html``, pooled dwell
+    and transition tables and figures) pools the movies; for a single movie it would repeat the
+    movie's own report, so it is not drawn (an older one is removed) and the pooled table is
+    the movie's own (the same computation on the same tracks).
 
     Skipped (returns False) when ``batch_provenance.json`` shows they were computed from exactly
     the current movie results and failures, so that re-running a finished batch is quick.
+    ``executor`` (e.g. a process pool) draws the report's figures in parallel.
     """
     out = outcome.out_dir
     fmt = config.output.table_format
@@ -497,29 +533,55 @@ def write_batch_outputs(
     }
     key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
     previous = read_provenance_file(out / BATCH_PROVENANCE_FILE)
+    report = config.output.report and len(movies) > 1
     expected = [out / f"stage_velocities.{fmt}"]
-    if config.output.report:
+    if report:
         expected.append(out / "batch_report.html")
     if not force and previous.get("key") == key and all(p.exists() for p in expected):
         return False
-    results = read_results(outcome.folders, out)
-    stages = [
-        MovieStages(
-            r.analysis.tracks, r.analysis.segments, r.pixel_size_um, r.frame_interval_s, name=r.name
-        )
-        for r in results
-    ]
-    pooled = pooled_stage_velocities(stages)
+    if len(movies) == 1:
+        [folder] = outcome.folders
+        pooled = _read_table(folder / "stage_velocities")
+        remove_batch_report(out)
+    else:
+        results = read_results(outcome.folders, out)
+        stages = [
+            MovieStages(
+                r.analysis.tracks,
+                r.analysis.segments,
+                r.pixel_size_um,
+                r.frame_interval_s,
+                name=r.name,
+            )
+            for r in results
+        ]
+        summary = stage_summary(stages)
+        pooled = summary.velocities
     write_table(pooled, expected[0])
-    if config.output.report:
+    if report:
         from spt.report import write_batch_report  # matplotlib: imported when needed
 
-        write_batch_report(results, out, summary_table=failed, velocities=pooled)
+        write_batch_report(results, out, summary_table=failed, summary=summary, executor=executor)
     text = json.dumps({"key": key, "created_utc": now_utc(), "spt": spt.__version__, **record})
     tmp = out / f".{BATCH_PROVENANCE_FILE}.tmp"
     tmp.write_text(text + "\n", encoding="utf-8")
     os.replace(tmp, out / BATCH_PROVENANCE_FILE)
     return True
+
+
+#: Files of the batch report in the output folder (besides ``stage_velocities.<fmt>``).
+BATCH_REPORT_FILES = (
+    "batch_report.html",
+    "stage_velocities.parquet",
+    *(f"{n}.{f}" for n in ("stage_dwells", "stage_transitions") for f in ("csv", "parquet")),
+    *(f"{n}.{f}" for n in ("speed_by_stage", "stage_transitions") for f in ("png", "svg")),
+)
+
+
+def remove_batch_report(out: Path) -> None:
+    """Delete a batch report left by an earlier run, which would describe other movies."""
+    for name in BATCH_REPORT_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 def _log_traceback(out: Path, error: str, tb: str) -> None:
@@ -548,13 +610,19 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a killed worker whose parent died too may linger as a
+    zombie until it is reaped: it counts as dead)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):  # no /proc (macOS): kill() said it exists
+        return True
+    return state not in ("Z", "X")
 
 
 def read_results(folders: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list:
@@ -602,12 +670,66 @@ def read_results(folders: Sequence[str | os.PathLike], out_dir: str | os.PathLik
 # Each runs ``process_one`` for every job and calls ``done(k, row)`` for job k as it finishes.
 
 
-def _run_serial(jobs, out, config, workers, scheduler, progress, done, keep=False) -> None:
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a cluster job's share)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def _run_serial(jobs, out, config, cores, scheduler, progress, done, pool, keep=False) -> None:
+    """One core: every movie here, one after the other, detected in one thread."""
     for k, job in enumerate(jobs):
-        done(k, process_one(job, out, config, report=progress.frames, keep_result=keep))
+        row = process_one(
+            job, out, config, report=progress.frames, detect_threads=1, keep_result=keep
+        )
+        done(k, row)
+
+
+#: Most helper processes for movies processed here: they draw 4 figures and segment track
+#: parts, which gain little from more on a movie of ordinary size.
+MAX_HELPERS = 8
+
+
+def _run_here(jobs, out, config, cores, scheduler, progress, done, pool, keep=False) -> None:
+    """Fewer movies than cores: each movie here, detected in one thread per core, while the
+    ``pool`` of helper processes (at most :data:`MAX_HELPERS`) segments parts of its tracks
+    and draws its figures."""
+    for k, job in enumerate(jobs):
+        row = process_one(
+            job,
+            out,
+            config,
+            report=progress.frames,
+            executor=pool,
+            n_parts=4 * min(cores, MAX_HELPERS),
+            split_frames=False,
+            detect_threads=cores,
+            keep_result=keep,
+        )
+        done(k, row)
+
+
+def _run_pool(jobs, out, config, cores, scheduler, progress, done, pool) -> None:
+    """At least as many movies as cores: the ``pool``'s worker processes, one per core, each
+    process one movie at a time (detected in one thread), as Dask runs them. The largest files
+    go first, so that no worker is left with a long movie at the end."""
+    order = sorted(range(len(jobs)), key=lambda k: -_file_size(jobs[k].path))
+    futures = {pool.submit(_pool_task, jobs[k], out, config): k for k in order}
+    for future in as_completed(futures):
+        k = futures[future]
+        done(k, _result_or_failure(future, jobs[k], out))
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # reported as the movie's failure when it is processed
+        return 0
 
 
 _WORKER_QUEUE: Any = None
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 #: Environment variables that set the thread count of numerical libraries in worker processes.
 _THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
@@ -615,42 +737,44 @@ _THREAD_VARIABLES = (
     "MKL_NUM_THREADS",
     "NUMBA_NUM_THREADS",
 )
+#: Imported once in a forkserver (when workers cannot be forked from this process).
+_PRELOAD = ["spt.batch", "spt.report", "matplotlib.figure", "matplotlib.backends.backend_agg"]
 
 
-def _init_worker(queue: Any) -> None:
-    global _WORKER_QUEUE
-    _WORKER_QUEUE = queue
+def _mp_context() -> Any:
+    """How worker processes start: forked from this process when that is safe, else through a
+    forkserver.
 
-
-def _queue_report(movie: str, done: int, total: int | None) -> None:
-    if _WORKER_QUEUE is not None:
-        _WORKER_QUEUE.put((movie, done, total))
-
-
-def _warm_up() -> None:
-    """A no-op task that makes the pool start its worker processes."""
-
-
-def _pool_task(job: MovieJob, out: Path, config: PipelineConfig) -> dict[str, Any]:
-    return process_one(job, out, config, report=_queue_report)
-
-
-def _run_pool(jobs, out, config, workers, scheduler, progress, done) -> None:
-    """Local processes (``concurrent.futures``): one movie per worker or, when there are fewer
-    movies than workers, one movie at a time detected here in threads (one per core) with its
-    tracks segmented in parts on the workers."""
+    A fork starts at once with spt and its libraries already imported (a forkserver first
+    imports them, ~1-2 s); it is safe only while this process runs a single thread (a lock
+    held by another thread would stay locked in the child) and on Linux.
+    """
+    if sys.platform.startswith("linux") and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
     ctx = multiprocessing.get_context("forkserver")
-    # Workers draw figures (of their own movies, or of a movie done here): matplotlib is
-    # imported once, in the forkserver.
-    ctx.set_forkserver_preload(
-        ["spt.batch", "spt.report", "matplotlib.figure", "matplotlib.backends.backend_agg"]
-    )
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
+
+
+@contextlib.contextmanager
+def _worker_pool(n: int, progress: BatchProgress) -> Iterator[ProcessPoolExecutor]:
+    """``n`` single-threaded worker processes, started now, whose frame counts go to
+    ``progress`` (their numerical libraries use one thread each, as Dask's nanny sets them: N
+    threads per worker on N cores would oversubscribe the machine)."""
+    ctx = _mp_context()
     queue = ctx.Queue()
-    # N single-threaded workers on N cores, as Dask's nanny does: numerical libraries that
-    # start one thread per core in every worker would oversubscribe the machine.
     saved = dict(os.environ)
     for name in _THREAD_VARIABLES:
         os.environ.setdefault(name, "1")
+    try:
+        pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(queue,))
+        # Start the workers now, while this process has a single thread; they import
+        # matplotlib while this process goes on.
+        for _ in range(n):
+            pool.submit(_warm_up)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
     def relay() -> None:
         while (msg := queue.get()) is not None:
@@ -659,41 +783,62 @@ def _run_pool(jobs, out, config, workers, scheduler, progress, done) -> None:
     reader = threading.Thread(target=relay, daemon=True)
     reader.start()
     try:
-        with ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,)
-        ) as pool:
-            try:
-                if len(jobs) < workers:
-                    # Start the workers now: they import spt while this process detects.
-                    for _ in range(workers):
-                        pool.submit(_warm_up)
-                    for k, job in enumerate(jobs):
-                        row = process_one(
-                            job,
-                            out,
-                            config,
-                            report=progress.frames,
-                            executor=pool,
-                            n_parts=4 * workers,
-                            split_frames=False,
-                        )
-                        done(k, row)
-                else:
-                    futures = {
-                        pool.submit(_pool_task, job, out, config): k for k, job in enumerate(jobs)
-                    }
-                    for future in as_completed(futures):
-                        k = futures[future]
-                        done(k, _result_or_failure(future, jobs[k], out))
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        pool.shutdown(wait=True)
         queue.put(None)
         reader.join(timeout=5)
         queue.close()
+
+
+def _init_worker(queue: Any) -> None:
+    global _WORKER_QUEUE
+    _WORKER_QUEUE = queue
+    # A forked worker inherits libraries already loaded with one thread per core.
+    threadpool_limits(limits=1)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Have Linux kill this worker when the process that started it dies (e.g. ``kill -9`` of
+    ``spt``), rather than let it finish its movie unseen while a re-run redoes it."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        prctl = ctypes.CDLL(None).prctl  # the C library's, already loaded
+    except (OSError, AttributeError):
+        return
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before the call
+        os._exit(1)
+
+
+def _warm_up() -> None:
+    """Get a worker ready while the main process detects: import what the figures need and
+    load numba's compiled segmentation (~0.25 s per process at its first track) on a short
+    synthetic track. The task also makes the pool start its workers."""
+    for name in _PRELOAD:
+        importlib.import_module(name)
+    from spt.segment import segment_tracks
+
+    rng = np.random.default_rng(0)
+    steps = rng.normal(0.0, 0.3, (120, 2))
+    steps[40:80] += 1.0  # a run between two stops
+    xy = 50.0 + np.cumsum(steps, axis=0)
+    track = pd.DataFrame({"frame": np.arange(120), "x": xy[:, 0], "y": xy[:, 1], "particle": 0})
+    segment_tracks(track, PipelineConfig().segment, pixel_size_um=0.1, frame_interval_s=0.033)
+
+
+def _queue_report(movie: str, done: int, total: int | None) -> None:
+    if _WORKER_QUEUE is not None:
+        _WORKER_QUEUE.put((movie, done, total))
+
+
+def _pool_task(job: MovieJob, out: Path, config: PipelineConfig) -> dict[str, Any]:
+    return process_one(job, out, config, report=_queue_report, detect_threads=1)
 
 
 def _result_or_failure(future: Any, job: MovieJob, out: Path) -> dict[str, Any]:
@@ -722,11 +867,12 @@ def _dask_task(job: MovieJob, out: Path, config: PipelineConfig, topic: str) -> 
     def report(movie: str, done: int, total: int | None) -> None:
         worker.log_event(topic, (movie, done, total))
 
-    with _MOVIE_LOCK:
-        return process_one(job, out, config, report=report)
+    with _MOVIE_LOCK:  # one movie at a time: it may detect in all the worker's threads
+        threads = getattr(worker, "nthreads", None)
+        return process_one(job, out, config, report=report, detect_threads=threads)
 
 
-def _run_dask(jobs, out, config, workers, scheduler, progress, done) -> None:
+def _run_dask(jobs, out, config, cores, scheduler, progress, done, pool) -> None:
     """A Dask distributed cluster: the same tasks as the local pool, scheduled by Dask."""
     try:
         from distributed import Client

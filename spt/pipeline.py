@@ -326,6 +326,7 @@ def process_movie(
     executor: Any = None,
     n_parts: int | None = None,
     split_frames: bool = True,
+    detect_threads: int | None = None,
 ) -> MovieResult:
     """Run the whole pipeline on one movie file and return its results (nothing is written).
 
@@ -354,6 +355,10 @@ def process_movie(
         Detect frame ranges on ``executor``. False detects here, in threads (one per core, as
         without executor), which is quicker when the executor's workers share this machine's
         cores: the executor then only segments the tracks.
+    detect_threads : int, optional
+        Threads that detect here when ``config.detect.n_threads`` is 0 (automatic): e.g. 1 in
+        each of N worker processes sharing N cores. Default: one per core. The spots do not
+        depend on it, and the configuration recorded with the results is ``config`` as given.
     """
     t0 = time.perf_counter()
     movie = open_movie(path, config)
@@ -371,7 +376,7 @@ def process_movie(
             projection = np.full(movie.shape, -np.inf, dtype=np.float32)
             spots = detect_chunks(
                 _stream(movie, config.movie.chunk_frames, projection),
-                config,
+                _with_detect_threads(config, detect_threads),
                 n_frames=movie.n_frames,
                 progress=progress,
             )
@@ -432,6 +437,13 @@ def process_movie(
         metadata_source=dict(movie.metadata_source),
         inputs=inputs,
     )
+
+
+def _with_detect_threads(config: PipelineConfig, threads: int | None) -> PipelineConfig:
+    """``config`` with ``threads`` detection threads, unless they are fixed in it already."""
+    if threads is None or config.detect.n_threads:
+        return config
+    return dataclasses.replace(config, detect=dataclasses.replace(config.detect, n_threads=threads))
 
 
 def input_records(

@@ -346,6 +346,8 @@ def write_batch_report(
     *,
     summary_table: pd.DataFrame | None = None,
     velocities: pd.DataFrame | None = None,
+    summary: StageSummary | None = None,
+    executor: Any = None,
 ) -> list[Path]:
     """Write the pooled per-stage tables, figures and ``batch_report.html`` into ``out_dir``.
 
@@ -365,27 +367,44 @@ def write_batch_report(
     velocities : DataFrame, optional
         The pooled stage velocity table of these movies, if already computed
         (:func:`spt.summary.pooled_stage_velocities`); computed otherwise.
+    summary : StageSummary, optional
+        All pooled tables of these movies, if already computed (:func:`spt.summary.stage_summary`
+        of their :class:`~spt.summary.MovieStages` named as the results); ``velocities`` is then
+        not used.
+    executor : concurrent.futures.Executor or dask.distributed.Client, optional
+        Draw the two figures on it, in parallel (its workers must see ``out_dir``).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    movies = [
-        MovieStages(
-            r.analysis.tracks, r.analysis.segments, r.pixel_size_um, r.frame_interval_s, name=r.name
-        )
-        for r in results
-    ]
-    summary = stage_summary(movies, velocities=velocities)
+    if summary is None:
+        movies = [
+            MovieStages(
+                r.analysis.tracks,
+                r.analysis.segments,
+                r.pixel_size_um,
+                r.frame_interval_s,
+                name=r.name,
+            )
+            for r in results
+        ]
+        summary = stage_summary(movies, velocities=velocities)
     written = _write_tables(
         {"stage_dwells": summary.dwells, "stage_transitions": summary.transitions}, out
     )
     if _parquet_available():
         written.append(write_table(summary.velocities, out / "stage_velocities.parquet"))
-    speeds = _embed(
-        plot.figure_speed_distributions(summary.steps, summary.velocities), out / "speed_by_stage"
-    )
-    transitions = _embed(
-        plot.figure_stage_transitions(summary.transitions), out / "stage_transitions"
-    )
+    figures = {
+        "speed_by_stage": (
+            "figure_speed_distributions",
+            (summary.steps[["stage", "speed_um_s"]], summary.velocities),
+            {},
+        ),
+        "stage_transitions": ("figure_stage_transitions", (summary.transitions,), {}),
+    }
+    if executor is None:
+        drawn = {n: _draw(*job, out / n) for n, job in figures.items()}
+    else:
+        drawn = {n: executor.submit(_draw, *job, out / n) for n, job in figures.items()}
     written += [
         out / f"{n}.{f}" for n in ("speed_by_stage", "stage_transitions") for f in ("png", "svg")
     ]
@@ -414,6 +433,10 @@ def write_batch_report(
             movies_html += '<p class="warn">Failed movies:</p>' + failed.to_html(
                 index=False, border=0
             )
+    speeds, transitions = (
+        d if isinstance(d, str) else d.result()
+        for d in (drawn["speed_by_stage"], drawn["stage_transitions"])
+    )
     body = (
         f"<p>{len(results)} movie(s) pooled.</p>"
         + movies_html

@@ -17,11 +17,12 @@ import pandas as pd
 import pytest
 import tifffile
 
-from spt.batch import find_movies, run_batch
+from spt.batch import find_movies, read_results, run_batch
 from spt.cli import main
 from spt.config import PipelineConfig
 from spt.errors import SptInputError
 from spt.progress import BatchProgress
+from spt.summary import MovieStages, pooled_stage_velocities
 
 TABLES = ("spots", "tracks", "segments", "stage_velocities")
 # Figures and HTML reports (tested in test_report.py) are left out where they only cost time;
@@ -52,7 +53,7 @@ def movies(tmp_path_factory):
 def reference(movies, tmp_path_factory):
     """The serial, in-process run of the set that the other modes must reproduce."""
     out = tmp_path_factory.mktemp("reference")
-    outcome = run_batch([movies], out, CONFIG)
+    outcome = run_batch([movies], out, CONFIG, workers=1)
     assert list(outcome.summary["status"]) == ["ok"] * 4
     return out
 
@@ -205,6 +206,7 @@ def test_a_killed_run_leaves_nothing_mistaken_for_complete_and_resumes(movies, r
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        _wait_until_gone(proc.pid)  # its worker processes too
     complete = {p.parent.relative_to(out).as_posix() for p in out.rglob("provenance.json")}
     assert 1 <= len(complete) < len(FOLDERS)
     assert not (out / "batch_summary.csv").exists()
@@ -219,6 +221,24 @@ def test_a_killed_run_leaves_nothing_mistaken_for_complete_and_resumes(movies, r
     assert {f for f, s in statuses.items() if s == "ok"} == set(FOLDERS) - complete
     assert not _hidden(out), "temporary folders left behind"
     _assert_same_results(out, reference)
+
+
+def _wait_until_gone(group: int, timeout_s: float = 30) -> None:
+    """Wait until no process of a killed process group still runs (zombies do not run)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        running = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == group and fields[0] not in ("Z", "X"):
+                running.append(stat)
+        if not running:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"processes of group {group} still run {timeout_s} s after SIGKILL")
 
 
 def test_stale_temporaries_of_dead_processes_are_removed(movies, reference, tmp_path):
@@ -278,13 +298,27 @@ def test_one_movie_on_two_workers_equals_serial(movies, tmp_path):
     # worker processes, its report drawn on a worker while the tables are written here.
     movie = movies / "day1" / "m1.ome.tif"
     config = ["--set", "movie.chunk_frames=8", "--quiet"]
-    assert main(["run", str(movie), "--out", str(tmp_path / "serial"), *config, *NO_REPORT]) == 0
-    assert main(["run", str(movie), "--out", str(tmp_path / "par"), "--workers", "2", *config]) == 0
-    _assert_same_results(tmp_path / "par", tmp_path / "serial", folders=["m1"])
-    n_spots = len(pd.read_csv(tmp_path / "par" / "m1" / "spots.csv"))
-    report = (tmp_path / "par" / "m1" / "report.html").read_text()
+    serial = ["run", str(movie), "--out", str(tmp_path / "serial"), "--workers", "1"]
+    assert main([*serial, *config, *NO_REPORT]) == 0
+    par = tmp_path / "par"
+    par.mkdir()
+    (par / "batch_report.html").write_text("an earlier batch of other movies")
+    assert main(["run", str(movie), "--out", str(par), "--workers", "2", *config]) == 0
+    _assert_same_results(par, tmp_path / "serial", folders=["m1"])
+    n_spots = len(pd.read_csv(par / "m1" / "spots.csv"))
+    report = (par / "m1" / "report.html").read_text()
     assert f"<td>spots / tracks / segments</td><td>{n_spots} / " in report
     assert report.count("data:image/png;base64,") == 4
+    # A batch of one movie: its report is the batch's (no batch report, the stale one is gone)
+    # and the pooled stage table is the movie's, as pooling the one movie computes it.
+    assert not (par / "batch_report.html").exists()
+    [result] = read_results([par / "m1"], par)
+    a = result.analysis
+    pooled = pooled_stage_velocities(
+        [MovieStages(a.tracks, a.segments, result.pixel_size_um, result.frame_interval_s)]
+    )
+    for table in (pd.read_csv(par / "stage_velocities.csv"), result.analysis.stage_velocities):
+        pd.testing.assert_frame_equal(table, pooled, check_dtype=False)
 
 
 def test_dask_local_cluster_gives_the_results_of_a_local_run(movies, reference, tmp_path):
@@ -314,18 +348,19 @@ def test_parquet_tables_hold_the_same_results(movies, reference, tmp_path):
     for table in TABLES:  # the report's own tables are written in both formats
         assert not (out / "m3" / f"{table}.csv").exists(), table
     assert not (out / "stage_velocities.csv").exists()
-    # With the default configuration the figures and reports are written too.
+    # With the default configuration the figures and reports are written too; a batch of two
+    # movies gets a batch report pooling them.
     assert (out / "m3" / "report.html").exists() and (out / "m3" / "tracks_by_stage.png").exists()
+    two = [str(movie), str(movies / "day2" / "m1.ome.tif")]
+    assert main(["run", *two, "--out", str(out), "--format", "parquet", "--quiet"]) == 0
     report = out / "batch_report.html"
     assert report.exists() and (out / "batch_provenance.json").exists()
+    assert "2 movie(s) pooled" in report.read_text()
     # Re-running a finished batch does not recompute the batch outputs.
     before = report.stat().st_mtime_ns
-    assert main(["run", str(movie), "--out", str(out), "--format", "parquet", "--quiet"]) == 0
+    assert main(["run", *two, "--out", str(out), "--format", "parquet", "--quiet"]) == 0
     assert report.stat().st_mtime_ns == before
-    assert (
-        main(["run", str(movie), "--out", str(out), "--quiet", "--format", "parquet", "--force"])
-        == 0
-    )
+    assert main(["run", *two, "--out", str(out), "--quiet", "--format", "parquet", "--force"]) == 0
     assert report.stat().st_mtime_ns != before
     assert (out / "stage_velocities.parquet").exists()
     for table in TABLES:
@@ -398,13 +433,20 @@ def test_workers_and_scheduler_together_are_refused(movies, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_in_memory_results_only_for_serial_runs(movies, tmp_path):
-    with pytest.raises(ValueError, match="serial"):
-        run_batch([movies], tmp_path / "o", CONFIG, workers=2, keep_results=True)
-    outcome = run_batch([movies / "m3.ome.tif"], tmp_path / "o", CONFIG, keep_results=True)
-    [result] = outcome.results
-    pd.testing.assert_frame_equal(
-        result.analysis.tracks.reset_index(drop=True),
-        outcome.read_table("m3", "tracks"),
-        check_dtype=False,
-    )
+def test_in_memory_results_of_local_runs(movies, reference, tmp_path):
+    with pytest.raises(ValueError, match="scheduler"):
+        run_batch(
+            [movies], tmp_path / "o", CONFIG, scheduler="tcp://127.0.0.1:1", keep_results=True
+        )
+    # Two movies on two cores, kept in memory: processed here (helpers analyse and draw).
+    inputs = [movies / "m3.ome.tif", movies / "day2" / "m1.ome.tif"]
+    outcome = run_batch(inputs, tmp_path / "o", CONFIG, workers=2, keep_results=True)
+    assert [r.name for r in outcome.results] == ["m3", "m1"]
+    for result, folder in zip(outcome.results, ["m3", "day2/m1"], strict=True):
+        tracks = result.analysis.tracks.reset_index(drop=True)
+        pd.testing.assert_frame_equal(
+            tracks, outcome.read_table(result.name, "tracks"), check_dtype=False
+        )
+        pd.testing.assert_frame_equal(
+            tracks, pd.read_csv(reference / folder / "tracks.csv"), check_dtype=False
+        )

@@ -585,16 +585,55 @@ def test_write_table_failure_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
     path = tmp_path / "tracks.csv"
     path.write_text("old\n")
 
-    def explode(self, target, **kwargs):
+    def explode(_table, target, **kwargs):
         with open(target, "w") as fh:
             fh.write("half")
         raise OSError("disk full")
 
+    # The CSV is written by Arrow when pyarrow is installed, else by pandas: both fail.
     monkeypatch.setattr(pd.DataFrame, "to_csv", explode)
+    try:
+        import pyarrow.csv as pa_csv
+    except ImportError:
+        pa_csv = None
+    if pa_csv is not None:
+        monkeypatch.setattr(pa_csv, "write_csv", explode)
     with pytest.raises(OSError, match="disk full"):
         write_table(pd.DataFrame({"x": [1.0]}), path)
     assert path.read_text() == "old\n"
     assert os.listdir(tmp_path) == ["tracks.csv"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"state": ["free", "confined", ""]},
+        {"state": ["a,b", 'say "x"', "two\nlines"]},
+        {"whole": [1.0, 2.0, -3.0], "part_whole": [1.0, 2.0, 2.5]},
+    ],
+    ids=["plain", "quoted", "whole-numbers"],
+)
+def test_written_csv_reads_back_as_pandas_own_csv(tmp_path, extra):
+    # Arrow writes plain tables, pandas those whose text needs quotes or with a float column of
+    # whole numbers (Arrow's "2" would read back as an integer); all read back the same.
+    table = pd.DataFrame(
+        {
+            "frame": np.arange(3, dtype=np.int64),
+            "x": [1e-05, -0.0, 1 / 3],
+            "missing": [np.nan, np.inf, 1e300],
+            "flag": [True, False, True],
+            "count": pd.array([1, None, 3], dtype="Int64"),
+            "stage": pd.Categorical(["circulation", "perinuclear", "circulation"]),
+            **extra,
+        },
+        index=[7, 3, 5],
+    )
+    write_table(table, tmp_path / "t.csv")
+    (tmp_path / "pandas.csv").write_text(table.to_csv(index=False))
+    got = pd.read_csv(tmp_path / "t.csv")
+    pd.testing.assert_frame_equal(got, pd.read_csv(tmp_path / "pandas.csv"))
+    assert (tmp_path / "t.csv").read_text().splitlines()[0] == ",".join(table.columns)
+    assert got["flag"].tolist() == [True, False, True]
 
 
 def test_write_table_refuses_unknown_suffix(tmp_path):
