@@ -58,7 +58,7 @@ from spt.provenance import (
     up_to_date,
 )
 from spt.schema import SPOT_COLUMNS, empty_table
-from spt.summary import MovieStages, stage_summary
+from spt.summary import stage_summary
 
 __all__ = [
     "BatchOutcome",
@@ -545,17 +545,7 @@ def write_batch_outputs(
         remove_batch_report(out)
     else:
         results = read_results(outcome.folders, out)
-        stages = [
-            MovieStages(
-                r.analysis.tracks,
-                r.analysis.segments,
-                r.pixel_size_um,
-                r.frame_interval_s,
-                name=r.name,
-            )
-            for r in results
-        ]
-        summary = stage_summary(stages)
+        summary = stage_summary([r.stages() for r in results])
         pooled = summary.velocities
     write_table(pooled, expected[0])
     if report:

@@ -44,7 +44,7 @@ from spt.provenance import PROVENANCE_FILE, environment, file_record, now_utc
 from spt.schema import SPOT_COLUMNS, TRACK_COLUMNS, empty_table
 from spt.segment import pool_confinement, segment_tracks
 from spt.stages import classify_stages
-from spt.summary import stage_velocities
+from spt.summary import MovieStages, stage_velocities
 
 ProgressCallback = Callable[[int, int | None], None]
 
@@ -76,6 +76,13 @@ class MovieResult:
     metadata_source: dict[str, str] = field(default_factory=dict)
     #: Size and hash of the input files (:func:`input_records`), when already computed.
     inputs: dict[str, Any] | None = None
+
+    def stages(self) -> MovieStages:
+        """The movie's classified tracks and segments with its calibration (:mod:`spt.summary`)."""
+        a = self.analysis
+        return MovieStages(
+            a.tracks, a.segments, self.pixel_size_um, self.frame_interval_s, name=self.name
+        )
 
 
 def movie_name(path: str | os.PathLike) -> str:

@@ -377,17 +377,7 @@ def write_batch_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if summary is None:
-        movies = [
-            MovieStages(
-                r.analysis.tracks,
-                r.analysis.segments,
-                r.pixel_size_um,
-                r.frame_interval_s,
-                name=r.name,
-            )
-            for r in results
-        ]
-        summary = stage_summary(movies, velocities=velocities)
+        summary = stage_summary([r.stages() for r in results], velocities=velocities)
     written = _write_tables(
         {"stage_dwells": summary.dwells, "stage_transitions": summary.transitions}, out
     )
