@@ -1233,13 +1233,12 @@ _STOP_LEVEL_POINTS = 8
 def _run_chi2(
     frames: np.ndarray, xy: np.ndarray, s: int, e: int, lo: int, hi: int, sigma2: float
 ) -> float:
-    """Significance (chi^2, 2 dof) of the displacement of the run [s, e): between the levels of
-    the stops before and after it (means of up to ``_STOP_LEVEL_POINTS`` points within
-    [lo, hi), as in :func:`_mixed_partition`), or, when ``lo == s`` or ``hi == e`` (no stop on
-    that side), from its least-squares slope; ``sigma2`` is the localisation variance."""
-    w = _STOP_LEVEL_POINTS
+    """Significance (chi^2, 2 dof) of the displacement of the run [s, e): between the mean
+    positions of the whole stops [lo, s) before and [e, hi) after it (a stop's position is best
+    estimated from all of its points), or, when ``lo == s`` or ``hi == e`` (no stop on that
+    side), from its least-squares slope; ``sigma2`` is the localisation variance."""
     if s > lo and e < hi:
-        before, after = xy[max(s - w, lo) : s], xy[e : min(e + w, hi)]
+        before, after = xy[lo:s], xy[e:hi]
         delta = after.mean(axis=0) - before.mean(axis=0)
         return float(delta @ delta) / (sigma2 * (1 / len(before) + 1 / len(after)))
     t = frames[s:e] - frames[s:e].mean()
@@ -1267,7 +1266,9 @@ def _stop_go_regions(
     with the continuous stop-and-go model (:func:`_mixed_partition`): knowing that a run
     starts where the last stop was and ends where the next stop is locates slow runs far better
     than pieces fitted independently. A free or confined neighbour joins the re-cut as one
-    diffusive block whose boundary with the stretch may move by ``_BOUNDARY_WINDOW`` frames."""
+    diffusive block whose boundary with the stretch may move by ``_BOUNDARY_WINDOW`` frames; a
+    neighbour of at most twice that many points (typically pass 1's description of a short run
+    or stop at the end of a track or next to another phase) may also be replaced as a whole."""
     L = int(cfg.min_segment_frames)
     W = _BOUNDARY_WINDOW
     out: list[dict] = []
@@ -1311,7 +1312,18 @@ def _stop_go_regions(
         pen = cfg.stop_go_penalty * np.log(2 * (hi - lo))
         pen_join = cfg.changepoint_penalty * 3 * np.log(2 * (hi - lo))
         starts, kinds = _mixed_partition(
-            t - t[0], pts, s2, L, pen, _STOP_LEVEL_POINTS, nd - lo, diff, pen_join, left, right
+            t - t[0],
+            pts,
+            s2,
+            L,
+            pen,
+            _STOP_LEVEL_POINTS,
+            nd - lo,
+            diff,
+            pen_join,
+            # a neighbour no longer than twice the window may be replaced as a whole
+            left and a - lo > 2 * W,
+            right and hi - b > 2 * W,
         )
         if not ((kinds == 1).any() and np.isin(kinds, (2, 3)).any()):
             out += group
@@ -1324,8 +1336,8 @@ def _stop_go_regions(
         for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
             run = None
             if kinds[i] in (2, 3):
-                before = lo if i > 0 and kinds[i - 1] == 1 else s
-                after = hi if i + 1 < len(kinds) and kinds[i + 1] == 1 else e
+                before = starts[i - 1] if i > 0 and kinds[i - 1] == 1 else s
+                after = ends[i + 1] if i + 1 < len(kinds) and kinds[i + 1] == 1 else e
                 run = _run_chi2(frames, xy, s, e, before, after, s2) >= cfg.directed_min_chi2
             d = _describe(frames[s : e + 1], xy[s : e + 1], sigma2_px, cfg, u, directed=run)
             if out and d["state"] == "immobile" and out[-1]["state"] == "immobile":
