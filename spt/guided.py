@@ -801,10 +801,13 @@ def guided_detect_movie(
     config: GuidedConfig,
     pixel_size_um: float,
     frame_interval_s: float,
+    resolved: tuple[Camera, float] | None = None,
 ) -> pd.DataFrame:
     """:func:`guided_detect` with the camera and PSF width detection used on this movie.
 
-    The camera comes from ``detect_config`` when calibrated, else it is estimated from the
+    ``resolved`` gives them when the caller has them (detection's
+    :func:`spt.detect.resolve_camera_and_psf`), which saves estimating them again. Otherwise
+    the camera comes from ``detect_config`` when calibrated, else it is estimated from the
     movie's first ``detect_config.chunk_frames`` frames exactly as :func:`spt.detect.locate_movie`
     does; the PSF width from the config, else from the spots' ``sigma`` column (the width
     detection fitted with), else estimated as detection does.
@@ -819,6 +822,8 @@ def guided_detect_movie(
         The run's parameters.
     pixel_size_um, frame_interval_s : float
         Calibration (um/px, s).
+    resolved : (Camera, float), optional
+        Camera model and PSF s.d. (px) detection used on this movie.
 
     Returns
     -------
@@ -827,16 +832,7 @@ def guided_detect_movie(
     """
     if not config.enabled or len(tracks) == 0:
         return tracks
-    camera = detect_config.calibrated_camera()
-    sigma = detect_config.psf_sigma_px
-    if sigma is None and not detect_config.fit_sigma and "sigma" in spots and len(spots):
-        sigma = float(np.median(spots["sigma"].to_numpy(float)))
-    if camera is None or sigma is None:
-        first = np.asarray(frames[: detect_config.chunk_frames])
-        if sigma is None:
-            camera, sigma = resolve_camera_and_psf(first, detect_config)
-        else:
-            camera = estimate_camera(first, detect_config.camera)
+    camera, sigma = resolved or _resolve_like_detection(spots, frames, detect_config)
     return guided_detect(
         tracks,
         frames,
@@ -848,3 +844,18 @@ def guided_detect_movie(
         link_config=link_config,
         spots=spots,
     )
+
+
+def _resolve_like_detection(spots, frames, detect_config: DetectConfig) -> tuple[Camera, float]:
+    """The camera and PSF s.d. (px) detection used, when the caller does not have them."""
+    camera = detect_config.calibrated_camera()
+    sigma = detect_config.psf_sigma_px
+    if sigma is None and not detect_config.fit_sigma and "sigma" in spots and len(spots):
+        sigma = float(np.median(spots["sigma"].to_numpy(float)))
+    if camera is None or sigma is None:
+        first = np.asarray(frames[: detect_config.chunk_frames])
+        if sigma is None:
+            camera, sigma = resolve_camera_and_psf(first, detect_config)
+        else:
+            camera = estimate_camera(first, detect_config.camera)
+    return camera, sigma

@@ -367,13 +367,19 @@ def process_movie(
     records = hasher.submit(input_records, path, masks_path)
     try:
         t1 = time.perf_counter()
+        resolved = None
         if executor is None or not split_frames:
+            # resolved here (as detection would) so guided re-detection need not estimate again
+            resolved = resolve_camera_and_psf(
+                next(movie.iter_chunks(config.detect.chunk_frames))[1], config.detect
+            )
             projection = np.full(movie.shape, -np.inf, dtype=np.float32)
             spots = detect_chunks(
                 _stream(movie, config.movie.chunk_frames, projection),
                 config,
                 n_frames=movie.n_frames,
                 progress=progress,
+                resolved=resolved,
             )
         else:
             parts = n_parts or 4 * (os.cpu_count() or 1)
@@ -396,6 +402,7 @@ def process_movie(
             config=config.guided,
             pixel_size_um=movie.pixel_size_um,
             frame_interval_s=movie.frame_interval_s,
+            resolved=resolved,
         )
         # -- end of guided re-detection --
         release_free_memory()
