@@ -85,47 +85,30 @@ def solve_sparse_lap(
     # the other components: one dense LAP each, on the component's own row and column indices
     sel = ~star[cid]
     rows, cols, cost, comp = rows[sel], cols[sel], cost[sel], cid[sel]
-    ri = _local_index(comp, rows)
-    ci = _local_index(comp, cols)
     bounds = np.flatnonzero(np.concatenate([[True], comp[1:] != comp[:-1], [True]]))
-    r, c = _solve_components(rows, cols, cost, ri, ci, bounds)
+    r, c = _solve_components(rows, cols, cost, bounds)
     out_r.append(r)
     out_c.append(c)
     return np.concatenate(out_r), np.concatenate(out_c)
 
 
-def _local_index(comp: np.ndarray, node: np.ndarray) -> np.ndarray:
-    """Index of each edge's ``node`` among the distinct nodes of its component (0, 1, ...);
-    ``comp`` sorted."""
-    order = np.lexsort((node, comp))
-    c, n = comp[order], node[order]
-    new_node = np.concatenate([[True], (c[1:] != c[:-1]) | (n[1:] != n[:-1])])
-    new_comp = np.concatenate([[True], c[1:] != c[:-1]])
-    rank = np.cumsum(new_node) - 1
-    base = np.maximum.accumulate(np.where(new_comp, rank, 0))
-    out = np.empty(len(node), np.int64)
-    out[order] = rank - base
-    return out
-
-
 @njit(cache=True, nogil=True)
-def _solve_components(rows, cols, cost, ri, ci, bounds):
+def _solve_components(rows, cols, cost, bounds):
     """Chosen (negative) edges of the components ``bounds[k]:bounds[k+1]`` (edges sorted by
-    component; ``ri, ci`` their local row and column indices), one dense LAP each."""
+    component), one dense LAP each on the component's own rows and columns (ascending)."""
     out_r = np.empty(len(rows), np.int64)
     out_c = np.empty(len(rows), np.int64)
     n_out = 0
     for k in range(len(bounds) - 1):
         a, b = bounds[k], bounds[k + 1]
-        nr = ri[a:b].max() + 1
-        nc = ci[a:b].max() + 1
+        lr = np.unique(rows[a:b])
+        lc = np.unique(cols[a:b])
+        nr, nc = len(lr), len(lc)
+        ri = np.searchsorted(lr, rows[a:b])
+        ci = np.searchsorted(lc, cols[a:b])
         mat = np.zeros((nr, nc))
-        lr = np.empty(nr, np.int64)
-        lc = np.empty(nc, np.int64)
-        for e in range(a, b):
-            mat[ri[e], ci[e]] = cost[e]
-            lr[ri[e]] = rows[e]
-            lc[ci[e]] = cols[e]
+        for e in range(b - a):
+            mat[ri[e], ci[e]] = cost[a + e]
         if nr <= nc:
             col4row = _dense_lap(mat)
             for i in range(nr):

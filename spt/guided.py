@@ -362,7 +362,10 @@ class _Builder:
         self.spots = spots
         self.to_out = to_out
         self.sigma = sigma
-        self.new: list[pd.DataFrame] = []
+        # rows added by fits: particle, frame, x, y, n, b, x_err, y_err (n and b in photons)
+        self.new: list[np.ndarray] = []
+        self._frames = tracks["frame"].to_numpy()
+        self._detection_frames = None if detections is None else detections["frame"].to_numpy()
         self.particle = tracks["particle"].to_numpy().copy()
         self.x = tracks["x"].to_numpy(float).copy()
         self.y = tracks["y"].to_numpy(float).copy()
@@ -439,29 +442,20 @@ class _Builder:
                 np.full(len(added), -2),
             )
         if rows:
-            arr = np.array(rows, dtype=float)
-            self.new.append(
-                pd.DataFrame(
-                    {
-                        "particle": arr[:, 0].astype(np.int64),
-                        "frame": arr[:, 1].astype(np.int64),
-                        "x": arr[:, 2],
-                        "y": arr[:, 3],
-                        "signal": arr[:, 4] * self.to_out,
-                        "background": arr[:, 5] * self.to_out,
-                        "sigma": self.sigma,
-                        "x_err": arr[:, 6],
-                        "y_err": arr[:, 7],
-                    }
-                )
-            )
+            self.new.append(np.array(rows, dtype=float))
         return result
+
+    def join(self, other: int, mine: int) -> None:
+        """Give every spot of track ``other`` (fitted ones included) to track ``mine``."""
+        self.particle[self.particle == other] = mine
+        for arr in self.new:
+            arr[arr[:, 0] == other, 0] = mine
 
     def frames_of(self, particle: int) -> np.ndarray:
         """Frames of a track now (its spots, guided ones included)."""
-        own = self.tracks["frame"].to_numpy()[self.particle == particle]
-        new = [n.loc[n["particle"] == particle, "frame"].to_numpy() for n in self.new]
-        taken = [self.detections["frame"].iloc[s] for p, s in self.taken if p == particle]
+        own = self._frames[self.particle == particle]
+        new = [a[a[:, 0] == particle, 1].astype(own.dtype) for a in self.new]
+        taken = [self._detection_frames[s] for p, s in self.taken if p == particle]
         return np.concatenate([own, *new, np.array(taken, dtype=own.dtype)])
 
     def overlap(self, a: int, b: int) -> bool:
@@ -480,12 +474,30 @@ class _Builder:
         if self.x_err is not None:
             out["x_err"], out["y_err"] = self.x_err, self.y_err
         out["particle"] = self.particle
+        new = []
+        if self.new:
+            arr = np.concatenate(self.new)
+            new.append(
+                pd.DataFrame(
+                    {
+                        "particle": arr[:, 0].astype(np.int64),
+                        "frame": arr[:, 1].astype(np.int64),
+                        "x": arr[:, 2],
+                        "y": arr[:, 3],
+                        "signal": arr[:, 4] * self.to_out,
+                        "background": arr[:, 5] * self.to_out,
+                        "sigma": self.sigma,
+                        "x_err": arr[:, 6],
+                        "y_err": arr[:, 7],
+                    }
+                )
+            )
         if self.taken:
             part, src = np.array(self.taken).T
             taken = self.detections.iloc[src].reset_index(drop=True)
-            self.new.append(taken.assign(particle=part))
-        if self.new:
-            new = pd.concat(self.new, ignore_index=True)
+            new.append(taken.assign(particle=part))
+        if new:
+            new = pd.concat(new, ignore_index=True)
             new = new[[c for c in new.columns if c in out.columns]]
             out = pd.concat([out, new], ignore_index=True)
         first = out.groupby("particle")["frame"].min().sort_values(kind="stable")
@@ -713,8 +725,9 @@ def _end_state(tracks: pd.DataFrame, direction: int):
 def _extend(frames, tracks, builder, ref_of, sd1, sd_v, config, camera, sigma, half) -> None:
     """Probe beyond both ends of every track, frame by frame, until a frame yields nothing."""
     n_frames, ny, nx = np.shape(frames)
-    first = tracks.groupby("particle")["frame"].min()
-    last = tracks.groupby("particle")["frame"].max()
+    # first and last frame of the (unjoined) track of each row of ``tracks``
+    first = tracks.groupby("particle")["frame"].transform("min").to_numpy()
+    last = tracks.groupby("particle")["frame"].transform("max").to_numpy()
     joined: set[int] = set()
     for direction in (1, -1):
         part, frame, pos, vel = _end_state(tracks, direction)
@@ -747,18 +760,12 @@ def _extend(frames, tracks, builder, ref_of, sd1, sd_v, config, camera, sigma, h
                     continue
                 other = int(builder.particle[r])
                 mine = int(part[idx[j]])
-                edge = (
-                    first.loc[tracks["particle"].iloc[r]]
-                    if direction > 0
-                    else last.loc[tracks["particle"].iloc[r]]
-                )
+                edge = first[r] if direction > 0 else last[r]
                 if other == mine or other in joined or mine in joined or edge != t[idx[j]]:
                     continue
                 if builder.overlap(mine, other):
                     continue
-                builder.particle[builder.particle == other] = mine
-                for new in builder.new:
-                    new.loc[new["particle"] == other, "particle"] = mine
+                builder.join(other, mine)
                 joined.update((other, mine))
                 join[j] = True
             sel = np.flatnonzero((res["ok"] | (take >= 0)) & ~join)
