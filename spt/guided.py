@@ -72,6 +72,13 @@ class GuidedConfig:
         0: one guided pass on the first linking only.
     chunk_frames : int
         Most frames read from the movie at once (memory ~ chunk x Y x X x pixel size).
+    rejoin_gap_frames : int
+        Longest gap (frames) across which the end of one track and the start of another, at
+        the same place, are joined after the last pass (beyond the linker's
+        ``max_gap_frames``): a particle hidden for a while in a cluster of unresolved ones.
+        0: off.
+    rejoin_radius_px : float
+        Largest distance (px) between the end and the start joined across a long gap.
     """
 
     enabled: bool = True
@@ -87,6 +94,8 @@ class GuidedConfig:
     share_merged: bool = True
     relink_passes: int = 1
     chunk_frames: int = 64
+    rejoin_gap_frames: int = 0
+    rejoin_radius_px: float = 2.0
 
     def __post_init__(self) -> None:
         if self.min_snr < 0 or self.search_radius_px <= 0 or self.brightness_ratio < 1:
@@ -609,7 +618,50 @@ def guided_detect(
             link_config,
             spots,
         )
+    if config.rejoin_gap_frames:
+        out = _rejoin(out, config, link_config, pixel_size_um, frame_interval_s)
     return out
+
+
+def _rejoin(tracks, config, link_config, pixel_size_um, frame_interval_s) -> pd.DataFrame:
+    """Join track ends to later track starts at the same place, across gaps of up to
+    ``config.rejoin_gap_frames`` frames, one-to-one by least distance (a sparse LAP)."""
+    from spt._lap import solve_sparse_lap
+
+    g = tracks.groupby("particle", sort=True)
+    part = np.asarray(list(g.groups.keys()))
+    t0, t1 = g["frame"].min().to_numpy(), g["frame"].max().to_numpy()
+    # mean of the first (last) 3 positions: less noise than one localisation
+    head = tracks.groupby("particle", sort=True).head(3).groupby("particle", sort=True)
+    tail = tracks.groupby("particle", sort=True).tail(3).groupby("particle", sort=True)
+    p0 = head[["x", "y"]].mean().to_numpy()
+    p1 = tail[["x", "y"]].mean().to_numpy()
+    sig = g["signal"].median().to_numpy()
+    ends, starts = np.meshgrid(np.arange(len(part)), np.arange(len(part)), indexing="ij")
+    ends, starts = ends.ravel(), starts.ravel()
+    gap = t0[starts] - t1[ends]
+    d = np.hypot(*(p0[starts] - p1[ends]).T)
+    ratio = sig[starts] / sig[ends]
+    ok = (gap > 1) & (gap <= config.rejoin_gap_frames) & (d <= config.rejoin_radius_px)
+    ok &= (ratio >= 1 / config.brightness_ratio) & (ratio <= config.brightness_ratio)
+    ends, starts, d = ends[ok], starts[ok], d[ok]
+    if len(ends) == 0:
+        return tracks
+    r, c = solve_sparse_lap(ends, starts, d / config.rejoin_radius_px - 1.0, len(part), len(part))
+    # follow the chains: each start takes the id of the track it continues
+    parent = np.arange(len(part))
+    parent[c] = r
+    for _ in range(len(part)):
+        nxt = parent[parent]
+        if np.array_equal(nxt, parent):
+            break
+        parent = nxt
+    idx = np.searchsorted(part, tracks["particle"].to_numpy())
+    out = tracks.assign(particle=part[parent[idx]])
+    first = out.groupby("particle")["frame"].min().sort_values(kind="stable")
+    mapping = pd.Series(np.arange(len(first), dtype=np.int64), index=first.index)
+    out["particle"] = mapping.loc[out["particle"].to_numpy()].to_numpy()
+    return out.sort_values(["particle", "frame"], kind="stable", ignore_index=True)
 
 
 def _guided_pass(
