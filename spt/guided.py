@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from spt._lap import solve_sparse_lap
 from spt.camera import Camera, estimate_camera
 from spt.detect import DetectConfig, resolve_camera_and_psf
 from spt.errors import SptInputError
@@ -111,6 +112,8 @@ class GuidedConfig:
             )
         if self.pair_radius_px < 0 or self.join_radius_px < 0 or self.pair_min_llr < 0:
             raise ValueError("pair_radius_px, join_radius_px and pair_min_llr must be >= 0")
+        if self.rejoin_gap_frames < 0 or self.rejoin_radius_px <= 0:
+            raise ValueError("rejoin_gap_frames must be >= 0 and rejoin_radius_px > 0")
 
 
 @dataclass
@@ -619,15 +622,13 @@ def guided_detect(
             spots,
         )
     if config.rejoin_gap_frames:
-        out = _rejoin(out, config, link_config, pixel_size_um, frame_interval_s)
+        out = _rejoin(out, config)
     return out
 
 
-def _rejoin(tracks, config, link_config, pixel_size_um, frame_interval_s) -> pd.DataFrame:
+def _rejoin(tracks: pd.DataFrame, config: GuidedConfig) -> pd.DataFrame:
     """Join track ends to later track starts at the same place, across gaps of up to
     ``config.rejoin_gap_frames`` frames, one-to-one by least distance (a sparse LAP)."""
-    from spt._lap import solve_sparse_lap
-
     g = tracks.groupby("particle", sort=True)
     part = np.asarray(list(g.groups.keys()))
     t0, t1 = g["frame"].min().to_numpy(), g["frame"].max().to_numpy()
@@ -637,8 +638,10 @@ def _rejoin(tracks, config, link_config, pixel_size_um, frame_interval_s) -> pd.
     p0 = head[["x", "y"]].mean().to_numpy()
     p1 = tail[["x", "y"]].mean().to_numpy()
     sig = g["signal"].median().to_numpy()
-    ends, starts = np.meshgrid(np.arange(len(part)), np.arange(len(part)), indexing="ij")
-    ends, starts = ends.ravel(), starts.ravel()
+    near = cKDTree(p0).query_ball_point(p1, config.rejoin_radius_px)
+    lens = np.fromiter((len(n) for n in near), np.int64, len(near))
+    ends = np.repeat(np.arange(len(part)), lens)
+    starts = np.concatenate(near).astype(np.int64) if lens.sum() else np.zeros(0, np.int64)
     gap = t0[starts] - t1[ends]
     d = np.hypot(*(p0[starts] - p1[ends]).T)
     ratio = sig[starts] / sig[ends]

@@ -256,3 +256,22 @@ def test_movie_helper_with_detections_camera_reads_no_frames_to_estimate_it():
     given = guided_detect_movie(tracks, spots, lazy, resolved=resolved, **kw)
     pd.testing.assert_frame_equal(given, estimated)
     assert lazy.read < read_estimating
+
+
+def test_rejoin_joins_a_track_hidden_for_longer_than_the_linkers_gap():
+    """A spot that vanishes for 40 frames (longer than the linker's 20-frame gap) and comes back
+    at the same place is one track after rejoining; one that comes back 6 px away is not."""
+    frames = [*range(0, 30), *range(70, 100)]
+    back_x = {True: 30.0, False: 36.0}
+    for same_place, x_back in back_x.items():
+        xs = [30.0 if f < 30 else x_back for f in frames]
+        truth = pd.DataFrame({"frame": frames, "x": xs, "y": 20.0, "photons": 400.0})
+        movie = _movie(truth, 100, seed=9)
+        spots = locate_movie(movie, DETECT)
+        tracks = link(spots, LinkConfig(), pixel_size_um=PX, frame_interval_s=DT)
+        assert tracks["particle"].nunique() == 2
+        off = _run(tracks, movie, spots)
+        assert off["particle"].nunique() == 2
+        on = _run(tracks, movie, spots, rejoin_gap_frames=60, rejoin_radius_px=3.0)
+        assert on["particle"].nunique() == (1 if same_place else 2)
+        assert len(on) == len(off)
