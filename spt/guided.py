@@ -95,8 +95,8 @@ class GuidedConfig:
     share_merged: bool = True
     relink_passes: int = 1
     chunk_frames: int = 64
-    rejoin_gap_frames: int = 0
-    rejoin_radius_px: float = 2.0
+    rejoin_gap_frames: int = 100
+    rejoin_radius_px: float = 4.0
 
     def __post_init__(self) -> None:
         if self.min_snr < 0 or self.search_radius_px <= 0 or self.brightness_ratio < 1:

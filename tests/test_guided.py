@@ -270,8 +270,8 @@ def test_rejoin_joins_a_track_hidden_for_longer_than_the_linkers_gap():
         spots = locate_movie(movie, DETECT)
         tracks = link(spots, LinkConfig(), pixel_size_um=PX, frame_interval_s=DT)
         assert tracks["particle"].nunique() == 2
-        off = _run(tracks, movie, spots)
+        off = _run(tracks, movie, spots, rejoin_gap_frames=0)
         assert off["particle"].nunique() == 2
-        on = _run(tracks, movie, spots, rejoin_gap_frames=60, rejoin_radius_px=3.0)
+        on = _run(tracks, movie, spots)  # defaults: up to 100 frames, 4 px
         assert on["particle"].nunique() == (1 if same_place else 2)
         assert len(on) == len(off)
