@@ -546,7 +546,10 @@ def guided_detect(
     ratio over one emitter is large, so two merged particles each get a position; the other
     spot's position is replaced by its joint fit. An existing spot within ``join_radius_px`` of
     a prediction that belongs to no track is added to the track; one that starts (ends) another
-    track when extending forward (backward) joins the two tracks.
+    track when extending forward (backward) joins the two tracks. Last, a track end and a later
+    track start within ``rejoin_radius_px`` across up to ``rejoin_gap_frames`` frames are joined
+    one-to-one (u-track's gap closing, Jaqaman et al. 2008, over gaps longer than the linker's):
+    a particle hidden among unresolved neighbours keeps one identity.
 
     Parameters
     ----------
