@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from spt.detect import DetectConfig, locate_movie
+from spt.detect import DetectConfig, locate_movie, resolve_camera_and_psf
 from spt.guided import GuidedConfig, guided_detect_movie
 from spt.link import LinkConfig, link
 from spt.localize import crlb
@@ -157,7 +157,9 @@ def run_spt(
     """spt's detection and linking (then guided re-detection if ``guided`` is given); returns
     spots, tracks and the (wall, CPU) seconds of detection and of linking (guided included)."""
     w0, c0 = time.perf_counter(), time.process_time()
-    spots = locate_movie(sim.movie, detect_config)
+    # resolved once, as `spt run` does, for detection and guided re-detection
+    resolved = resolve_camera_and_psf(sim.movie[: detect_config.chunk_frames], detect_config)
+    spots = locate_movie(sim.movie, detect_config, resolved=resolved)
     w1, c1 = time.perf_counter(), time.process_time()
     link_config = LinkConfig()
     tracks = link(
@@ -173,6 +175,7 @@ def run_spt(
             config=guided,
             pixel_size_um=sim.pixel_size_um,
             frame_interval_s=sim.frame_interval_s,
+            resolved=resolved,
         )
     w2, c2 = time.perf_counter(), time.process_time()
     return spots, tracks, (w1 - w0, c1 - c0), (w2 - w1, c2 - c1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
-from scipy.optimize import linear_sum_assignment
 
 
 @njit(cache=True, nogil=True)
@@ -38,9 +37,11 @@ def solve_sparse_lap(
     """Optimal optional assignment on a sparse bipartite graph of negative-cost edges.
 
     Minimises the summed cost of a matching in which every edge is optional (absent pairs and
-    unmatched nodes cost 0), by one rectangular LAP per connected component (Jonker-Volgenant,
-    :func:`scipy.optimize.linear_sum_assignment`), so the work grows with the size of the largest
-    cluster of competing pairs, never combinatorially. A component whose edges share one row
+    unmatched nodes cost 0), by one rectangular LAP per connected component (the shortest
+    augmenting path algorithm of :func:`scipy.optimize.linear_sum_assignment`, Crouse 2016,
+    compiled here so the many small components of a frame cost no Python overhead), so the
+    work grows with the size of the largest cluster of competing pairs, never
+    combinatorially. A component whose edges share one row
     or one column (a star) is solved by its cheapest edge, without a LAP.
 
     Parameters
@@ -84,32 +85,110 @@ def solve_sparse_lap(
     # the other components: one dense LAP each, on the component's own row and column indices
     sel = ~star[cid]
     rows, cols, cost, comp = rows[sel], cols[sel], cost[sel], cid[sel]
-    ri = _local_index(comp, rows)
-    ci = _local_index(comp, cols)
     bounds = np.flatnonzero(np.concatenate([[True], comp[1:] != comp[:-1], [True]]))
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        mat = np.zeros((ri[a:b].max() + 1, ci[a:b].max() + 1))
-        mat[ri[a:b], ci[a:b]] = cost[a:b]
-        r, c = linear_sum_assignment(mat)
-        good = mat[r, c] < 0
-        lr = np.full(mat.shape[0], -1)
-        lr[ri[a:b]] = rows[a:b]
-        lc = np.full(mat.shape[1], -1)
-        lc[ci[a:b]] = cols[a:b]
-        out_r.append(lr[r[good]])
-        out_c.append(lc[c[good]])
+    r, c = _solve_components(rows, cols, cost, bounds)
+    out_r.append(r)
+    out_c.append(c)
     return np.concatenate(out_r), np.concatenate(out_c)
 
 
-def _local_index(comp: np.ndarray, node: np.ndarray) -> np.ndarray:
-    """Index of each edge's ``node`` among the distinct nodes of its component (0, 1, ...);
-    ``comp`` sorted."""
-    order = np.lexsort((node, comp))
-    c, n = comp[order], node[order]
-    new_node = np.concatenate([[True], (c[1:] != c[:-1]) | (n[1:] != n[:-1])])
-    new_comp = np.concatenate([[True], c[1:] != c[:-1]])
-    rank = np.cumsum(new_node) - 1
-    base = np.maximum.accumulate(np.where(new_comp, rank, 0))
-    out = np.empty(len(node), np.int64)
-    out[order] = rank - base
-    return out
+@njit(cache=True, nogil=True)
+def _solve_components(rows, cols, cost, bounds):
+    """Chosen (negative) edges of the components ``bounds[k]:bounds[k+1]`` (edges sorted by
+    component), one dense LAP each on the component's own rows and columns (ascending)."""
+    out_r = np.empty(len(rows), np.int64)
+    out_c = np.empty(len(rows), np.int64)
+    n_out = 0
+    for k in range(len(bounds) - 1):
+        a, b = bounds[k], bounds[k + 1]
+        lr = np.unique(rows[a:b])
+        lc = np.unique(cols[a:b])
+        nr, nc = len(lr), len(lc)
+        ri = np.searchsorted(lr, rows[a:b])
+        ci = np.searchsorted(lc, cols[a:b])
+        mat = np.zeros((nr, nc))
+        for e in range(b - a):
+            mat[ri[e], ci[e]] = cost[a + e]
+        if nr <= nc:
+            col4row = _dense_lap(mat)
+            for i in range(nr):
+                if mat[i, col4row[i]] < 0:
+                    out_r[n_out], out_c[n_out] = lr[i], lc[col4row[i]]
+                    n_out += 1
+        else:
+            # more rows than columns: solve the transpose, as scipy does
+            row4col = _dense_lap(mat.T.copy())
+            for j in range(nc):
+                if mat[row4col[j], j] < 0:
+                    out_r[n_out], out_c[n_out] = lr[row4col[j]], lc[j]
+                    n_out += 1
+    return out_r[:n_out], out_c[:n_out]
+
+
+@njit(cache=True, nogil=True)
+def _dense_lap(cost):
+    """Column assigned to each row of a dense (nr <= nc) cost matrix, minimising the sum.
+
+    Shortest augmenting paths with dual variables (Crouse, IEEE TAES 52(4) 2016, pp. 1685-1686),
+    the algorithm of :func:`scipy.optimize.linear_sum_assignment`, with its tie-breaking (among
+    equally short paths prefer a free column; columns scanned from the last), so both give
+    the same assignment.
+    """
+    nr, nc = cost.shape
+    c = cost - cost.min()
+    u = np.zeros(nr)
+    v = np.zeros(nc)
+    spc = np.empty(nc)
+    path = np.full(nc, -1, np.int64)
+    col4row = np.full(nr, -1, np.int64)
+    row4col = np.full(nc, -1, np.int64)
+    in_sr = np.zeros(nr, np.bool_)
+    in_sc = np.zeros(nc, np.bool_)
+    remaining = np.empty(nc, np.int64)
+    for cur in range(nr):
+        for it in range(nc):
+            remaining[it] = nc - it - 1
+        n_rem = nc
+        in_sr[:] = False
+        in_sc[:] = False
+        spc[:] = np.inf
+        min_val = 0.0
+        i = cur
+        sink = -1
+        while sink == -1:
+            index = -1
+            lowest = np.inf
+            in_sr[i] = True
+            for it in range(n_rem):
+                j = remaining[it]
+                r = min_val + c[i, j] - u[i] - v[j]
+                if r < spc[j]:
+                    path[j] = i
+                    spc[j] = r
+                if spc[j] < lowest or (spc[j] == lowest and row4col[j] == -1):
+                    lowest = spc[j]
+                    index = it
+            min_val = lowest
+            j = remaining[index]
+            if row4col[j] == -1:
+                sink = j
+            else:
+                i = row4col[j]
+            in_sc[j] = True
+            n_rem -= 1
+            remaining[index] = remaining[n_rem]
+        u[cur] += min_val
+        for i in range(nr):
+            if in_sr[i] and i != cur:
+                u[i] += min_val - spc[col4row[i]]
+        for j in range(nc):
+            if in_sc[j]:
+                v[j] -= min_val - spc[j]
+        j = sink
+        while True:
+            i = path[j]
+            row4col[j] = i
+            col4row[i], j = j, col4row[i]
+            if i == cur:
+                break
+    return col4row

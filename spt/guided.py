@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from spt._lap import solve_sparse_lap
 from spt.camera import Camera, estimate_camera
 from spt.detect import DetectConfig, resolve_camera_and_psf
 from spt.errors import SptInputError
@@ -72,6 +73,13 @@ class GuidedConfig:
         0: one guided pass on the first linking only.
     chunk_frames : int
         Most frames read from the movie at once (memory ~ chunk x Y x X x pixel size).
+    rejoin_gap_frames : int
+        Longest gap (frames) across which the end of one track and the start of another, at
+        the same place, are joined after the last pass (beyond the linker's
+        ``max_gap_frames``): a particle hidden for a while in a cluster of unresolved ones.
+        0: off.
+    rejoin_radius_px : float
+        Largest distance (px) between the end and the start joined across a long gap.
     """
 
     enabled: bool = True
@@ -87,6 +95,8 @@ class GuidedConfig:
     share_merged: bool = True
     relink_passes: int = 1
     chunk_frames: int = 64
+    rejoin_gap_frames: int = 100
+    rejoin_radius_px: float = 4.0
 
     def __post_init__(self) -> None:
         if self.min_snr < 0 or self.search_radius_px <= 0 or self.brightness_ratio < 1:
@@ -102,6 +112,8 @@ class GuidedConfig:
             )
         if self.pair_radius_px < 0 or self.join_radius_px < 0 or self.pair_min_llr < 0:
             raise ValueError("pair_radius_px, join_radius_px and pair_min_llr must be >= 0")
+        if self.rejoin_gap_frames < 0 or self.rejoin_radius_px <= 0:
+            raise ValueError("rejoin_gap_frames must be >= 0 and rejoin_radius_px > 0")
 
 
 @dataclass
@@ -362,7 +374,10 @@ class _Builder:
         self.spots = spots
         self.to_out = to_out
         self.sigma = sigma
-        self.new: list[pd.DataFrame] = []
+        # rows added by fits: particle, frame, x, y, n, b, x_err, y_err (n and b in photons)
+        self.new: list[np.ndarray] = []
+        self._frames = tracks["frame"].to_numpy()
+        self._detection_frames = None if detections is None else detections["frame"].to_numpy()
         self.particle = tracks["particle"].to_numpy().copy()
         self.x = tracks["x"].to_numpy(float).copy()
         self.y = tracks["y"].to_numpy(float).copy()
@@ -439,29 +454,20 @@ class _Builder:
                 np.full(len(added), -2),
             )
         if rows:
-            arr = np.array(rows, dtype=float)
-            self.new.append(
-                pd.DataFrame(
-                    {
-                        "particle": arr[:, 0].astype(np.int64),
-                        "frame": arr[:, 1].astype(np.int64),
-                        "x": arr[:, 2],
-                        "y": arr[:, 3],
-                        "signal": arr[:, 4] * self.to_out,
-                        "background": arr[:, 5] * self.to_out,
-                        "sigma": self.sigma,
-                        "x_err": arr[:, 6],
-                        "y_err": arr[:, 7],
-                    }
-                )
-            )
+            self.new.append(np.array(rows, dtype=float))
         return result
+
+    def join(self, other: int, mine: int) -> None:
+        """Give every spot of track ``other`` (fitted ones included) to track ``mine``."""
+        self.particle[self.particle == other] = mine
+        for arr in self.new:
+            arr[arr[:, 0] == other, 0] = mine
 
     def frames_of(self, particle: int) -> np.ndarray:
         """Frames of a track now (its spots, guided ones included)."""
-        own = self.tracks["frame"].to_numpy()[self.particle == particle]
-        new = [n.loc[n["particle"] == particle, "frame"].to_numpy() for n in self.new]
-        taken = [self.detections["frame"].iloc[s] for p, s in self.taken if p == particle]
+        own = self._frames[self.particle == particle]
+        new = [a[a[:, 0] == particle, 1].astype(own.dtype) for a in self.new]
+        taken = [self._detection_frames[s] for p, s in self.taken if p == particle]
         return np.concatenate([own, *new, np.array(taken, dtype=own.dtype)])
 
     def overlap(self, a: int, b: int) -> bool:
@@ -480,12 +486,30 @@ class _Builder:
         if self.x_err is not None:
             out["x_err"], out["y_err"] = self.x_err, self.y_err
         out["particle"] = self.particle
+        new = []
+        if self.new:
+            arr = np.concatenate(self.new)
+            new.append(
+                pd.DataFrame(
+                    {
+                        "particle": arr[:, 0].astype(np.int64),
+                        "frame": arr[:, 1].astype(np.int64),
+                        "x": arr[:, 2],
+                        "y": arr[:, 3],
+                        "signal": arr[:, 4] * self.to_out,
+                        "background": arr[:, 5] * self.to_out,
+                        "sigma": self.sigma,
+                        "x_err": arr[:, 6],
+                        "y_err": arr[:, 7],
+                    }
+                )
+            )
         if self.taken:
             part, src = np.array(self.taken).T
             taken = self.detections.iloc[src].reset_index(drop=True)
-            self.new.append(taken.assign(particle=part))
-        if self.new:
-            new = pd.concat(self.new, ignore_index=True)
+            new.append(taken.assign(particle=part))
+        if new:
+            new = pd.concat(new, ignore_index=True)
             new = new[[c for c in new.columns if c in out.columns]]
             out = pd.concat([out, new], ignore_index=True)
         first = out.groupby("particle")["frame"].min().sort_values(kind="stable")
@@ -522,7 +546,10 @@ def guided_detect(
     ratio over one emitter is large, so two merged particles each get a position; the other
     spot's position is replaced by its joint fit. An existing spot within ``join_radius_px`` of
     a prediction that belongs to no track is added to the track; one that starts (ends) another
-    track when extending forward (backward) joins the two tracks.
+    track when extending forward (backward) joins the two tracks. Last, a track end and a later
+    track start within ``rejoin_radius_px`` across up to ``rejoin_gap_frames`` frames are joined
+    one-to-one (u-track's gap closing, Jaqaman et al. 2008, over gaps longer than the linker's):
+    a particle hidden among unresolved neighbours keeps one identity.
 
     Parameters
     ----------
@@ -597,7 +624,50 @@ def guided_detect(
             link_config,
             spots,
         )
+    if config.rejoin_gap_frames:
+        out = _rejoin(out, config)
     return out
+
+
+def _rejoin(tracks: pd.DataFrame, config: GuidedConfig) -> pd.DataFrame:
+    """Join track ends to later track starts at the same place, across gaps of up to
+    ``config.rejoin_gap_frames`` frames, one-to-one by least distance (a sparse LAP)."""
+    g = tracks.groupby("particle", sort=True)
+    part = np.asarray(list(g.groups.keys()))
+    t0, t1 = g["frame"].min().to_numpy(), g["frame"].max().to_numpy()
+    # mean of the first (last) 3 positions: less noise than one localisation
+    head = tracks.groupby("particle", sort=True).head(3).groupby("particle", sort=True)
+    tail = tracks.groupby("particle", sort=True).tail(3).groupby("particle", sort=True)
+    p0 = head[["x", "y"]].mean().to_numpy()
+    p1 = tail[["x", "y"]].mean().to_numpy()
+    sig = g["signal"].median().to_numpy()
+    near = cKDTree(p0).query_ball_point(p1, config.rejoin_radius_px)
+    lens = np.fromiter((len(n) for n in near), np.int64, len(near))
+    ends = np.repeat(np.arange(len(part)), lens)
+    starts = np.concatenate(near).astype(np.int64) if lens.sum() else np.zeros(0, np.int64)
+    gap = t0[starts] - t1[ends]
+    d = np.hypot(*(p0[starts] - p1[ends]).T)
+    ratio = sig[starts] / sig[ends]
+    ok = (gap > 1) & (gap <= config.rejoin_gap_frames) & (d <= config.rejoin_radius_px)
+    ok &= (ratio >= 1 / config.brightness_ratio) & (ratio <= config.brightness_ratio)
+    ends, starts, d = ends[ok], starts[ok], d[ok]
+    if len(ends) == 0:
+        return tracks
+    r, c = solve_sparse_lap(ends, starts, d / config.rejoin_radius_px - 1.0, len(part), len(part))
+    # follow the chains: each start takes the id of the track it continues
+    parent = np.arange(len(part))
+    parent[c] = r
+    for _ in range(len(part)):
+        nxt = parent[parent]
+        if np.array_equal(nxt, parent):
+            break
+        parent = nxt
+    idx = np.searchsorted(part, tracks["particle"].to_numpy())
+    out = tracks.assign(particle=part[parent[idx]])
+    first = out.groupby("particle")["frame"].min().sort_values(kind="stable")
+    mapping = pd.Series(np.arange(len(first), dtype=np.int64), index=first.index)
+    out["particle"] = mapping.loc[out["particle"].to_numpy()].to_numpy()
+    return out.sort_values(["particle", "frame"], kind="stable", ignore_index=True)
 
 
 def _guided_pass(
@@ -713,8 +783,9 @@ def _end_state(tracks: pd.DataFrame, direction: int):
 def _extend(frames, tracks, builder, ref_of, sd1, sd_v, config, camera, sigma, half) -> None:
     """Probe beyond both ends of every track, frame by frame, until a frame yields nothing."""
     n_frames, ny, nx = np.shape(frames)
-    first = tracks.groupby("particle")["frame"].min()
-    last = tracks.groupby("particle")["frame"].max()
+    # first and last frame of the (unjoined) track of each row of ``tracks``
+    first = tracks.groupby("particle")["frame"].transform("min").to_numpy()
+    last = tracks.groupby("particle")["frame"].transform("max").to_numpy()
     joined: set[int] = set()
     for direction in (1, -1):
         part, frame, pos, vel = _end_state(tracks, direction)
@@ -747,18 +818,12 @@ def _extend(frames, tracks, builder, ref_of, sd1, sd_v, config, camera, sigma, h
                     continue
                 other = int(builder.particle[r])
                 mine = int(part[idx[j]])
-                edge = (
-                    first.loc[tracks["particle"].iloc[r]]
-                    if direction > 0
-                    else last.loc[tracks["particle"].iloc[r]]
-                )
+                edge = first[r] if direction > 0 else last[r]
                 if other == mine or other in joined or mine in joined or edge != t[idx[j]]:
                     continue
                 if builder.overlap(mine, other):
                     continue
-                builder.particle[builder.particle == other] = mine
-                for new in builder.new:
-                    new.loc[new["particle"] == other, "particle"] = mine
+                builder.join(other, mine)
                 joined.update((other, mine))
                 join[j] = True
             sel = np.flatnonzero((res["ok"] | (take >= 0)) & ~join)
@@ -801,10 +866,13 @@ def guided_detect_movie(
     config: GuidedConfig,
     pixel_size_um: float,
     frame_interval_s: float,
+    resolved: tuple[Camera, float] | None = None,
 ) -> pd.DataFrame:
     """:func:`guided_detect` with the camera and PSF width detection used on this movie.
 
-    The camera comes from ``detect_config`` when calibrated, else it is estimated from the
+    ``resolved`` gives them when the caller has them (detection's
+    :func:`spt.detect.resolve_camera_and_psf`), which saves estimating them again. Otherwise
+    the camera comes from ``detect_config`` when calibrated, else it is estimated from the
     movie's first ``detect_config.chunk_frames`` frames exactly as :func:`spt.detect.locate_movie`
     does; the PSF width from the config, else from the spots' ``sigma`` column (the width
     detection fitted with), else estimated as detection does.
@@ -819,6 +887,8 @@ def guided_detect_movie(
         The run's parameters.
     pixel_size_um, frame_interval_s : float
         Calibration (um/px, s).
+    resolved : (Camera, float), optional
+        Camera model and PSF s.d. (px) detection used on this movie.
 
     Returns
     -------
@@ -827,16 +897,7 @@ def guided_detect_movie(
     """
     if not config.enabled or len(tracks) == 0:
         return tracks
-    camera = detect_config.calibrated_camera()
-    sigma = detect_config.psf_sigma_px
-    if sigma is None and not detect_config.fit_sigma and "sigma" in spots and len(spots):
-        sigma = float(np.median(spots["sigma"].to_numpy(float)))
-    if camera is None or sigma is None:
-        first = np.asarray(frames[: detect_config.chunk_frames])
-        if sigma is None:
-            camera, sigma = resolve_camera_and_psf(first, detect_config)
-        else:
-            camera = estimate_camera(first, detect_config.camera)
+    camera, sigma = resolved or _resolve_like_detection(spots, frames, detect_config)
     return guided_detect(
         tracks,
         frames,
@@ -848,3 +909,18 @@ def guided_detect_movie(
         link_config=link_config,
         spots=spots,
     )
+
+
+def _resolve_like_detection(spots, frames, detect_config: DetectConfig) -> tuple[Camera, float]:
+    """The camera and PSF s.d. (px) detection used, when the caller does not have them."""
+    camera = detect_config.calibrated_camera()
+    sigma = detect_config.psf_sigma_px
+    if sigma is None and not detect_config.fit_sigma and "sigma" in spots and len(spots):
+        sigma = float(np.median(spots["sigma"].to_numpy(float)))
+    if camera is None or sigma is None:
+        first = np.asarray(frames[: detect_config.chunk_frames])
+        if sigma is None:
+            camera, sigma = resolve_camera_and_psf(first, detect_config)
+        else:
+            camera = estimate_camera(first, detect_config.camera)
+    return camera, sigma

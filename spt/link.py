@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numba import njit
 from scipy.spatial import cKDTree
 
 from spt._lap import solve_sparse_lap
@@ -283,25 +284,15 @@ def _candidate_costs(
     """Sparse (track, spot, cost) triplets for all pairs within the search regions."""
     gap = (t - tr.last).astype(float)
     pred = tr.pos + tr.vel * gap[:, None] * tr.has_vel[:, None]
-    tree = cKDTree(pts)
     sd_v = np.sqrt(var_v * gap**2 + var_d * gap)
     radius = np.maximum(r_flat, 4.0 * sd_v)
     # neighbours of the last position (random / any motion) and of the prediction (flow)
-    pairs = []
-    for centre in (tr.pos, pred):
-        lists = tree.query_ball_point(centre, radius)
-        lens = np.fromiter((len(li) for li in lists), np.int64, len(lists))
-        if lens.sum():
-            pairs.append(
-                np.column_stack(
-                    [np.repeat(np.arange(len(lists)), lens), np.concatenate(lists).astype(np.int64)]
-                )
-            )
-    if not pairs:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    pr = np.vstack(pairs)
-    key = np.unique(pr[:, 0] * len(pts) + pr[:, 1])
-    rows, cols = key // len(pts), key % len(pts)
+    if len(tr.pos) * len(pts) <= _BRUTE_FORCE_PAIRS:
+        rows, cols = _pairs_within(tr.pos, pred, pts, radius)
+    else:
+        rows, cols = _pairs_within_tree(tr.pos, pred, pts, radius)
+    if len(rows) == 0:
+        return rows, cols, np.zeros(0)
     g = gap[rows]
     d2_last = ((pts[cols] - tr.pos[rows]) ** 2).sum(axis=1)
     vd = var_d * g
@@ -315,3 +306,56 @@ def _candidate_costs(
     c_any = np.where(d2_last <= (r_flat * g) ** 2, cost_flat + 2 * np.log(g), np.inf)
     cost = np.minimum(np.minimum(c_diff, c_vel), c_any) + gap_penalty * (g - 1)
     return rows, cols, cost
+
+
+#: Above this many (track, spot) pairs per frame, neighbours are found with a k-d tree instead
+#: of testing every pair (same pairs; the tree only pays off on very dense frames).
+_BRUTE_FORCE_PAIRS = 1 << 18
+
+
+@njit(cache=True, nogil=True)
+def _pairs_within(pos, pred, pts, radius):
+    """(track, spot) pairs, sorted, with the spot within ``radius`` of the track's last
+    position or of its prediction (every pair tested: frames hold few spots)."""
+    n, m = len(pos), len(pts)
+    hit = np.zeros(n * m, np.bool_)
+    count = 0
+    for i in range(n):
+        r2 = radius[i] * radius[i]
+        for j in range(m):
+            dx, dy = pts[j, 0] - pos[i, 0], pts[j, 1] - pos[i, 1]
+            within = dx * dx + dy * dy <= r2
+            if not within:
+                dx, dy = pts[j, 0] - pred[i, 0], pts[j, 1] - pred[i, 1]
+                within = dx * dx + dy * dy <= r2
+            if within:
+                hit[i * m + j] = True
+                count += 1
+    rows = np.empty(count, np.int64)
+    cols = np.empty(count, np.int64)
+    k = 0
+    for e in range(n * m):
+        if hit[e]:
+            rows[k], cols[k] = e // m, e % m
+            k += 1
+    return rows, cols
+
+
+def _pairs_within_tree(pos, pred, pts, radius):
+    """:func:`_pairs_within` with a k-d tree, for dense frames."""
+    tree = cKDTree(pts)
+    pairs = []
+    for centre in (pos, pred):
+        lists = tree.query_ball_point(centre, radius)
+        lens = np.fromiter((len(li) for li in lists), np.int64, len(lists))
+        if lens.sum():
+            pairs.append(
+                np.column_stack(
+                    [np.repeat(np.arange(len(lists)), lens), np.concatenate(lists).astype(np.int64)]
+                )
+            )
+    if not pairs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pr = np.vstack(pairs)
+    key = np.unique(pr[:, 0] * len(pts) + pr[:, 1])
+    return key // len(pts), key % len(pts)

@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 import spt
 from spt.camera import Camera
 from spt.config import PipelineConfig
-from spt.detect import locate_chunks, resolve_camera_and_psf
+from spt.detect import MIN_DETECT_FRAME_PX, locate_chunks, resolve_camera_and_psf
 from spt.errors import SptInputError
 from spt.guided import guided_detect_movie
 from spt.io import (
@@ -379,13 +379,21 @@ def process_movie(
     records = hasher.submit(input_records, path, masks_path)
     try:
         t1 = time.perf_counter()
+        resolved = None
         if executor is None or not split_frames:
+            # resolved here (as detection would) so guided re-detection need not estimate it;
+            # smaller frames give no spots
+            first = next(movie.iter_chunks(config.detect.chunk_frames), None)
+            if first is not None and min(movie.shape) >= MIN_DETECT_FRAME_PX:
+                resolved = resolve_camera_and_psf(first[1], config.detect)
+            del first
             projection = np.full(movie.shape, -np.inf, dtype=np.float32)
             spots = detect_chunks(
                 _stream(movie, config.movie.chunk_frames, projection),
                 _with_detect_threads(config, detect_threads),
                 n_frames=movie.n_frames,
                 progress=progress,
+                resolved=resolved,
             )
         else:
             parts = n_parts or 4 * (os.cpu_count() or 1)
@@ -408,6 +416,7 @@ def process_movie(
             config=config.guided,
             pixel_size_um=movie.pixel_size_um,
             frame_interval_s=movie.frame_interval_s,
+            resolved=resolved,
         )
         # -- end of guided re-detection --
         release_free_memory()

@@ -6,7 +6,7 @@ import pytest
 
 from spt.camera import camera_from_parameters
 from spt.config import PipelineConfig
-from spt.detect import DetectConfig, locate_movie
+from spt.detect import DetectConfig, locate_movie, resolve_camera_and_psf
 from spt.errors import SptInputError
 from spt.guided import GuidedConfig, guided_detect, guided_detect_movie
 from spt.link import LinkConfig, link
@@ -230,3 +230,48 @@ def test_lazy_movie_reads_only_probed_frames_and_gives_the_same_result():
     assert 15 in set(out["frame"]) and 20 not in set(out["frame"])
     # gaps (2 frames) and ends (at most 10 + misses on each side): far fewer than 40 reads each
     assert lazy.read <= 2 + 2 * 10
+
+
+def test_movie_helper_with_detections_camera_reads_no_frames_to_estimate_it():
+    """Given detection's camera and PSF width (``resolved``), the helper gives the result of
+    estimating them from the movie, without reading the movie's first frames for it."""
+    truth = pd.DataFrame({"frame": np.arange(40), "x": 30.0, "y": 20.0, "photons": 300.0})
+    movie = _movie(truth[truth["frame"] != 20], 40, seed=8)
+    detect = DetectConfig(camera="scmos")  # uncalibrated: the camera is estimated
+    spots = locate_movie(movie, detect)
+    tracks = link(spots, LinkConfig(), pixel_size_um=PX, frame_interval_s=DT)
+    assert len(tracks) > 20
+    kw = dict(
+        detect_config=detect,
+        link_config=LinkConfig(),
+        config=GuidedConfig(relink_passes=0),
+        pixel_size_um=PX,
+        frame_interval_s=DT,
+    )
+    lazy = _SliceOnlyFrames(movie)
+    estimated = guided_detect_movie(tracks, spots, lazy, **kw)
+    read_estimating = lazy.read
+    lazy.read = 0
+    resolved = resolve_camera_and_psf(movie[: detect.chunk_frames], detect)
+    given = guided_detect_movie(tracks, spots, lazy, resolved=resolved, **kw)
+    pd.testing.assert_frame_equal(given, estimated)
+    assert lazy.read < read_estimating
+
+
+def test_rejoin_joins_a_track_hidden_for_longer_than_the_linkers_gap():
+    """A spot that vanishes for 40 frames (longer than the linker's 20-frame gap) and comes back
+    at the same place is one track after rejoining; one that comes back 6 px away is not."""
+    frames = [*range(0, 30), *range(70, 100)]
+    back_x = {True: 30.0, False: 36.0}
+    for same_place, x_back in back_x.items():
+        xs = [30.0 if f < 30 else x_back for f in frames]
+        truth = pd.DataFrame({"frame": frames, "x": xs, "y": 20.0, "photons": 400.0})
+        movie = _movie(truth, 100, seed=9)
+        spots = locate_movie(movie, DETECT)
+        tracks = link(spots, LinkConfig(), pixel_size_um=PX, frame_interval_s=DT)
+        assert tracks["particle"].nunique() == 2
+        off = _run(tracks, movie, spots, rejoin_gap_frames=0)
+        assert off["particle"].nunique() == 2
+        on = _run(tracks, movie, spots)  # defaults: up to 100 frames, 4 px
+        assert on["particle"].nunique() == (1 if same_place else 2)
+        assert len(on) == len(off)

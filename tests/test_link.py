@@ -175,3 +175,45 @@ def test_sparse_lap_is_optimal_on_random_graphs():
         a, b = linear_sum_assignment(dense)
         assert np.isclose(dense[r, c].sum(), dense[a, b].sum())
         assert (dense[r, c] < 0).all()
+
+
+def test_dense_lap_chooses_scipys_edges_even_on_ties():
+    """The compiled LAP picks the same negative-cost edges as scipy's, also when integer costs
+    make several assignments optimal (tie-breaking decides identities in the linker)."""
+    from scipy.optimize import linear_sum_assignment
+
+    from spt._lap import _dense_lap
+
+    rng = np.random.default_rng(5)
+    for k in range(2000):
+        nr, nc = rng.integers(1, 8, 2)
+        if k % 2:
+            m = -rng.integers(0, 3, (nr, nc)).astype(float)
+        else:
+            m = np.minimum(rng.normal(size=(nr, nc)), 0.0)
+        a, b = linear_sum_assignment(m)
+        if nr <= nc:
+            r, c = np.arange(nr), _dense_lap(m)
+        else:
+            r, c = _dense_lap(m.T.copy()), np.arange(nc)
+        ours = {(i, j) for i, j in zip(r, c, strict=True) if m[i, j] < 0}
+        assert ours == {(i, j) for i, j in zip(a, b, strict=True) if m[i, j] < 0}
+
+
+def test_candidate_pairs_same_with_and_without_tree():
+    """Linking candidates from the all-pairs test equal those of the k-d tree (dense frames)."""
+    from spt.link import _pairs_within, _pairs_within_tree
+
+    rng = np.random.default_rng(6)
+    found = 0
+    for _ in range(50):
+        n, m = rng.integers(0, 30, 2)
+        pos, pts = rng.uniform(0, 50, (n, 2)), rng.uniform(0, 50, (m, 2))
+        pred = pos + rng.normal(0, 5, (n, 2))
+        radius = rng.uniform(1, 10, n)
+        r1, c1 = _pairs_within(pos, pred, pts, radius)
+        r2, c2 = _pairs_within_tree(pos, pred, pts, radius)
+        np.testing.assert_array_equal(r1, r2)
+        np.testing.assert_array_equal(c1, c2)
+        found += len(r1)
+    assert found > 100
