@@ -462,6 +462,7 @@ class _Builder:
         self.particle[self.particle == other] = mine
         for arr in self.new:
             arr[arr[:, 0] == other, 0] = mine
+        self.taken = [(mine if p == other else p, s) for p, s in self.taken]
 
     def frames_of(self, particle: int) -> np.ndarray:
         """Frames of a track now (its spots, guided ones included)."""

@@ -8,7 +8,7 @@ from spt.camera import camera_from_parameters
 from spt.config import PipelineConfig
 from spt.detect import DetectConfig, locate_movie, resolve_camera_and_psf
 from spt.errors import SptInputError
-from spt.guided import GuidedConfig, guided_detect, guided_detect_movie
+from spt.guided import GuidedConfig, _Builder, guided_detect, guided_detect_movie
 from spt.link import LinkConfig, link
 from spt.localize import pixel_integrals
 
@@ -275,3 +275,24 @@ def test_rejoin_joins_a_track_hidden_for_longer_than_the_linkers_gap():
         on = _run(tracks, movie, spots)  # defaults: up to 100 frames, 4 px
         assert on["particle"].nunique() == (1 if same_place else 2)
         assert len(on) == len(off)
+
+
+def test_joining_two_tracks_also_moves_the_spots_taken_into_the_absorbed_one():
+    # track 1 (frames 10-12) took the free detection of frame 13; when track 0 (frames 0-2)
+    # absorbs track 1, that spot must follow it, or it would be left as a one-spot track
+    tracks = pd.DataFrame(
+        {
+            "frame": [0, 1, 2, 10, 11, 12],
+            "x": [5.0] * 6,
+            "y": [5.0] * 6,
+            "signal": [100.0] * 6,
+            "particle": [0, 0, 0, 1, 1, 1],
+        }
+    )
+    detections = pd.DataFrame({"frame": [13], "x": [5.1], "y": [5.0], "signal": [100.0]})
+    builder = _Builder(tracks, None, detections, to_out=1.0, sigma=1.2)
+    builder.taken.append((1, 0))
+    builder.join(1, 0)
+    out = builder.table()
+    assert out["particle"].nunique() == 1
+    assert out["frame"].tolist() == [0, 1, 2, 10, 11, 12, 13]
