@@ -472,7 +472,13 @@ def run_batch(
     else:
         runner = _run_pool
     n_workers = min(cores, MAX_HELPERS) if runner is not _run_pool else cores
-    with _worker_pool(n_workers, progress) if local else contextlib.nullcontext() as pool:
+    # Helpers of a movie processed here yield the cores to its detection threads while they
+    # warm up (their work comes later, while this process waits for it).
+    niceness = 10 if runner is not _run_pool else 0
+    pool_context = (
+        _worker_pool(n_workers, progress, niceness) if local else contextlib.nullcontext()
+    )
+    with pool_context as pool:
         try:
             runner(
                 todo_jobs,
@@ -747,7 +753,9 @@ def _mp_context() -> Any:
 
 
 @contextlib.contextmanager
-def _worker_pool(n: int, progress: BatchProgress) -> Iterator[ProcessPoolExecutor]:
+def _worker_pool(
+    n: int, progress: BatchProgress, niceness: int = 0
+) -> Iterator[ProcessPoolExecutor]:
     """``n`` single-threaded worker processes, started now, whose frame counts go to
     ``progress`` (their numerical libraries use one thread each, as Dask's nanny sets them: N
     threads per worker on N cores would oversubscribe the machine)."""
@@ -757,7 +765,9 @@ def _worker_pool(n: int, progress: BatchProgress) -> Iterator[ProcessPoolExecuto
     for name in _THREAD_VARIABLES:
         os.environ.setdefault(name, "1")
     try:
-        pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(queue,))
+        pool = ProcessPoolExecutor(
+            n, mp_context=ctx, initializer=_init_worker, initargs=(queue, niceness)
+        )
         # Start the workers now, while this process has a single thread; they import
         # matplotlib while this process goes on.
         for _ in range(n):
@@ -784,9 +794,11 @@ def _worker_pool(n: int, progress: BatchProgress) -> Iterator[ProcessPoolExecuto
         queue.close()
 
 
-def _init_worker(queue: Any) -> None:
+def _init_worker(queue: Any, niceness: int = 0) -> None:
     global _WORKER_QUEUE
     _WORKER_QUEUE = queue
+    if niceness:
+        os.nice(niceness)
     # A forked worker inherits libraries already loaded with one thread per core.
     threadpool_limits(limits=1)
     _die_with_parent()

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from spt.batch import find_movies, read_results, run_batch
+from spt.batch import _worker_pool, find_movies, read_results, run_batch
 from spt.cli import main
 from spt.config import PipelineConfig
 from spt.errors import SptInputError
@@ -450,3 +450,13 @@ def test_in_memory_results_of_local_runs(movies, reference, tmp_path):
         pd.testing.assert_frame_equal(
             tracks, pd.read_csv(reference / folder / "tracks.csv"), check_dtype=False
         )
+
+
+def test_helper_processes_can_yield_the_cores_to_this_process():
+    # the helpers of a movie processed here (warming up while it detects) run niced, so its
+    # detection threads keep the cores; movie workers keep this process's priority
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    for niceness in (0, 10):
+        with _worker_pool(2, BatchProgress(0, enabled=False), niceness) as pool:
+            got = {pool.submit(os.getpriority, os.PRIO_PROCESS, 0).result() for _ in range(4)}
+        assert got == {min(own + niceness, 19)}
