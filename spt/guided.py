@@ -16,6 +16,7 @@ from spt._lap import solve_sparse_lap
 from spt.camera import Camera, estimate_camera
 from spt.detect import DetectConfig, resolve_camera_and_psf
 from spt.errors import SptInputError
+from spt.io import release_mapped_pages
 from spt.link import LinkConfig, link
 from spt.localize import fit_groups, fit_spots, pixel_integrals
 
@@ -161,15 +162,23 @@ def _read_boxes(frames, t, ox, oy, side: int, camera: Camera, chunk: int) -> np.
     need = np.unique(ts)
     cut = np.flatnonzero(np.diff(need) != 1) + 1
     ar = np.arange(side)
+    read = 0
     for run in np.split(need, cut):
         for lo in run[::chunk]:
             hi = min(lo + chunk - 1, run[-1])
+            if read >= chunk:
+                # a memory-mapped movie: drop the pages read so far, so a movie larger than
+                # memory is re-read within bounded resident memory (as detection does)
+                release_mapped_pages(frames)
+                read = 0
+            read += hi + 1 - lo
             block = np.asarray(frames[lo : hi + 1])
             a, b = np.searchsorted(ts, [lo, hi + 1])
             idx = order[a:b]
             rows = (oy[idx, None] + ar)[:, :, None]
             cols = (ox[idx, None] + ar)[:, None, :]
             boxes[idx] = camera.to_effective(block[(t[idx] - lo)[:, None, None], rows, cols])
+    release_mapped_pages(frames)
     return boxes
 
 

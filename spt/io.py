@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
 import os
 import struct
 import tempfile
@@ -1209,3 +1210,24 @@ def write_movie(
                 },
             )
     return path
+
+
+def release_mapped_pages(frames: Any) -> None:
+    """Unmap pages of a memory-mapped movie that have been read.
+
+    Read pages of a file mapping stay in the process (and count in its resident memory) until
+    unmapped; dropping them after each chunk keeps a movie larger than RAM within bounded memory.
+    They remain in the OS page cache, so nothing is read twice from disk. Anything that is not
+    a :class:`numpy.memmap` (or a view of one) is left alone.
+
+    Parameters
+    ----------
+    frames : array-like
+        E.g. :attr:`Movie.frames`.
+    """
+    mapping = getattr(frames, "_mmap", None)
+    if isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mapping.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass

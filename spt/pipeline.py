@@ -10,7 +10,6 @@ import dataclasses
 import functools
 import json
 import math
-import mmap
 import os
 import shutil
 import socket
@@ -37,6 +36,7 @@ from spt.io import (
     check_track_table,
     read_masks,
     read_movie,
+    release_mapped_pages,
     write_table,
 )
 from spt.link import link
@@ -486,7 +486,7 @@ def _stream(movie: Movie, chunk_frames: int, projection: np.ndarray):
     for start, block in movie.iter_chunks(chunk_frames):
         np.maximum(projection, block.max(axis=0), out=projection)
         yield start, block
-        _release_mapped_pages(movie.frames)
+        release_mapped_pages(movie.frames)
 
 
 @functools.cache
@@ -508,21 +508,6 @@ def release_free_memory() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
-
-
-def _release_mapped_pages(frames: Any) -> None:
-    """Unmap pages of a memory-mapped movie that have been read.
-
-    Read pages of a file mapping stay in the process (and count in its resident memory) until
-    unmapped; dropping them after each chunk keeps a movie larger than RAM within bounded memory.
-    They remain in the OS page cache, so nothing is read twice from disk.
-    """
-    mapping = getattr(frames, "_mmap", None)
-    if isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-        try:
-            mapping.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError):
-            pass
 
 
 class _FrameRange:
@@ -567,7 +552,7 @@ def _detect_range(
             (start + s, block) for s, block in _stream(part, config.movie.chunk_frames, projection)
         )
         spots = detect_chunks(chunks, config, resolved=resolved)
-        _release_mapped_pages(movie.frames)
+        release_mapped_pages(movie.frames)
     except SptInputError as err:
         return _RangeFailure(err.source, err.problem)
     return spots, projection

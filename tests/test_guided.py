@@ -1,5 +1,8 @@
 """Track-guided re-detection: gaps filled, merged pairs split, broken tracks joined (spt.guided)."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +12,7 @@ from spt.config import PipelineConfig
 from spt.detect import DetectConfig, locate_movie, resolve_camera_and_psf
 from spt.errors import SptInputError
 from spt.guided import GuidedConfig, _Builder, guided_detect, guided_detect_movie
+from spt.io import read_movie, write_movie
 from spt.link import LinkConfig, link
 from spt.localize import pixel_integrals
 
@@ -296,3 +300,33 @@ def test_joining_two_tracks_also_moves_the_spots_taken_into_the_absorbed_one():
     out = builder.table()
     assert out["particle"].nunique() == 1
     assert out["frame"].tolist() == [0, 1, 2, 10, 11, 12, 13]
+
+
+def _mapped_kb(path) -> int:
+    """Resident kB of this process's mappings of ``path`` (Linux /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1].isalnum() and "-" in line.split()[0] and ":" not in line.split()[0]:
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_memory_mapped_movie_pages_are_released_after_reading(tmp_path):
+    # a movie larger than memory is re-read by the guided pass: the pages it maps must not
+    # stay resident (they would count the whole file in the process's memory)
+    truth = pd.DataFrame({"frame": np.arange(300), "x": 30.0, "y": 20.0, "photons": 300.0})
+    frames = _movie(truth, 300, shape=(64, 128), seed=9)
+    path = write_movie(tmp_path / "m.ome.tif", frames, pixel_size_um=PX, frame_interval_s=DT)
+    movie = read_movie(path)
+    assert isinstance(movie.frames, np.memmap)
+    keep = truth[truth["frame"] % 4 != 0]  # a gap every 4 frames: probes in 75 of 300 frames
+    tracks = keep.rename(columns={"photons": "signal"}).assign(particle=0)
+    out = _run(tracks, movie.frames, relink_passes=0, chunk_frames=16)
+    assert len(out) > len(tracks) + 50
+    np.asarray(movie.frames[:300:4]).sum()  # the reads the pass made, without releasing
+    touched = _mapped_kb(path)
+    out = _run(tracks, movie.frames, relink_passes=0, chunk_frames=16)
+    assert touched > 100 and _mapped_kb(path) < touched / 4
