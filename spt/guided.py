@@ -522,10 +522,7 @@ class _Builder:
             new = pd.concat(new, ignore_index=True)
             new = new[[c for c in new.columns if c in out.columns]]
             out = pd.concat([out, new], ignore_index=True)
-        first = out.groupby("particle")["frame"].min().sort_values(kind="stable")
-        mapping = pd.Series(np.arange(len(first), dtype=np.int64), index=first.index)
-        out["particle"] = mapping.loc[out["particle"].to_numpy()].to_numpy()
-        return out.sort_values(["particle", "frame"], kind="stable", ignore_index=True)
+        return _renumbered(out)
 
 
 def guided_detect(
@@ -598,33 +595,24 @@ def guided_detect(
         raise SptInputError("frames", f"expected a (T, Y, X) movie, got shape {np.shape(frames)}")
     if not config.enabled or len(tracks) == 0:
         return tracks
-    out = _guided_pass(
-        tracks,
-        frames,
-        camera,
-        psf_sigma_px,
-        pixel_size_um,
-        frame_interval_s,
-        config,
-        link_config,
-        spots,
-    )
-    for _ in range(config.relink_passes):
-        # link again the tracks' spots (guided ones included): with the gaps filled and merged
-        # pairs split, frame-to-frame assignment makes fewer identity swaps; then look again
-        # a spot shared by two tracks (a merge) is linked once: two identical candidates
-        # would leave the choice of identities after the merge to chance
-        points = out.drop(columns="particle").drop_duplicates(["frame", "x", "y"])
-        if spots is not None and len(spots):
-            keys = ["frame", "x", "y"]
-            rest = spots.merge(points[keys], on=keys, how="left", indicator=True)
-            rest = rest[rest["_merge"] == "left_only"].drop(columns="_merge")
-            spots = pd.concat([points, rest], ignore_index=True)
-        relinked = link(
-            points, link_config, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
-        )
+    out = tracks
+    for again in range(config.relink_passes + 1):
+        if again:
+            # link again the tracks' spots (guided ones included): with the gaps filled and
+            # merged pairs split, frame-to-frame assignment makes fewer identity swaps; then
+            # look again. A spot shared by two tracks (a merge) is linked once: two identical
+            # candidates would leave the choice of identities after the merge to chance
+            points = out.drop(columns="particle").drop_duplicates(["frame", "x", "y"])
+            if spots is not None and len(spots):
+                keys = ["frame", "x", "y"]
+                rest = spots.merge(points[keys], on=keys, how="left", indicator=True)
+                rest = rest[rest["_merge"] == "left_only"].drop(columns="_merge")
+                spots = pd.concat([points, rest], ignore_index=True)
+            out = link(
+                points, link_config, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
+            )
         out = _guided_pass(
-            relinked,
+            out,
             frames,
             camera,
             psf_sigma_px,
@@ -673,10 +661,14 @@ def _rejoin(tracks: pd.DataFrame, config: GuidedConfig) -> pd.DataFrame:
             break
         parent = nxt
     idx = np.searchsorted(part, tracks["particle"].to_numpy())
-    out = tracks.assign(particle=part[parent[idx]])
-    first = out.groupby("particle")["frame"].min().sort_values(kind="stable")
+    return _renumbered(tracks.assign(particle=part[parent[idx]]))
+
+
+def _renumbered(tracks: pd.DataFrame) -> pd.DataFrame:
+    """Tracks renumbered from 0 in order of first appearance, sorted by particle then frame."""
+    first = tracks.groupby("particle")["frame"].min().sort_values(kind="stable")
     mapping = pd.Series(np.arange(len(first), dtype=np.int64), index=first.index)
-    out["particle"] = mapping.loc[out["particle"].to_numpy()].to_numpy()
+    out = tracks.assign(particle=mapping.loc[tracks["particle"].to_numpy()].to_numpy())
     return out.sort_values(["particle", "frame"], kind="stable", ignore_index=True)
 
 
