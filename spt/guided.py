@@ -17,7 +17,7 @@ from spt.camera import Camera, estimate_camera
 from spt.detect import DetectConfig, resolve_camera_and_psf
 from spt.errors import SptInputError
 from spt.io import release_mapped_pages
-from spt.link import LinkConfig, link
+from spt.link import LinkConfig, link, renumber_tracks
 from spt.localize import fit_groups, fit_spots, pixel_integrals
 
 __all__ = ["GuidedConfig", "guided_detect", "guided_detect_movie"]
@@ -522,7 +522,7 @@ class _Builder:
             new = pd.concat(new, ignore_index=True)
             new = new[[c for c in new.columns if c in out.columns]]
             out = pd.concat([out, new], ignore_index=True)
-        return _renumbered(out)
+        return renumber_tracks(out)
 
 
 def guided_detect(
@@ -661,15 +661,7 @@ def _rejoin(tracks: pd.DataFrame, config: GuidedConfig) -> pd.DataFrame:
             break
         parent = nxt
     idx = np.searchsorted(part, tracks["particle"].to_numpy())
-    return _renumbered(tracks.assign(particle=part[parent[idx]]))
-
-
-def _renumbered(tracks: pd.DataFrame) -> pd.DataFrame:
-    """Tracks renumbered from 0 in order of first appearance, sorted by particle then frame."""
-    first = tracks.groupby("particle")["frame"].min().sort_values(kind="stable")
-    mapping = pd.Series(np.arange(len(first), dtype=np.int64), index=first.index)
-    out = tracks.assign(particle=mapping.loc[tracks["particle"].to_numpy()].to_numpy())
-    return out.sort_values(["particle", "frame"], kind="stable", ignore_index=True)
+    return renumber_tracks(tracks.assign(particle=part[parent[idx]]))
 
 
 def _guided_pass(

@@ -183,10 +183,15 @@ def link(
     if config.min_track_length > 1:
         sizes = out.groupby("particle")["frame"].transform("size")
         out = out[sizes.to_numpy() >= config.min_track_length]
-    # renumber 0..n-1 in order of first appearance
-    first = out.groupby("particle")["frame"].min().sort_values(kind="stable")
+    return renumber_tracks(out)
+
+
+def renumber_tracks(tracks: pd.DataFrame) -> pd.DataFrame:
+    """Tracks with ``particle`` renumbered 0..n-1 in order of first appearance, sorted by
+    particle then frame."""
+    first = tracks.groupby("particle")["frame"].min().sort_values(kind="stable")
     mapping = pd.Series(np.arange(len(first), dtype=np.int64), index=first.index)
-    out["particle"] = mapping.loc[out["particle"].to_numpy()].to_numpy()
+    out = tracks.assign(particle=mapping.loc[tracks["particle"].to_numpy()].to_numpy())
     return out.sort_values(["particle", "frame"], kind="stable", ignore_index=True)
 
 
