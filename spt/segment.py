@@ -257,9 +257,21 @@ class _Increments:
 # and keep the best grid value. Compiled: this is the hot loop of segmentation.
 
 
+@njit(cache=True, forceinline=True)
+def _ldl_step(di, off, j, min_pivot, e0, e1, dprev, z0, z1, logdet, quad):  # pragma: no cover
+    """One step of the LDL^T recursion of one stretch: the j-th step (from 0), with residual
+    (e0, e1), variance di and covariance off with the step before. Returns the new pivot and
+    forward-substituted residual and the log-determinant and quadratic form so far."""
+    lk = off / dprev if j > 0 else 0.0
+    dk = max(di - lk * off, min_pivot)
+    nz0 = e0 - lk * z0
+    nz1 = e1 - lk * z1
+    return dk, nz0, nz1, logdet + math.log(dk), quad + (nz0 * nz0 + nz1 * nz1) / dk
+
+
 @njit(cache=True)
 def _ma1_profile(d, n, a, b, mu, rho_grid, floor):  # pragma: no cover - compiled
-    """Free-rho MA(1) fit: returns s2 (K,), rho (K,), cost (K,) (see ``_StepModel.fit``)."""
+    """Free-rho MA(1) fit: returns s2 (K,), rho (K,), cost (K,) (see :meth:`_Increments.fit`)."""
     K, G, M = a.size, rho_grid.size, n.size
     s2_out = np.empty(K)
     rho_out = np.empty(K)
@@ -275,14 +287,12 @@ def _ma1_profile(d, n, a, b, mu, rho_grid, floor):  # pragma: no cover - compile
             for j in range(length):
                 i = min(a[k] + j, M - 1)
                 ni = n[i]
+                e0 = d[i, 0] - mu[k, 0] * ni
+                e1 = d[i, 1] - mu[k, 1] * ni
                 di = ni + 2.0 * rho * (ni - 1.0)
-                lk = rho / dprev if j > 0 else 0.0
-                dk = max(di - lk * rho, 1e-9)
-                nz0 = d[i, 0] - mu[k, 0] * ni - lk * z0
-                nz1 = d[i, 1] - mu[k, 1] * ni - lk * z1
-                logdet += math.log(dk)
-                quad += (nz0 * nz0 + nz1 * nz1) / dk
-                dprev, z0, z1 = dk, nz0, nz1
+                dprev, z0, z1, logdet, quad = _ldl_step(
+                    di, rho, j, 1e-9, e0, e1, dprev, z0, z1, logdet, quad
+                )
             s2 = max(quad / (2.0 * m), floor)
             cost = 2.0 * logdet + 2.0 * m * math.log(s2) + 2.0 * m * const
             if cost < best:
@@ -310,14 +320,12 @@ def _ma1_fixed_noise(d, n, a, b, mu, q_grid, sigma2, blur_r):  # pragma: no cove
             for j in range(length):
                 i = min(a[k] + j, M - 1)
                 ni = n[i]
+                e0 = d[i, 0] - mu[k, 0] * ni
+                e1 = d[i, 1] - mu[k, 1] * ni
                 di = sigma2 * (2.0 + r * (ni - 2.0 * blur_r))
-                lk = off / dprev if j > 0 else 0.0
-                dk = max(di - lk * off, 1e-12)
-                nz0 = d[i, 0] - mu[k, 0] * ni - lk * z0
-                nz1 = d[i, 1] - mu[k, 1] * ni - lk * z1
-                logdet += math.log(dk)
-                quad += (nz0 * nz0 + nz1 * nz1) / dk
-                dprev, z0, z1 = dk, nz0, nz1
+                dprev, z0, z1, logdet, quad = _ldl_step(
+                    di, off, j, 1e-12, e0, e1, dprev, z0, z1, logdet, quad
+                )
             cost = 2.0 * logdet + quad + 2.0 * length * log2pi
             if cost < best:
                 best = cost
