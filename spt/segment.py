@@ -17,6 +17,7 @@ from numba import njit
 
 from spt.errors import SptInputError
 from spt.msd import fit_fbm
+from spt.schema import SEGMENT_COLUMNS
 
 __all__ = [
     "RUN_STOP_COLUMNS",
@@ -28,17 +29,10 @@ __all__ = [
     "segment_tracks",
 ]
 
-#: Columns of the segments table returned by :func:`segment_tracks`, in order.
+#: Columns of the segments table returned by :func:`segment_tracks`, in order: those of
+#: :data:`spt.schema.SEGMENT_COLUMNS` but ``stage`` (added by the stage classification), then more.
 SEGMENT_TABLE_COLUMNS: tuple[str, ...] = (
-    "particle",
-    "segment",
-    "start_frame",
-    "end_frame",
-    "n_points",
-    "state",
-    "D_um2_s",
-    "alpha",
-    "speed_um_s",
+    *(c for c in SEGMENT_COLUMNS if c != "stage"),
     "confinement_radius_um",
     "motion",
     "duration_s",
