@@ -381,21 +381,34 @@ def fit_msd(
     return MSDFit(model, D, alpha, speed, radius, sigma, int(n), float(bic))
 
 
+def _fit_first_lags(
+    lags: np.ndarray,
+    msd_um2: np.ndarray,
+    p: int,
+    model: str,
+    n_points: int,
+    frame_interval_s: float,
+    blur_r: float,
+) -> MSDFit:
+    """:func:`fit_msd` of ``model`` on the first ``p`` lags (frames) of an MSD curve (um^2)."""
+    return fit_msd(
+        lags[:p] * frame_interval_s,
+        msd_um2[:p],
+        model,
+        n_points=n_points,
+        frame_interval_s=frame_interval_s,
+        blur_r=blur_r,
+        lags=lags[:p],
+    )
+
+
 def _fit_lags(
     lags: np.ndarray, msd: np.ndarray, n_points: int, frame_interval_s: float, blur_r: float
 ) -> int:
     """Number of lags to fit, by Michalet's iteration: fit free motion, update x, repeat."""
     p = min(4, lags.size)
     for _ in range(5):
-        f = fit_msd(
-            lags[:p] * frame_interval_s,
-            msd[:p],
-            "free",
-            n_points=n_points,
-            frame_interval_s=frame_interval_s,
-            blur_r=blur_r,
-            lags=lags[:p],
-        )
+        f = _fit_first_lags(lags, msd, p, "free", n_points, frame_interval_s, blur_r)
         if not np.isfinite(f.D_um2_s) or f.D_um2_s <= 0:
             x = 100.0
         else:
@@ -450,17 +463,8 @@ def fit_msd_models(
         return nan, {}
     p_free = _fit_lags(lags, msd_um2, n_points, frame_interval_s, blur_r)
     p_long = int(min(lags.size, max(p_free, 5, int(max_lag_fraction * n_points))))
-    t = lags[:p_long] * frame_interval_s
     fits = {
-        mdl: fit_msd(
-            t,
-            msd_um2[:p_long],
-            mdl,
-            n_points=n_points,
-            frame_interval_s=frame_interval_s,
-            blur_r=blur_r,
-            lags=lags[:p_long],
-        )
+        mdl: _fit_first_lags(lags, msd_um2, p_long, mdl, n_points, frame_interval_s, blur_r)
         for mdl in models
     }
     best = min(fits.values(), key=lambda f: f.bic)
@@ -472,15 +476,7 @@ def fit_msd_models(
         # a confinement radius below the localisation error cannot be resolved: call it immobile
         best = fits["immobile"]
     if best.model == "free":
-        short = fit_msd(
-            lags[:p_free] * frame_interval_s,
-            msd_um2[:p_free],
-            "free",
-            n_points=n_points,
-            frame_interval_s=frame_interval_s,
-            blur_r=blur_r,
-            lags=lags[:p_free],
-        )
+        short = _fit_first_lags(lags, msd_um2, p_free, "free", n_points, frame_interval_s, blur_r)
         best = MSDFit(
             "free", short.D_um2_s, 1.0, 0.0, np.nan, short.sigma_um, short.n_lags, best.bic
         )

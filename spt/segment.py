@@ -17,6 +17,7 @@ from numba import njit
 
 from spt.errors import SptInputError
 from spt.msd import fit_fbm
+from spt.schema import SEGMENT_COLUMNS
 
 __all__ = [
     "RUN_STOP_COLUMNS",
@@ -28,17 +29,10 @@ __all__ = [
     "segment_tracks",
 ]
 
-#: Columns of the segments table returned by :func:`segment_tracks`, in order.
+#: Columns of the segments table returned by :func:`segment_tracks`, in order: those of
+#: :data:`spt.schema.SEGMENT_COLUMNS` but ``stage`` (added by the stage classification), then more.
 SEGMENT_TABLE_COLUMNS: tuple[str, ...] = (
-    "particle",
-    "segment",
-    "start_frame",
-    "end_frame",
-    "n_points",
-    "state",
-    "D_um2_s",
-    "alpha",
-    "speed_um_s",
+    *(c for c in SEGMENT_COLUMNS if c != "stage"),
     "confinement_radius_um",
     "motion",
     "duration_s",
@@ -257,9 +251,21 @@ class _Increments:
 # and keep the best grid value. Compiled: this is the hot loop of segmentation.
 
 
+@njit(cache=True, forceinline=True)
+def _ldl_step(di, off, j, min_pivot, e0, e1, dprev, z0, z1, logdet, quad):  # pragma: no cover
+    """One step of the LDL^T recursion of one stretch: the j-th step (from 0), with residual
+    (e0, e1), variance di and covariance off with the step before. Returns the new pivot and
+    forward-substituted residual and the log-determinant and quadratic form so far."""
+    lk = off / dprev if j > 0 else 0.0
+    dk = max(di - lk * off, min_pivot)
+    nz0 = e0 - lk * z0
+    nz1 = e1 - lk * z1
+    return dk, nz0, nz1, logdet + math.log(dk), quad + (nz0 * nz0 + nz1 * nz1) / dk
+
+
 @njit(cache=True)
 def _ma1_profile(d, n, a, b, mu, rho_grid, floor):  # pragma: no cover - compiled
-    """Free-rho MA(1) fit: returns s2 (K,), rho (K,), cost (K,) (see ``_StepModel.fit``)."""
+    """Free-rho MA(1) fit: returns s2 (K,), rho (K,), cost (K,) (see :meth:`_Increments.fit`)."""
     K, G, M = a.size, rho_grid.size, n.size
     s2_out = np.empty(K)
     rho_out = np.empty(K)
@@ -275,14 +281,12 @@ def _ma1_profile(d, n, a, b, mu, rho_grid, floor):  # pragma: no cover - compile
             for j in range(length):
                 i = min(a[k] + j, M - 1)
                 ni = n[i]
+                e0 = d[i, 0] - mu[k, 0] * ni
+                e1 = d[i, 1] - mu[k, 1] * ni
                 di = ni + 2.0 * rho * (ni - 1.0)
-                lk = rho / dprev if j > 0 else 0.0
-                dk = max(di - lk * rho, 1e-9)
-                nz0 = d[i, 0] - mu[k, 0] * ni - lk * z0
-                nz1 = d[i, 1] - mu[k, 1] * ni - lk * z1
-                logdet += math.log(dk)
-                quad += (nz0 * nz0 + nz1 * nz1) / dk
-                dprev, z0, z1 = dk, nz0, nz1
+                dprev, z0, z1, logdet, quad = _ldl_step(
+                    di, rho, j, 1e-9, e0, e1, dprev, z0, z1, logdet, quad
+                )
             s2 = max(quad / (2.0 * m), floor)
             cost = 2.0 * logdet + 2.0 * m * math.log(s2) + 2.0 * m * const
             if cost < best:
@@ -310,14 +314,12 @@ def _ma1_fixed_noise(d, n, a, b, mu, q_grid, sigma2, blur_r):  # pragma: no cove
             for j in range(length):
                 i = min(a[k] + j, M - 1)
                 ni = n[i]
+                e0 = d[i, 0] - mu[k, 0] * ni
+                e1 = d[i, 1] - mu[k, 1] * ni
                 di = sigma2 * (2.0 + r * (ni - 2.0 * blur_r))
-                lk = off / dprev if j > 0 else 0.0
-                dk = max(di - lk * off, 1e-12)
-                nz0 = d[i, 0] - mu[k, 0] * ni - lk * z0
-                nz1 = d[i, 1] - mu[k, 1] * ni - lk * z1
-                logdet += math.log(dk)
-                quad += (nz0 * nz0 + nz1 * nz1) / dk
-                dprev, z0, z1 = dk, nz0, nz1
+                dprev, z0, z1, logdet, quad = _ldl_step(
+                    di, off, j, 1e-12, e0, e1, dprev, z0, z1, logdet, quad
+                )
             cost = 2.0 * logdet + quad + 2.0 * length * log2pi
             if cost < best:
                 best = cost
@@ -326,45 +328,82 @@ def _ma1_fixed_noise(d, n, a, b, mu, q_grid, sigma2, blur_r):  # pragma: no cove
     return q_out, cost_out
 
 
+# The LDL^T recursion of a tridiagonal step covariance, kept for every grid value g at once in
+# ten arrays (the rows of one (10, G) array ``sums``): the reciprocal pivot and the forward-
+# substituted x, y steps and frame counts of the latest step (inv, z0, z1, w), the product and
+# accumulated log of the pivots (prod, logacc: the log-determinant; the product is folded into
+# the log every 32 steps, cheaper than one log per step), and the weighted sums z'z, z'w (x, y)
+# and w'w (szz, szw0, szw1, sww) from which the quadratic form follows for any drift. Shared by
+# :func:`_fixed_noise_blocks` and :func:`_optimal_partition`; inlined by LLVM (forceinline: a
+# call per step costs more than the step; numba's own inline="always" measured 15-25 % slower).
+
+
+@njit(cache=True, forceinline=True)
+def _ldl_reset(sums):  # pragma: no cover - compiled
+    """Start an empty stretch: all sums 0, the pivot product (row 4) 1."""
+    sums[:] = 0.0
+    sums[4] = 1.0
+
+
+@njit(cache=True, forceinline=True)
+def _ldl_push(P, Q, x, off, d0, d1, ni, count, sums):  # pragma: no cover - compiled
+    """Add one step (d0, d1) over ni frames for every grid value g: diagonal ``P[g] + Q[g] x``,
+    covariance ``off[g]`` with the step before; ``count`` steps in the stretch with this one."""
+    inv, z0, z1, w, prod, logacc, szz, szw0, szw1, sww = sums
+    for g in range(off.size):
+        o = off[g]
+        lk = o * inv[g]
+        dk = max(P[g] + Q[g] * x - lk * o, 1e-12)
+        iv = 1.0 / dk
+        a0 = d0 - lk * z0[g]
+        a1 = d1 - lk * z1[g]
+        aw = ni - lk * w[g]
+        prod[g] *= dk
+        szz[g] += (a0 * a0 + a1 * a1) * iv
+        szw0[g] += a0 * aw * iv
+        szw1[g] += a1 * aw * iv
+        sww[g] += aw * aw * iv
+        inv[g] = iv
+        z0[g] = a0
+        z1[g] = a1
+        w[g] = aw
+    if count % 32 == 0:
+        for g in range(off.size):
+            logacc[g] += math.log(prod[g])
+            prod[g] = 1.0
+
+
+@njit(cache=True, forceinline=True)
+def _ldl_form(sums, g, mu0, mu1):  # pragma: no cover - compiled
+    """Quadratic form and log-determinant of the stretch at grid value g, for drift (mu0, mu1)
+    per frame."""
+    prod, logacc, szz, szw0, szw1, sww = sums[4:]
+    quad = szz[g] - 2.0 * (mu0 * szw0[g] + mu1 * szw1[g]) + (mu0 * mu0 + mu1 * mu1) * sww[g]
+    return quad, logacc[g] + math.log(prod[g])
+
+
 @njit(cache=True)
 def _fixed_noise_blocks(d, n, nodes, q_grid, sigma2, blur_r):  # pragma: no cover - compiled
     """-2 log L of :meth:`_Increments.fit_noise` for every block of points [nodes[i], nodes[j])
     (its steps nodes[i] .. nodes[j] - 2), in one forward pass per start node: the drift enters
-    the quadratic form through sums kept for every grid value (as in
+    the quadratic form through sums kept for every grid value (:func:`_ldl_push`, as in
     :func:`_optimal_partition`). Returns a (K, K) matrix, inf for j <= i."""
     K, G = nodes.size, q_grid.size
     out = np.full((K, K), np.inf)
     log2pi = math.log(2.0 * math.pi)
-    # in units of the noise: steps / sigma, variances / sigma^2 (keeps the products in range)
+    # in units of the noise: steps / sigma, variances / sigma^2 (keeps the products in range);
+    # per-axis variance 2 + q (n - 2R), covariance q R - 1 with the next step
     scale = 1.0 / math.sqrt(sigma2)
     log_s2 = math.log(sigma2)
+    two = np.full(G, 2.0)
     off = np.empty(G)
     for g in range(G):
         off[g] = q_grid[g] * blur_r - 1.0
-    logacc = np.empty(G)
-    prod = np.empty(G)
-    inv = np.empty(G)
-    z0 = np.empty(G)
-    z1 = np.empty(G)
-    w = np.empty(G)
-    szz = np.empty(G)
-    szw0 = np.empty(G)
-    szw1 = np.empty(G)
-    sww = np.empty(G)
+    sums = np.empty((10, G))
     last = nodes[K - 1] - 2
     for i in range(K - 1):
         a = nodes[i]
-        for g in range(G):
-            logacc[g] = 0.0
-            prod[g] = 1.0
-            inv[g] = 0.0
-            z0[g] = 0.0
-            z1[g] = 0.0
-            w[g] = 0.0
-            szz[g] = 0.0
-            szw0[g] = 0.0
-            szw1[g] = 0.0
-            sww[g] = 0.0
+        _ldl_reset(sums)
         sd0, sd1, sn = 0.0, 0.0, 0.0
         j = i + 1
         for k in range(a, last + 1):
@@ -372,27 +411,7 @@ def _fixed_noise_blocks(d, n, nodes, q_grid, sigma2, blur_r):  # pragma: no cove
             dx = d[k, 0] * scale
             dy = d[k, 1] * scale
             base = ni - 2.0 * blur_r
-            for g in range(G):
-                o = off[g]
-                lk = o * inv[g]
-                dk = max(2.0 + q_grid[g] * base - lk * o, 1e-12)
-                iv = 1.0 / dk
-                a0 = dx - lk * z0[g]
-                a1 = dy - lk * z1[g]
-                aw = ni - lk * w[g]
-                prod[g] *= dk
-                szz[g] += (a0 * a0 + a1 * a1) * iv
-                szw0[g] += a0 * aw * iv
-                szw1[g] += a1 * aw * iv
-                sww[g] += aw * aw * iv
-                inv[g] = iv
-                z0[g] = a0
-                z1[g] = a1
-                w[g] = aw
-            if (k - a) % 32 == 31:
-                for g in range(G):
-                    logacc[g] += math.log(prod[g])
-                    prod[g] = 1.0
+            _ldl_push(two, q_grid, base, off, dx, dy, ni, k - a + 1, sums)
             sd0 += dx
             sd1 += dy
             sn += ni
@@ -403,12 +422,7 @@ def _fixed_noise_blocks(d, n, nodes, q_grid, sigma2, blur_r):  # pragma: no cove
                 length = k - a + 1
                 best = np.inf
                 for g in range(G):
-                    quad = (
-                        szz[g]
-                        - 2.0 * (mu0 * szw0[g] + mu1 * szw1[g])
-                        + (mu0 * mu0 + mu1 * mu1) * sww[g]
-                    )
-                    logdet = logacc[g] + math.log(prod[g])
+                    quad, logdet = _ldl_form(sums, g, mu0, mu1)
                     cost = 2.0 * logdet + quad + 2.0 * length * (log2pi + log_s2)
                     if cost < best:
                         best = cost
@@ -443,12 +457,11 @@ _RHO_GRID = np.array(
 
 
 @njit(cache=True)
-def _stretch_cost(g, k, logacc, prod, szz, szw0, szw1, sww, mu0, mu1, floor):  # pragma: no cover
+def _stretch_cost(sums, g, k, mu0, mu1, floor):  # pragma: no cover
     """-2 log likelihood of a stretch of k steps at grid value g with drift mu (per frame), the
     scale s2 of the covariance profiled out."""
-    quad = szz[g] - 2.0 * (mu0 * szw0[g] + mu1 * szw1[g]) + (mu0 * mu0 + mu1 * mu1) * sww[g]
+    quad, logdet = _ldl_form(sums, g, mu0, mu1)
     s2 = max(quad / (2.0 * k), floor)
-    logdet = logacc[g] + math.log(prod[g])
     return 2.0 * logdet + 2.0 * k * (math.log(s2) + 1.0 + math.log(2.0 * math.pi))
 
 
@@ -472,32 +485,13 @@ def _optimal_partition(d, n, A, B, C, floor, L, pen, margin):  # pragma: no cove
     prev = np.zeros(m + 1, np.int64)
     pruned_at = np.full(m + 1, m + L + 1)  # end at which a start was found to be hopeless
     last = np.full(m + 1, np.inf)  # F[i] + C(i, b) of the latest end b
-    inv = np.empty(G)
-    z0 = np.empty(G)
-    z1 = np.empty(G)
-    w = np.empty(G)
-    prod = np.empty(G)
-    logacc = np.empty(G)
-    szz = np.empty(G)
-    szw0 = np.empty(G)
-    szw1 = np.empty(G)
-    sww = np.empty(G)
+    sums = np.empty((10, G))
     lo = 0
     for b in range(L, m + 1):
         while lo < b and pruned_at[lo] + L <= b:
             lo += 1
         best, arg = np.inf, -1
-        for g in range(G):
-            inv[g] = 0.0
-            z0[g] = 0.0
-            z1[g] = 0.0
-            w[g] = 0.0
-            prod[g] = 1.0
-            logacc[g] = 0.0
-            szz[g] = 0.0
-            szw0[g] = 0.0
-            szw1[g] = 0.0
-            sww[g] = 0.0
+        _ldl_reset(sums)
         gs = G // 2
         sd0, sd1, sn = 0.0, 0.0, 0.0
         for i in range(b - 1, lo - 1, -1):
@@ -505,38 +499,17 @@ def _optimal_partition(d, n, A, B, C, floor, L, pen, margin):  # pragma: no cove
             ni = n[i]
             d0 = d[i, 0]
             d1 = d[i, 1]
-            for g in range(G):
-                lk = C[g] * inv[g]
-                dk = max(A[g] + B[g] * ni - lk * C[g], 1e-12)
-                iv = 1.0 / dk
-                a0 = d0 - lk * z0[g]
-                a1 = d1 - lk * z1[g]
-                aw = ni - lk * w[g]
-                prod[g] *= dk
-                szz[g] += (a0 * a0 + a1 * a1) * iv
-                szw0[g] += a0 * aw * iv
-                szw1[g] += a1 * aw * iv
-                sww[g] += aw * aw * iv
-                inv[g] = iv
-                z0[g] = a0
-                z1[g] = a1
-                w[g] = aw
-            if k % 32 == 0:
-                for g in range(G):
-                    logacc[g] += math.log(prod[g])
-                    prod[g] = 1.0
+            _ldl_push(A, B, ni, C, d0, d1, ni, k, sums)
             sd0 += d0
             sd1 += d1
             sn += ni
             if k < L or F[i] == np.inf or pruned_at[i] + L <= b:
                 continue
             mu0, mu1 = sd0 / sn, sd1 / sn
-            c = _stretch_cost(gs, k, logacc, prod, szz, szw0, szw1, sww, mu0, mu1, floor)
+            c = _stretch_cost(sums, gs, k, mu0, mu1, floor)
             for step in (-1, 1):
                 while 0 <= gs + step < G:
-                    c2 = _stretch_cost(
-                        gs + step, k, logacc, prod, szz, szw0, szw1, sww, mu0, mu1, floor
-                    )
+                    c2 = _stretch_cost(sums, gs + step, k, mu0, mu1, floor)
                     if c2 >= c:
                         break
                     c, gs = c2, gs + step

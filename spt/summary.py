@@ -51,6 +51,20 @@ STAGE_TABLE_COLUMNS: tuple[str, ...] = (
     "median_complete_dwell_s",
 )
 
+
+def _ci_columns(name: str, ci: tuple) -> dict:
+    """The two columns ``<name>_ci_low_um_s, <name>_ci_high_um_s`` of a 95% interval ``ci``
+    (lower, upper bound; um/s, or their descriptions)."""
+    return {f"{name}_ci_low_um_s": ci[0], f"{name}_ci_high_um_s": ci[1]}
+
+
+def _ci_descriptions(name: str, what: str) -> dict[str, tuple[str, str]]:
+    return _ci_columns(
+        name,
+        tuple(("um/s", f"bootstrap 95% CI of the {what}, {b} bound") for b in ("lower", "upper")),
+    )
+
+
 #: What each column of the stage velocity table means (unit, meaning), for files and reports.
 _DESCRIPTIONS: dict[str, tuple[str, str]] = {
     "stage": ("", "delivery stage (Tada et al. 2007), in delivery order"),
@@ -67,18 +81,15 @@ _DESCRIPTIONS: dict[str, tuple[str, str]] = {
     "D_um2_s": ("um^2/s", "median diffusion coefficient of the stage's segments (MSD fit)"),
     "alpha": ("", "median anomalous exponent of the stage's segments (1 free, <1 restricted)"),
     "n_points": ("", "track points (localisations) in this stage"),
-    "mean_speed_ci_low_um_s": ("um/s", "bootstrap 95% CI of the mean speed, lower bound"),
-    "mean_speed_ci_high_um_s": ("um/s", "bootstrap 95% CI of the mean speed, upper bound"),
-    "median_speed_ci_low_um_s": ("um/s", "bootstrap 95% CI of the median speed, lower bound"),
-    "median_speed_ci_high_um_s": ("um/s", "bootstrap 95% CI of the median speed, upper bound"),
+    **_ci_descriptions("mean_speed", "mean speed"),
+    **_ci_descriptions("median_speed", "median speed"),
     "n_runs": ("", "directed segments (runs) in this stage"),
     "median_run_speed_um_s": (
         "um/s",
         "median NET RUN SPEED of directed segments: net displacement of a run / its duration; "
         "what a particle actually travels while it runs, almost free of localisation noise",
     ),
-    "run_speed_ci_low_um_s": ("um/s", "bootstrap 95% CI of the median run speed, lower bound"),
-    "run_speed_ci_high_um_s": ("um/s", "bootstrap 95% CI of the median run speed, upper bound"),
+    **_ci_descriptions("run_speed", "median run speed"),
     "noise_floor_um_s": (
         "um/s",
         "localisation-noise floor sqrt(2) x localisation error / frame interval: the typical "
@@ -375,14 +386,11 @@ def _velocity_row(
         "D_um2_s": float(segments["D_um2_s"].median()) if len(segments) else nan,
         "alpha": float(segments["alpha"].median()) if len(segments) else nan,
         "n_points": len(points),
-        "mean_speed_ci_low_um_s": mean_ci[0],
-        "mean_speed_ci_high_um_s": mean_ci[1],
-        "median_speed_ci_low_um_s": median_ci[0],
-        "median_speed_ci_high_um_s": median_ci[1],
+        **_ci_columns("mean_speed", mean_ci),
+        **_ci_columns("median_speed", median_ci),
         "n_runs": run_speeds.size,
         "median_run_speed_um_s": float(np.median(run_speeds)) if run_speeds.size else nan,
-        "run_speed_ci_low_um_s": run_ci[0],
-        "run_speed_ci_high_um_s": run_ci[1],
+        **_ci_columns("run_speed", run_ci),
         "noise_floor_um_s": float(np.median(floor)) if floor.size else nan,
         "noise_fraction": noise_fraction,
         "noise_dominated": bool(noise_fraction > 0.5),

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import tomllib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -316,29 +317,13 @@ def test_layer_run_equals_spt_run_on_the_same_frames(tmp_path):
 def test_layer_run_keeps_frame_numbers_and_can_be_cancelled():
     movie = read_movie(SAMPLE)
     calib = dict(pixel_size_um=movie.pixel_size_um, frame_interval_s=movie.frame_interval_s)
-    result = track_layer_frames(
-        movie.frames,
-        PipelineConfig(),
-        name="s",
-        source="s",
-        first_frame=100,
-        stop_frame=120,
-        **calib,
-    )
+    run = partial(track_layer_frames, movie.frames, PipelineConfig(), name="s", source="s")
+    result = run(first_frame=100, stop_frame=120, **calib)
     assert result.spots["frame"].between(100, 119).all() and result.n_frames == 20
     with pytest.raises(Cancelled):
-        track_layer_frames(
-            movie.frames, PipelineConfig(), name="s", source="s", cancelled=lambda: True, **calib
-        )
+        run(cancelled=lambda: True, **calib)
     with pytest.raises(SptInputError, match="pixel size must be a positive number"):
-        track_layer_frames(
-            movie.frames,
-            PipelineConfig(),
-            name="s",
-            source="s",
-            pixel_size_um=0,
-            frame_interval_s=1,
-        )
+        run(pixel_size_um=0, frame_interval_s=1)
 
 
 def test_reanalyze_with_new_masks_keeps_the_tracks(results):
@@ -346,17 +331,8 @@ def test_reanalyze_with_new_masks_keeps_the_tracks(results):
     config = PipelineConfig()
     calib = dict(pixel_size_um=result.pixel_size_um, frame_interval_s=result.frame_interval_s)
     nucleus = np.full(result.projection.shape, 3, np.uint8)
-    again = reanalyze(
-        result.analysis.tracks,
-        result.spots,
-        config,
-        name="crop",
-        source="crop",
-        projection=result.projection,
-        n_frames=result.n_frames,
-        masks=nucleus,
-        **calib,
-    )
+    crop = dict(name="crop", source="crop", projection=result.projection, n_frames=result.n_frames)
+    again = reanalyze(result.analysis.tracks, result.spots, config, masks=nucleus, **crop, **calib)
     raw = result.analysis.tracks.drop(columns=["segment", "state", "stage"])
     direct = analyze_tracks(raw, config, masks=nucleus, **calib)
     pd.testing.assert_frame_equal(again.analysis.tracks, direct.tracks)
@@ -366,17 +342,7 @@ def test_reanalyze_with_new_masks_keeps_the_tracks(results):
     )
     assert not again.analysis.tracks["stage"].equals(result.analysis.tracks["stage"])
     with pytest.raises(SptInputError, match="mask labels \\[7\\] not allowed"):
-        reanalyze(
-            result.analysis.tracks,
-            result.spots,
-            config,
-            name="crop",
-            source="crop",
-            projection=result.projection,
-            n_frames=result.n_frames,
-            masks=nucleus + 4,
-            **calib,
-        )
+        reanalyze(result.analysis.tracks, result.spots, config, masks=nucleus + 4, **crop, **calib)
 
 
 # --------------------------------------------------------------------------- helpers

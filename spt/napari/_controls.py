@@ -1,4 +1,4 @@
-"""Small Qt controls shared by the widgets: a layer chooser, a config-section form, a table view."""
+"""Small Qt pieces shared by the widgets: their base, a layer chooser, a config form, a table."""
 
 from __future__ import annotations
 
@@ -25,6 +25,19 @@ from qtpy.QtWidgets import (
 )
 
 NONE_CHOICE = "(none)"
+
+
+class ViewerWidget(QWidget):
+    """Base of spt's dock widgets, which napari creates with its viewer.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    """
+
+    def __init__(self, napari_viewer: Any):
+        super().__init__()
+        self.viewer = napari_viewer
 
 
 class LayerCombo(QComboBox):

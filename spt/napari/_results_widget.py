@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 
 from spt.config import PipelineConfig
 from spt.errors import SptInputError
-from spt.napari._controls import LayerCombo, TableView
+from spt.napari._controls import LayerCombo, TableView, ViewerWidget
 from spt.napari._figures import draw_speed_distribution, draw_track
 from spt.napari._layers import META_KEY, Run
 from spt.pipeline import MovieResult, write_results
@@ -69,17 +69,12 @@ class _Canvas(FigureCanvasQTAgg):
         self.setMinimumHeight(int(height * 70))
 
 
-class ResultsWidget(QWidget):
-    """Per-stage velocity table, speed distributions and single-track details of an spt result.
-
-    Parameters
-    ----------
-    napari_viewer : napari.Viewer
-    """
+class ResultsWidget(ViewerWidget):
+    """Per-stage velocity table, speed distributions and single-track details of an spt result
+    (a :class:`~spt.napari._controls.ViewerWidget`)."""
 
     def __init__(self, napari_viewer: Any):
-        super().__init__()
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer)
         self.particle: int | None = None
         layout = QVBoxLayout(self)
         form = QFormLayout()

@@ -157,26 +157,12 @@ def track_layer_frames(
     if stop_requested():
         raise Cancelled
     tracks = _guided(frames, spots, tracks, config, first, stop, pixel_size_um, frame_interval_s)
-    t1 = time.perf_counter()
+    timings_s = {"detect_link": time.perf_counter() - t0}
     if stop_requested():
         raise Cancelled
     report("analysing", 0, 0)
-    analysis = analyze_tracks(
-        tracks, config, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s, masks=masks
-    )
-    t2 = time.perf_counter()
-    return MovieResult(
-        name=name,
-        source=Path(source),
-        spots=spots,
-        analysis=analysis,
-        pixel_size_um=pixel_size_um,
-        frame_interval_s=frame_interval_s,
-        n_frames=stop - first,
-        projection=projection,
-        masks=masks,
-        timings_s={"detect_link": t1 - t0, "analyze": t2 - t1},
-    )
+    movie = (name, source, pixel_size_um, frame_interval_s, stop - first, projection, masks)
+    return _analysed(tracks, spots, config, movie, timings_s)
 
 
 def _guided(
@@ -228,9 +214,24 @@ def reanalyze(
     if masks is not None:
         masks = check_masks(masks, projection.shape, f"masks for {source}")
     raw = tracks.drop(columns=[c for c in ("segment", "state", "stage") if c in tracks])
+    movie = (name, source, pixel_size_um, frame_interval_s, n_frames, projection, masks)
+    return _analysed(raw, spots, config, movie, {})
+
+
+def _analysed(
+    tracks: pd.DataFrame,
+    spots: pd.DataFrame,
+    config: PipelineConfig,
+    movie: tuple[str, str, float, float, int, np.ndarray, np.ndarray | None],
+    timings_s: dict[str, float],
+) -> MovieResult:
+    """Segment and classify ``tracks`` (:func:`spt.pipeline.analyze_tracks`) into the result of
+    a movie ``(name, source, pixel_size_um, frame_interval_s, n_frames, projection, masks)``
+    (masks already checked); the analysis time is added to ``timings_s``."""
+    name, source, pixel_size_um, frame_interval_s, n_frames, projection, masks = movie
     t0 = time.perf_counter()
     analysis = analyze_tracks(
-        raw, config, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s, masks=masks
+        tracks, config, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s, masks=masks
     )
     return MovieResult(
         name=name,
@@ -242,5 +243,5 @@ def reanalyze(
         n_frames=n_frames,
         projection=projection,
         masks=masks,
-        timings_s={"analyze": time.perf_counter() - t0},
+        timings_s={**timings_s, "analyze": time.perf_counter() - t0},
     )

@@ -31,13 +31,12 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 from superqt import QCollapsible
 
 from spt.config import MovieConfig, PipelineConfig
 from spt.errors import SptInputError
-from spt.napari._controls import ConfigForm, LayerCombo
+from spt.napari._controls import ConfigForm, LayerCombo, ViewerWidget
 from spt.napari._layers import (
     COLOR_BY,
     META_KEY,
@@ -80,17 +79,12 @@ class _Signals(QObject):
     progressed = Signal(str, int, int)
 
 
-class TrackParticlesWidget(QWidget):
-    """Run spt on the selected image layer and inspect the tracks.
-
-    Parameters
-    ----------
-    napari_viewer : napari.Viewer
-    """
+class TrackParticlesWidget(ViewerWidget):
+    """Run spt on the selected image layer and inspect the tracks (a
+    :class:`~spt.napari._controls.ViewerWidget`)."""
 
     def __init__(self, napari_viewer: Any):
-        super().__init__()
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer)
         self.worker: Any = None
         self._cancel = threading.Event()
         self._signals = _Signals()
