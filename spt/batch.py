@@ -35,6 +35,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 import spt
+from spt._helpers import THREAD_VARIABLES
 from spt.config import PipelineConfig
 from spt.errors import SptInputError
 from spt.io import write_table
@@ -367,6 +368,7 @@ def run_batch(
     progress: BatchProgress | None = None,
     on_error: Callable[[str], None] | None = None,
     keep_results: bool = False,
+    mp_context: Any = None,
 ) -> BatchOutcome:
     """Process a batch of movies; resumable, and one bad movie does not stop the others.
 
@@ -402,6 +404,11 @@ def run_batch(
         Also return the in-memory results of the movies processed (not with ``scheduler``; for
         small batches and notebooks, as they are all held in memory): the movies are then
         processed in this process.
+    mp_context : multiprocessing context, optional
+        How the local worker or helper processes start (default: forked from this process when
+        it runs a single thread, else from a forkserver), e.g. the forkserver of
+        :func:`spt._helpers.start_helper_server`, which the ``spt`` command launches as it
+        starts when given one movie.
 
     Returns
     -------
@@ -472,11 +479,14 @@ def run_batch(
     else:
         runner = _run_pool
     n_workers = min(cores, MAX_HELPERS) if runner is not _run_pool else cores
-    # Helpers of a movie processed here yield the cores to its detection threads while they
-    # warm up (their work comes later, while this process waits for it).
-    niceness = 10 if runner is not _run_pool else 0
+    # Helpers forked here for a movie processed here yield the cores to its detection threads
+    # while they warm up (their work comes later, while this process waits for it); those of a
+    # given context (the ``spt`` command's helper server) are forked warm, when needed.
+    niceness = 10 if runner is not _run_pool and mp_context is None else 0
     pool_context = (
-        _worker_pool(n_workers, progress, niceness) if local else contextlib.nullcontext()
+        _worker_pool(n_workers, progress, niceness, mp_context)
+        if local
+        else contextlib.nullcontext()
     )
     with pool_context as pool:
         try:
@@ -726,15 +736,14 @@ def _file_size(path: Path) -> int:
 
 _WORKER_QUEUE: Any = None
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
-#: Environment variables that set the thread count of numerical libraries in worker processes.
-_THREAD_VARIABLES = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "NUMBA_NUM_THREADS",
-)
 #: Imported once in a forkserver (when workers cannot be forked from this process).
-_PRELOAD = ["spt.batch", "spt.report", "matplotlib.figure", "matplotlib.backends.backend_agg"]
+_PRELOAD = [
+    "spt.batch",
+    "spt.report",
+    "matplotlib.figure",
+    "matplotlib.backends.backend_agg",
+    "matplotlib.backends.backend_svg",
+]
 
 
 def _mp_context() -> Any:
@@ -754,24 +763,31 @@ def _mp_context() -> Any:
 
 @contextlib.contextmanager
 def _worker_pool(
-    n: int, progress: BatchProgress, niceness: int = 0
+    n: int, progress: BatchProgress, niceness: int = 0, ctx: Any = None
 ) -> Iterator[ProcessPoolExecutor]:
-    """``n`` single-threaded worker processes, started now, whose frame counts go to
-    ``progress`` (their numerical libraries use one thread each, as Dask's nanny sets them: N
-    threads per worker on N cores would oversubscribe the machine)."""
-    ctx = _mp_context()
+    """``n`` single-threaded worker processes whose frame counts go to ``progress`` (their
+    numerical libraries use one thread each, as Dask's nanny sets them: N threads per worker on
+    N cores would oversubscribe the machine), ``niceness`` below this process's priority.
+
+    ``ctx`` is a multiprocessing context (default :func:`_mp_context`). Forked workers are
+    started now and warm up while this process goes on; a forkserver's (e.g. one that
+    :func:`spt._helpers.start_helper_server` launched, warming up already) when first needed.
+    """
+    ctx = ctx or _mp_context()
     queue = ctx.Queue()
+    priority = os.getpriority(os.PRIO_PROCESS, 0) + niceness if hasattr(os, "getpriority") else 0
     saved = dict(os.environ)
-    for name in _THREAD_VARIABLES:
+    for name in THREAD_VARIABLES:
         os.environ.setdefault(name, "1")
     try:
         pool = ProcessPoolExecutor(
-            n, mp_context=ctx, initializer=_init_worker, initargs=(queue, niceness)
+            n, mp_context=ctx, initializer=_init_worker, initargs=(queue, priority)
         )
-        # Start the workers now, while this process has a single thread; they import
-        # matplotlib while this process goes on.
-        for _ in range(n):
-            pool.submit(_warm_up)
+        if ctx.get_start_method() == "fork":
+            # Start the workers now, while this process has a single thread; they import
+            # matplotlib while this process goes on.
+            for _ in range(n):
+                pool.submit(warm_up)
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -794,11 +810,11 @@ def _worker_pool(
         queue.close()
 
 
-def _init_worker(queue: Any, niceness: int = 0) -> None:
+def _init_worker(queue: Any, priority: int = 0) -> None:
     global _WORKER_QUEUE
     _WORKER_QUEUE = queue
-    if niceness:
-        os.nice(niceness)
+    if hasattr(os, "setpriority") and os.getpriority(os.PRIO_PROCESS, 0) < priority:
+        os.setpriority(os.PRIO_PROCESS, 0, min(priority, 19))
     # A forked worker inherits libraries already loaded with one thread per core.
     threadpool_limits(limits=1)
     _die_with_parent()
@@ -818,10 +834,12 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _warm_up() -> None:
+def warm_up(draw: bool = False) -> None:
     """Get a worker ready while the main process detects: import what the figures need and
     load numba's compiled segmentation (~0.25 s per process at its first track) on a short
-    synthetic track. The task also makes the pool start its workers."""
+    synthetic track; with ``draw``, also draw a small figure as PNG and SVG (the first figure
+    of a process loads fonts and the SVG backend, ~0.2 s). Also the task that makes a forked
+    pool start its workers."""
     for name in _PRELOAD:
         importlib.import_module(name)
     from spt.segment import segment_tracks
@@ -832,6 +850,19 @@ def _warm_up() -> None:
     xy = 50.0 + np.cumsum(steps, axis=0)
     track = pd.DataFrame({"frame": np.arange(120), "x": xy[:, 0], "y": xy[:, 1], "particle": 0})
     segment_tracks(track, PipelineConfig().segment, pixel_size_um=0.1, frame_interval_s=0.033)
+    if draw:
+        import io
+
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(2, 2))
+        ax = fig.add_subplot()
+        ax.plot([1, 10], [1, 10], label="warm-up")
+        ax.set_xscale("log")
+        ax.set_title("warm-up")
+        ax.legend()
+        for fmt in ("png", "svg"):
+            fig.savefig(io.BytesIO(), format=fmt, dpi=120)
 
 
 def _queue_report(movie: str, done: int, total: int | None) -> None:
