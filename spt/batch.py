@@ -24,7 +24,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +59,7 @@ from spt.provenance import (
     up_to_date,
 )
 from spt.schema import SPOT_COLUMNS, empty_table
-from spt.summary import stage_summary
+from spt.summary import MovieStages, stage_summary
 
 __all__ = [
     "BatchOutcome",
@@ -449,12 +449,18 @@ def run_batch(
             todo.append(i)
 
     kept: dict[int, MovieResult] = {}
+    read_back: dict[Path, tuple[MovieResult, MovieStages]] = {}
 
     def finished(i: int, row: dict[str, Any]) -> None:
         tb = row.pop("traceback", None)
         if "result" in row:
             kept[i] = row.pop("result")
         rows[i] = row
+        if read_ahead and row["status"] == "ok":
+            # This process only waits for the workers: it reads each movie's results back as
+            # it finishes, for the batch outputs (which then start from the pooling itself).
+            with contextlib.suppress(Exception):  # read again, and any error raised, later
+                read_back[Path(row["output"])] = _read_back(Path(row["output"]), out)
         if row["status"] == "ok":
             message = (
                 f"ok, {row['n_frames']} frames, {row['n_spots']} spots, "
@@ -478,6 +484,7 @@ def run_batch(
         runner = functools.partial(_run_here, keep=keep_results)
     else:
         runner = _run_pool
+    read_ahead = runner in (_run_pool, _run_dask) and len(todo_jobs) > 1
     n_workers = min(cores, MAX_HELPERS) if runner is not _run_pool else cores
     # Helpers forked here for a movie processed here yield the cores to its detection threads
     # while they warm up (their work comes later, while this process waits for it); those of a
@@ -510,7 +517,7 @@ def run_batch(
         if outcome.folders:
             write_table(summary, out / "batch_summary.csv")
             # The local workers, idle now, draw the batch report's figures.
-            write_batch_outputs(outcome, config, force=force, executor=pool)
+            write_batch_outputs(outcome, config, force=force, executor=pool, read_back=read_back)
     return outcome
 
 
@@ -519,7 +526,12 @@ BATCH_PROVENANCE_FILE = "batch_provenance.json"
 
 
 def write_batch_outputs(
-    outcome: BatchOutcome, config: PipelineConfig, *, force: bool = False, executor: Any = None
+    outcome: BatchOutcome,
+    config: PipelineConfig,
+    *,
+    force: bool = False,
+    executor: Any = None,
+    read_back: Mapping[Path, tuple[MovieResult, MovieStages]] | None = None,
 ) -> bool:
     """Write the per-stage table pooled over the batch and, for two or more movies, the report.
 
@@ -530,7 +542,9 @@ def write_batch_outputs(
 
     Skipped (returns False) when ``batch_provenance.json`` shows they were computed from exactly
     the current movie results and failures, so that re-running a finished batch is quick.
-    ``executor`` (e.g. a process pool) draws the report's figures in parallel.
+    ``executor`` (e.g. a process pool) draws the report's figures in parallel. ``read_back``
+    holds movies already read back from their result folders (``{folder: (result, stages)}``,
+    :func:`_read_back`); the others are read here.
     """
     out = outcome.out_dir
     fmt = config.output.table_format
@@ -555,19 +569,31 @@ def write_batch_outputs(
         expected.append(out / "batch_report.html")
     if not force and previous.get("key") == key and all(p.exists() for p in expected):
         return False
+    finish_report = None
     if len(movies) == 1:
         [folder] = outcome.folders
         pooled = _read_table(folder / "stage_velocities")
         remove_batch_report(out)
     else:
-        results = read_results(outcome.folders, out)
-        summary = stage_summary([r.stages() for r in results])
+        read_back = read_back or {}
+        pairs = [read_back.get(f) or _read_back(f, out) for f in outcome.folders]
+        stages = [m for _, m in pairs]
+        if report:
+            from spt.report import start_batch_report  # matplotlib: imported when needed
+
+            # the figures need no confidence intervals: drawn while the bootstrap runs here
+            finish_report = start_batch_report(
+                [r for r, _ in pairs],
+                out,
+                summary_table=failed,
+                summary=stage_summary(stages, intervals=False),
+                executor=executor,
+            )
+        summary = stage_summary(stages)
         pooled = summary.velocities
     write_table(pooled, expected[0])
-    if report:
-        from spt.report import write_batch_report  # matplotlib: imported when needed
-
-        write_batch_report(results, out, summary_table=failed, summary=summary, executor=executor)
+    if finish_report is not None:
+        finish_report(summary)
     text = json.dumps({"key": key, "created_utc": now_utc(), "spt": spt.__version__, **record})
     tmp = out / f".{BATCH_PROVENANCE_FILE}.tmp"
     tmp.write_text(text + "\n", encoding="utf-8")
@@ -629,6 +655,12 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):  # no /proc (macOS): kill() said it exists
         return True
     return state not in ("Z", "X")
+
+
+def _read_back(folder: Path, out: Path) -> tuple[MovieResult, MovieStages]:
+    """A movie's results read back, with its share of the pooled stage tables computed."""
+    [result] = read_results([folder], out)
+    return result, result.stages().prepare()
 
 
 def read_results(folders: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list:

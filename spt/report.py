@@ -374,15 +374,35 @@ def write_batch_report(
     executor : concurrent.futures.Executor or dask.distributed.Client, optional
         Draw the two figures on it, in parallel (its workers must see ``out_dir``).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if summary is None:
         summary = stage_summary([r.stages() for r in results], velocities=velocities)
+    finish = start_batch_report(
+        results, out_dir, summary_table=summary_table, summary=summary, executor=executor
+    )
+    return finish(summary)
+
+
+def start_batch_report(
+    results: Sequence[MovieResult],
+    out_dir: str | os.PathLike,
+    *,
+    summary_table: pd.DataFrame | None,
+    summary: StageSummary,
+    executor: Any = None,
+) -> Callable[[StageSummary], list[Path]]:
+    """Start :func:`write_batch_report`: write the dwell and transition tables and send the
+    figures to ``executor``.
+
+    ``summary`` may lack the bootstrap intervals (``stage_summary(..., intervals=False)``: the
+    figures and these tables do not use them). Returns a function that takes the complete
+    summary (the same movies, with intervals), waits for the figures, writes the velocity table
+    and ``batch_report.html`` and returns the files written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     written = _write_tables(
         {"stage_dwells": summary.dwells, "stage_transitions": summary.transitions}, out
     )
-    if _parquet_available():
-        written.append(write_table(summary.velocities, out / "stage_velocities.parquet"))
     figures = {
         "speed_by_stage": (
             "figure_speed_distributions",
@@ -398,6 +418,21 @@ def write_batch_report(
     written += [
         out / f"{n}.{f}" for n in ("speed_by_stage", "stage_transitions") for f in ("png", "svg")
     ]
+    return lambda complete: _finish_batch_report(
+        results, out, summary_table, complete, drawn, written
+    )
+
+
+def _finish_batch_report(
+    results: Sequence[MovieResult],
+    out: Path,
+    summary_table: pd.DataFrame | None,
+    summary: StageSummary,
+    drawn: dict[str, Any],
+    written: list[Path],
+) -> list[Path]:
+    if _parquet_available():
+        written.append(write_table(summary.velocities, out / "stage_velocities.parquet"))
     rows = []
     for r in results:
         t = r.analysis.tracks

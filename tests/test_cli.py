@@ -184,3 +184,27 @@ def test_simulate_writes_movie_masks_truth(tmp_path):
 def test_simulate_refuses_bad_parameters(tmp_path, capsys):
     assert main(["simulate", "--out", str(tmp_path), "--frames", "1"]) == 1
     assert "n_frames" in capsys.readouterr().err
+
+
+def test_one_movie_gets_helpers_from_a_server_warmed_up_at_start(tmp_path, small_movie):
+    # `spt run` on one movie launches the server of its helper processes before importing the
+    # pipeline; batches, one core and Dask do without.
+    from concurrent.futures import ProcessPoolExecutor
+
+    from spt.cli import _early_helper_server, build_parser
+
+    def server(*args):
+        return _early_helper_server(build_parser().parse_args(["run", *map(str, args)]))
+
+    movie, out = small_movie["movie"], ("--out", tmp_path / "o")
+    assert server(movie.parent, *out) is None  # a folder: a batch
+    assert server(movie, movie, *out) is None
+    assert server(movie, *out, "--workers", "1") is None
+    assert server(movie, *out, "--scheduler", "tcp://127.0.0.1:1") is None
+    ctx = server(movie, *out, "--workers", "2")
+    assert ctx.get_start_method() == "forkserver"
+    # Its helpers are forked with spt, matplotlib (PNG and SVG) and numba's segmentation loaded.
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        loaded = set(pool.submit(eval, "list(__import__('sys').modules)").result())
+    assert {"spt.pipeline", "spt.report", "matplotlib.backends.backend_svg"} <= loaded
+    assert not (tmp_path / "o").exists()
