@@ -1,13 +1,14 @@
 """Imported by the forkserver of :mod:`spt._helpers` (which only imports): readies its helpers.
 
-Importing this module does :func:`spt.batch.warm_up`: spt, matplotlib and numba's compiled
-segmentation loaded, and a first figure drawn, once, before any helper is forked from it.
+Importing this module does :func:`spt._helpers.warm_up`: the segmentation, the figures and
+matplotlib imported (not detection, which helpers do not do), numba's compiled segmentation
+loaded and a first figure drawn, once, before any helper is forked from it.
 """
 
 import atexit
 import os
 
-from spt.batch import warm_up
+from spt._helpers import warm_up
 
 warm_up(draw=True)
 

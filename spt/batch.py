@@ -12,7 +12,6 @@ import ctypes
 import functools
 import glob
 import hashlib
-import importlib
 import json
 import multiprocessing
 import os
@@ -35,7 +34,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 import spt
-from spt._helpers import THREAD_VARIABLES
+from spt._helpers import HELPER_MODULES, THREAD_VARIABLES, warm_up
 from spt.config import PipelineConfig
 from spt.errors import SptInputError
 from spt.io import write_table
@@ -769,13 +768,7 @@ def _file_size(path: Path) -> int:
 _WORKER_QUEUE: Any = None
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 #: Imported once in a forkserver (when workers cannot be forked from this process).
-_PRELOAD = [
-    "spt.batch",
-    "spt.report",
-    "matplotlib.figure",
-    "matplotlib.backends.backend_agg",
-    "matplotlib.backends.backend_svg",
-]
+_PRELOAD = ["spt.batch", *HELPER_MODULES]
 
 
 def _mp_context() -> Any:
@@ -864,37 +857,6 @@ def _die_with_parent() -> None:
     prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:  # the parent died before the call
         os._exit(1)
-
-
-def warm_up(draw: bool = False) -> None:
-    """Get a worker ready while the main process detects: import what the figures need and
-    load numba's compiled segmentation (~0.25 s per process at its first track) on a short
-    synthetic track; with ``draw``, also draw a small figure as PNG and SVG (the first figure
-    of a process loads fonts and the SVG backend, ~0.2 s). Also the task that makes a forked
-    pool start its workers."""
-    for name in _PRELOAD:
-        importlib.import_module(name)
-    from spt.segment import segment_tracks
-
-    rng = np.random.default_rng(0)
-    steps = rng.normal(0.0, 0.3, (120, 2))
-    steps[40:80] += 1.0  # a run between two stops
-    xy = 50.0 + np.cumsum(steps, axis=0)
-    track = pd.DataFrame({"frame": np.arange(120), "x": xy[:, 0], "y": xy[:, 1], "particle": 0})
-    segment_tracks(track, PipelineConfig().segment, pixel_size_um=0.1, frame_interval_s=0.033)
-    if draw:
-        import io
-
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(2, 2))
-        ax = fig.add_subplot()
-        ax.plot([1, 10], [1, 10], label="warm-up")
-        ax.set_xscale("log")
-        ax.set_title("warm-up")
-        ax.legend()
-        for fmt in ("png", "svg"):
-            fig.savefig(io.BytesIO(), format=fmt, dpi=120)
 
 
 def _queue_report(movie: str, done: int, total: int | None) -> None:

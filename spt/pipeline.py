@@ -25,6 +25,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 import spt
+from spt._helpers import segment_part
 from spt.camera import Camera
 from spt.config import PipelineConfig
 from spt.detect import MIN_DETECT_FRAME_PX, locate_chunks, resolve_camera_and_psf
@@ -42,7 +43,7 @@ from spt.io import (
 from spt.link import link
 from spt.provenance import PROVENANCE_FILE, environment, file_record, now_utc
 from spt.schema import SPOT_COLUMNS, TRACK_COLUMNS, empty_table
-from spt.segment import pool_confinement, segment_tracks
+from spt.segment import pool_confinement
 from spt.stages import classify_stages
 from spt.summary import MovieStages, stage_velocities
 
@@ -222,8 +223,11 @@ def analyze_tracks(
     # slower on 2 cores), so it runs single-threaded.
     with threadpool_limits(limits=1, user_api="blas"):
         if executor is None or tracks["particle"].nunique() < 2:
-            segmented, segments = _segment_part(
-                tracks, config, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
+            segmented, segments = segment_part(
+                tracks,
+                config.segment,
+                pixel_size_um=pixel_size_um,
+                frame_interval_s=frame_interval_s,
             )
         else:
             segmented, segments = _segment_parallel(
@@ -257,16 +261,6 @@ def analyze_tracks(
         return Analysis(staged, segments, velocities)
 
 
-def _segment_part(
-    tracks: pd.DataFrame, config: PipelineConfig, *, pixel_size_um: float, frame_interval_s: float
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """:func:`spt.segment.segment_tracks` with single-threaded BLAS (also a worker task)."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        return segment_tracks(
-            tracks, config.segment, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
-        )
-
-
 def track_parts(particle: np.ndarray, n_parts: int) -> list[slice]:
     """Split rows sorted by particle into at most ``n_parts`` row ranges of whole tracks.
 
@@ -293,12 +287,10 @@ def _segment_parallel(
     (:func:`spt.segment.pool_confinement`): the same result as one serial call."""
     ordered = tracks.sort_values(["particle", "frame"], kind="stable", ignore_index=True)
     parts = track_parts(ordered["particle"].to_numpy(), n_parts)
-    unpooled = dataclasses.replace(
-        config, segment=dataclasses.replace(config.segment, pool_D_factor=0.0)
-    )
+    unpooled = dataclasses.replace(config.segment, pool_D_factor=0.0)
     futures = [
         executor.submit(
-            _segment_part,
+            segment_part,
             ordered.iloc[part],
             unpooled,
             pixel_size_um=pixel_size_um,

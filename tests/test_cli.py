@@ -189,8 +189,6 @@ def test_simulate_refuses_bad_parameters(tmp_path, capsys):
 def test_one_movie_gets_helpers_from_a_server_warmed_up_at_start(tmp_path, small_movie):
     # `spt run` on one movie launches the server of its helper processes before importing the
     # pipeline; batches, one core and Dask do without.
-    from concurrent.futures import ProcessPoolExecutor
-
     from spt.cli import _early_helper_server, build_parser
 
     def server(*args):
@@ -201,10 +199,22 @@ def test_one_movie_gets_helpers_from_a_server_warmed_up_at_start(tmp_path, small
     assert server(movie, movie, *out) is None
     assert server(movie, *out, "--workers", "1") is None
     assert server(movie, *out, "--scheduler", "tcp://127.0.0.1:1") is None
-    ctx = server(movie, *out, "--workers", "2")
-    assert ctx.get_start_method() == "forkserver"
-    # Its helpers are forked with spt, matplotlib (PNG and SVG) and numba's segmentation loaded.
-    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
-        loaded = set(pool.submit(eval, "list(__import__('sys').modules)").result())
-    assert {"spt.pipeline", "spt.report", "matplotlib.backends.backend_svg"} <= loaded
+    # Its helpers are forked with the segmentation and the figures (matplotlib, PNG and SVG)
+    # loaded, but not detection. (A fresh process: this one may run another forkserver.)
+    code = f"""
+from concurrent.futures import ProcessPoolExecutor
+from spt.cli import _early_helper_server, build_parser
+ctx = _early_helper_server(
+    build_parser().parse_args(["run", {str(movie)!r}, "--out", "o", "--workers", "2"])
+)
+with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+    print(*pool.submit(eval, "list(__import__('sys').modules)").result())
+print(ctx.get_start_method())
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    loaded, method = run.stdout.splitlines()
+    assert method == "forkserver"
+    assert {"spt.segment", "spt.report", "matplotlib.backends.backend_svg"} <= set(loaded.split())
+    assert "spt.detect" not in loaded.split()
     assert not (tmp_path / "o").exists()
