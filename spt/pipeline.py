@@ -365,10 +365,9 @@ def process_movie(
     masks = None
     if masks_path is not None:
         masks = read_masks(masks_path, shape=movie.shape, n_frames=movie.n_frames)
-    # The input files are hashed (for the provenance) in a thread while the movie is analysed:
-    # file reads and SHA-256 release the GIL.
+    # The input files are hashed (for the provenance) in a thread while the tracks are linked,
+    # when detection no longer needs every core: file reads and SHA-256 release the GIL.
     hasher = ThreadPoolExecutor(1, thread_name_prefix="spt-hash")
-    records = hasher.submit(input_records, path, masks_path)
     try:
         t1 = time.perf_counter()
         resolved = None
@@ -392,6 +391,7 @@ def process_movie(
             spots, projection = _detect_parallel(movie, config, executor, parts, progress)
         release_free_memory()
         t2 = time.perf_counter()
+        records = hasher.submit(input_records, path, masks_path)
         tracks = link(
             spots,
             config.link,

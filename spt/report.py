@@ -92,6 +92,14 @@ def _draw(figure: str, args: tuple, kwargs: dict, stem: Path) -> str:
     return _embed(getattr(plot, figure)(*args, **kwargs), stem)
 
 
+def _start_drawing(figures: dict[str, tuple], folder: Path, executor: Any) -> dict[str, Any]:
+    """Draw ``{name: (figure function, args, kwargs)}`` into ``folder`` here (each name's <img>),
+    or send them to ``executor`` (each name's future)."""
+    if executor is None:
+        return {n: _draw(*job, folder / n) for n, job in figures.items()}
+    return {n: executor.submit(_draw, *job, folder / n) for n, job in figures.items()}
+
+
 def _fmt(value: float, digits: int = 3) -> str:
     if value is None or not np.isfinite(value):
         return "&ndash;"
@@ -235,20 +243,10 @@ def start_movie_report(
         if len(a.tracks)
         else float("nan")
     )
-    movie = MovieStages(a.tracks, a.segments, px, dt, name=result.name, localization_error_um=sigma)
-    # The analysis already holds the stage velocity table: reuse it (no second bootstrap).
-    known = a.stage_velocities if len(a.stage_velocities) else None
-    summary = stage_summary([movie], velocities=known)
-    velocities = summary.velocities
-    written = _write_tables(
-        {"stage_dwells": summary.dwells, "stage_transitions": summary.transitions}, folder
-    )
-    written.append(write_table(column_descriptions(), folder / "stage_velocities_columns.csv"))
-    if _parquet_available():
-        written.append(write_table(velocities, folder / "stage_velocities.parquet"))
     plane = result.masks[0] if result.masks is not None and result.masks.ndim == 3 else result.masks
     state_keys = [c for c in ("particle", "segment", "frame", "x", "y", "state") if c in a.tracks]
-    # (figure function, arguments, keywords): only the columns each figure draws are sent
+    # (figure function, arguments, keywords): only the columns each figure draws are sent; the
+    # figures of the tracks go first, the others once the stage tables are made
     figures = {
         "tracks_by_stage": (
             "figure_tracks_by_stage",
@@ -259,22 +257,36 @@ def start_movie_report(
                 "title": f"{result.name}: tracks by delivery stage",
             },
         ),
-        "speed_by_stage": (
-            "figure_speed_distributions",
-            (summary.steps[["stage", "speed_um_s"]], velocities),
-            {},
-        ),
         "msd_by_state": (
             "figure_msd_by_state",
             (a.tracks[state_keys],),
             {"pixel_size_um": px, "frame_interval_s": dt, "localization_error_um": sigma},
         ),
-        "stage_transitions": ("figure_stage_transitions", (summary.transitions,), {}),
     }
-    if executor is None:
-        drawn = {n: _draw(*job, folder / n) for n, job in figures.items()}
-    else:
-        drawn = {n: executor.submit(_draw, *job, folder / n) for n, job in figures.items()}
+    drawn = _start_drawing(figures, folder, executor)
+    movie = MovieStages(a.tracks, a.segments, px, dt, name=result.name, localization_error_um=sigma)
+    # The analysis already holds the stage velocity table: reuse it (no second bootstrap).
+    known = a.stage_velocities if len(a.stage_velocities) else None
+    summary = stage_summary([movie], velocities=known)
+    velocities = summary.velocities
+    drawn |= _start_drawing(
+        {
+            "speed_by_stage": (
+                "figure_speed_distributions",
+                (summary.steps[["stage", "speed_um_s"]], velocities),
+                {},
+            ),
+            "stage_transitions": ("figure_stage_transitions", (summary.transitions,), {}),
+        },
+        folder,
+        executor,
+    )
+    written = _write_tables(
+        {"stage_dwells": summary.dwells, "stage_transitions": summary.transitions}, folder
+    )
+    written.append(write_table(column_descriptions(), folder / "stage_velocities_columns.csv"))
+    if _parquet_available():
+        written.append(write_table(velocities, folder / "stage_velocities.parquet"))
     return lambda: _finish_movie_report(
         result, folder, config_toml, summary, velocities, sigma, drawn, written
     )
@@ -411,10 +423,7 @@ def start_batch_report(
         ),
         "stage_transitions": ("figure_stage_transitions", (summary.transitions,), {}),
     }
-    if executor is None:
-        drawn = {n: _draw(*job, out / n) for n, job in figures.items()}
-    else:
-        drawn = {n: executor.submit(_draw, *job, out / n) for n, job in figures.items()}
+    drawn = _start_drawing(figures, out, executor)
     written += [
         out / f"{n}.{f}" for n in ("speed_by_stage", "stage_transitions") for f in ("png", "svg")
     ]
