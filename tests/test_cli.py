@@ -209,12 +209,14 @@ ctx = _early_helper_server(
 )
 with ProcessPoolExecutor(1, mp_context=ctx) as pool:
     print(*pool.submit(eval, "list(__import__('sys').modules)").result())
-print(ctx.get_start_method())
+    print(pool.submit(eval, "__import__('os').getpriority(0, 0)").result())
+print(ctx.get_start_method(), __import__("os").getpriority(0, 0))
 """
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    loaded, method = run.stdout.splitlines()
-    assert method == "forkserver"
+    loaded, helper_priority, server = run.stdout.splitlines()
+    # forked from the server, with the command's priority (the server warms up niced)
+    assert server.split() == ["forkserver", helper_priority]
     assert {"spt.segment", "spt.report", "matplotlib.backends.backend_svg"} <= set(loaded.split())
     assert "spt.detect" not in loaded.split()
     assert not (tmp_path / "o").exists()
