@@ -813,6 +813,11 @@ def _worker_pool(
             # matplotlib while this process goes on.
             for _ in range(n):
                 pool.submit(warm_up)
+        else:
+            # A forkserver's workers start once it is ready (a submit waits for it): from a
+            # thread, so that they are up when the first task comes (~0.1 s each) but this
+            # process does not wait.
+            threading.Thread(target=_start_workers, args=(pool, n), daemon=True).start()
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -833,6 +838,13 @@ def _worker_pool(
         queue.put(None)
         reader.join(timeout=5)
         queue.close()
+
+
+def _start_workers(pool: ProcessPoolExecutor, n: int) -> None:
+    """Make ``pool`` start ``n`` workers (one per task submitted while none is idle)."""
+    with contextlib.suppress(RuntimeError):  # the pool was shut down first
+        for _ in range(n):
+            pool.submit(os.getpid)
 
 
 def _init_worker(queue: Any, priority: int = 0) -> None:
