@@ -15,7 +15,7 @@ from spt._helpers import warm_up
 
 #: How much lower the warm-up's priority is than spt's: it runs on the core that spt's start-up
 #: leaves idle, and should leave the cores to spt's detection threads once they start.
-WARM_UP_NICENESS = 5
+WARM_UP_NICENESS = 10
 
 
 def _warm_up_yielding() -> None:
