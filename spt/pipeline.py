@@ -618,8 +618,8 @@ def write_results(
     tmp = out / f".{result.name}{TEMP_MARK}{socket.gethostname()}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    finish_report = None
     try:
-        finish_report = None
         if config.output.report:
             from spt.report import start_movie_report
 
@@ -651,6 +651,8 @@ def write_results(
         else:
             os.replace(tmp, final)
     except BaseException:
+        if finish_report is not None:  # figures still being drawn into tmp on the executor
+            finish_report.cancel()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final

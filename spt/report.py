@@ -7,6 +7,7 @@ open in any browser; it explains what each number means and flags noise-dominate
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import importlib.util
 import os
@@ -229,11 +230,12 @@ def write_movie_report(
 
 def start_movie_report(
     result: MovieResult, folder: str | os.PathLike, *, config_toml: str = "", executor: Any = None
-) -> Callable[[], list[Path]]:
+) -> _PendingReport:
     """Start :func:`write_movie_report`: write its tables and send its figures to ``executor``.
 
-    Returns a function that waits for the figures, writes ``report.html`` and returns the files
-    written, so that other work (e.g. the movie's own tables) can be done in between.
+    Returns a callable that waits for the figures, writes ``report.html`` and returns the files
+    written, so that other work (e.g. the movie's own tables) can be done in between; its
+    ``cancel()`` stops or waits for the figures instead (before ``folder`` is deleted).
     """
     folder = Path(folder)
     a = result.analysis
@@ -281,15 +283,42 @@ def start_movie_report(
         folder,
         executor,
     )
-    written = _write_tables(
-        {"stage_dwells": summary.dwells, "stage_transitions": summary.transitions}, folder
+    pending = _PendingReport(
+        drawn,
+        lambda: _finish_movie_report(
+            result, folder, config_toml, summary, velocities, sigma, drawn, written
+        ),
     )
-    written.append(write_table(column_descriptions(), folder / "stage_velocities_columns.csv"))
-    if _parquet_available():
-        written.append(write_table(velocities, folder / "stage_velocities.parquet"))
-    return lambda: _finish_movie_report(
-        result, folder, config_toml, summary, velocities, sigma, drawn, written
-    )
+    try:
+        written = _write_tables(
+            {"stage_dwells": summary.dwells, "stage_transitions": summary.transitions}, folder
+        )
+        written.append(write_table(column_descriptions(), folder / "stage_velocities_columns.csv"))
+        if _parquet_available():
+            written.append(write_table(velocities, folder / "stage_velocities.parquet"))
+    except BaseException:
+        pending.cancel()
+        raise
+    return pending
+
+
+class _PendingReport:
+    """A report whose figures are being drawn: call it to finish the report, or :meth:`cancel`
+    it (e.g. before deleting the folder the figures are written to)."""
+
+    def __init__(self, drawn: dict[str, Any], finish: Callable[[], list[Path]]):
+        self._drawn, self._finish = drawn, finish
+
+    def __call__(self) -> list[Path]:
+        return self._finish()
+
+    def cancel(self) -> None:
+        """Cancel the figures not started and wait for the others (their errors ignored)."""
+        for future in self._drawn.values():
+            if isinstance(future, str) or future.cancel():
+                continue
+            with contextlib.suppress(Exception):
+                future.result()
 
 
 def _finish_movie_report(
