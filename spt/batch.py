@@ -12,7 +12,6 @@ import ctypes
 import functools
 import glob
 import hashlib
-import importlib
 import json
 import multiprocessing
 import os
@@ -24,7 +23,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 import spt
+from spt._helpers import HELPER_MODULES, THREAD_VARIABLES, warm_up
 from spt.config import PipelineConfig
 from spt.errors import SptInputError
 from spt.io import write_table
@@ -58,7 +58,7 @@ from spt.provenance import (
     up_to_date,
 )
 from spt.schema import SPOT_COLUMNS, empty_table
-from spt.summary import stage_summary
+from spt.summary import MovieStages, stage_summary
 
 __all__ = [
     "BatchOutcome",
@@ -367,6 +367,7 @@ def run_batch(
     progress: BatchProgress | None = None,
     on_error: Callable[[str], None] | None = None,
     keep_results: bool = False,
+    mp_context: Any = None,
 ) -> BatchOutcome:
     """Process a batch of movies; resumable, and one bad movie does not stop the others.
 
@@ -402,6 +403,11 @@ def run_batch(
         Also return the in-memory results of the movies processed (not with ``scheduler``; for
         small batches and notebooks, as they are all held in memory): the movies are then
         processed in this process.
+    mp_context : multiprocessing context, optional
+        How the local worker or helper processes start (default: forked from this process when
+        it runs a single thread, else from a forkserver), e.g. the forkserver of
+        :func:`spt._helpers.start_helper_server`, which the ``spt`` command launches as it
+        starts when given one movie.
 
     Returns
     -------
@@ -442,12 +448,18 @@ def run_batch(
             todo.append(i)
 
     kept: dict[int, MovieResult] = {}
+    read_back: dict[Path, tuple[MovieResult, MovieStages]] = {}
 
     def finished(i: int, row: dict[str, Any]) -> None:
         tb = row.pop("traceback", None)
         if "result" in row:
             kept[i] = row.pop("result")
         rows[i] = row
+        if read_ahead and row["status"] == "ok":
+            # This process only waits for the workers: it reads each movie's results back as
+            # it finishes, for the batch outputs (which then start from the pooling itself).
+            with contextlib.suppress(Exception):  # read again, and any error raised, later
+                read_back[Path(row["output"])] = _read_back(Path(row["output"]), out)
         if row["status"] == "ok":
             message = (
                 f"ok, {row['n_frames']} frames, {row['n_spots']} spots, "
@@ -471,12 +483,16 @@ def run_batch(
         runner = functools.partial(_run_here, keep=keep_results)
     else:
         runner = _run_pool
+    read_ahead = runner in (_run_pool, _run_dask) and len(todo_jobs) > 1
     n_workers = min(cores, MAX_HELPERS) if runner is not _run_pool else cores
-    # Helpers of a movie processed here yield the cores to its detection threads while they
-    # warm up (their work comes later, while this process waits for it).
-    niceness = 10 if runner is not _run_pool else 0
+    # Helpers forked here for a movie processed here yield the cores to its detection threads
+    # while they warm up (their work comes later, while this process waits for it); those of a
+    # given context (the ``spt`` command's helper server) are forked warm, when needed.
+    niceness = 10 if runner is not _run_pool and mp_context is None else 0
     pool_context = (
-        _worker_pool(n_workers, progress, niceness) if local else contextlib.nullcontext()
+        _worker_pool(n_workers, progress, niceness, mp_context)
+        if local
+        else contextlib.nullcontext()
     )
     with pool_context as pool:
         try:
@@ -500,7 +516,7 @@ def run_batch(
         if outcome.folders:
             write_table(summary, out / "batch_summary.csv")
             # The local workers, idle now, draw the batch report's figures.
-            write_batch_outputs(outcome, config, force=force, executor=pool)
+            write_batch_outputs(outcome, config, force=force, executor=pool, read_back=read_back)
     return outcome
 
 
@@ -509,7 +525,12 @@ BATCH_PROVENANCE_FILE = "batch_provenance.json"
 
 
 def write_batch_outputs(
-    outcome: BatchOutcome, config: PipelineConfig, *, force: bool = False, executor: Any = None
+    outcome: BatchOutcome,
+    config: PipelineConfig,
+    *,
+    force: bool = False,
+    executor: Any = None,
+    read_back: Mapping[Path, tuple[MovieResult, MovieStages]] | None = None,
 ) -> bool:
     """Write the per-stage table pooled over the batch and, for two or more movies, the report.
 
@@ -520,7 +541,9 @@ def write_batch_outputs(
 
     Skipped (returns False) when ``batch_provenance.json`` shows they were computed from exactly
     the current movie results and failures, so that re-running a finished batch is quick.
-    ``executor`` (e.g. a process pool) draws the report's figures in parallel.
+    ``executor`` (e.g. a process pool) draws the report's figures in parallel. ``read_back``
+    holds movies already read back from their result folders (``{folder: (result, stages)}``,
+    :func:`_read_back`); the others are read here.
     """
     out = outcome.out_dir
     fmt = config.output.table_format
@@ -545,19 +568,31 @@ def write_batch_outputs(
         expected.append(out / "batch_report.html")
     if not force and previous.get("key") == key and all(p.exists() for p in expected):
         return False
+    finish_report = None
     if len(movies) == 1:
         [folder] = outcome.folders
         pooled = _read_table(folder / "stage_velocities")
         remove_batch_report(out)
     else:
-        results = read_results(outcome.folders, out)
-        summary = stage_summary([r.stages() for r in results])
+        read_back = read_back or {}
+        pairs = [read_back.get(f) or _read_back(f, out) for f in outcome.folders]
+        stages = [m for _, m in pairs]
+        if report:
+            from spt.report import start_batch_report  # matplotlib: imported when needed
+
+            # the figures need no confidence intervals: drawn while the bootstrap runs here
+            finish_report = start_batch_report(
+                [r for r, _ in pairs],
+                out,
+                summary_table=failed,
+                summary=stage_summary(stages, intervals=False),
+                executor=executor,
+            )
+        summary = stage_summary(stages)
         pooled = summary.velocities
     write_table(pooled, expected[0])
-    if report:
-        from spt.report import write_batch_report  # matplotlib: imported when needed
-
-        write_batch_report(results, out, summary_table=failed, summary=summary, executor=executor)
+    if finish_report is not None:
+        finish_report(summary)
     text = json.dumps({"key": key, "created_utc": now_utc(), "spt": spt.__version__, **record})
     tmp = out / f".{BATCH_PROVENANCE_FILE}.tmp"
     tmp.write_text(text + "\n", encoding="utf-8")
@@ -619,6 +654,12 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):  # no /proc (macOS): kill() said it exists
         return True
     return state not in ("Z", "X")
+
+
+def _read_back(folder: Path, out: Path) -> tuple[MovieResult, MovieStages]:
+    """A movie's results read back, with its share of the pooled stage tables computed."""
+    [result] = read_results([folder], out)
+    return result, result.stages().prepare()
 
 
 def read_results(folders: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list:
@@ -726,15 +767,8 @@ def _file_size(path: Path) -> int:
 
 _WORKER_QUEUE: Any = None
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
-#: Environment variables that set the thread count of numerical libraries in worker processes.
-_THREAD_VARIABLES = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "NUMBA_NUM_THREADS",
-)
 #: Imported once in a forkserver (when workers cannot be forked from this process).
-_PRELOAD = ["spt.batch", "spt.report", "matplotlib.figure", "matplotlib.backends.backend_agg"]
+_PRELOAD = ["spt.batch", *HELPER_MODULES]
 
 
 def _mp_context() -> Any:
@@ -754,24 +788,36 @@ def _mp_context() -> Any:
 
 @contextlib.contextmanager
 def _worker_pool(
-    n: int, progress: BatchProgress, niceness: int = 0
+    n: int, progress: BatchProgress, niceness: int = 0, ctx: Any = None
 ) -> Iterator[ProcessPoolExecutor]:
-    """``n`` single-threaded worker processes, started now, whose frame counts go to
-    ``progress`` (their numerical libraries use one thread each, as Dask's nanny sets them: N
-    threads per worker on N cores would oversubscribe the machine)."""
-    ctx = _mp_context()
+    """``n`` single-threaded worker processes whose frame counts go to ``progress`` (their
+    numerical libraries use one thread each, as Dask's nanny sets them: N threads per worker on
+    N cores would oversubscribe the machine), ``niceness`` below this process's priority.
+
+    ``ctx`` is a multiprocessing context (default :func:`_mp_context`). Forked workers are
+    started now and warm up while this process goes on; a forkserver's (e.g. one that
+    :func:`spt._helpers.start_helper_server` launched, warming up already) when first needed.
+    """
+    ctx = ctx or _mp_context()
     queue = ctx.Queue()
+    priority = os.getpriority(os.PRIO_PROCESS, 0) + niceness if hasattr(os, "getpriority") else 0
     saved = dict(os.environ)
-    for name in _THREAD_VARIABLES:
+    for name in THREAD_VARIABLES:
         os.environ.setdefault(name, "1")
     try:
         pool = ProcessPoolExecutor(
-            n, mp_context=ctx, initializer=_init_worker, initargs=(queue, niceness)
+            n, mp_context=ctx, initializer=_init_worker, initargs=(queue, priority)
         )
-        # Start the workers now, while this process has a single thread; they import
-        # matplotlib while this process goes on.
-        for _ in range(n):
-            pool.submit(_warm_up)
+        if ctx.get_start_method() == "fork":
+            # Start the workers now, while this process has a single thread; they import
+            # matplotlib while this process goes on.
+            for _ in range(n):
+                pool.submit(warm_up)
+        else:
+            # A forkserver's workers start once it is ready (a submit waits for it): from a
+            # thread, so that they are up when the first task comes (~0.1 s each) but this
+            # process does not wait.
+            threading.Thread(target=_start_workers, args=(pool, n), daemon=True).start()
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -794,11 +840,18 @@ def _worker_pool(
         queue.close()
 
 
-def _init_worker(queue: Any, niceness: int = 0) -> None:
+def _start_workers(pool: ProcessPoolExecutor, n: int) -> None:
+    """Make ``pool`` start ``n`` workers (one per task submitted while none is idle)."""
+    with contextlib.suppress(RuntimeError):  # the pool was shut down first
+        for _ in range(n):
+            pool.submit(os.getpid)
+
+
+def _init_worker(queue: Any, priority: int = 0) -> None:
     global _WORKER_QUEUE
     _WORKER_QUEUE = queue
-    if niceness:
-        os.nice(niceness)
+    if hasattr(os, "setpriority") and os.getpriority(os.PRIO_PROCESS, 0) < priority:
+        os.setpriority(os.PRIO_PROCESS, 0, min(priority, 19))
     # A forked worker inherits libraries already loaded with one thread per core.
     threadpool_limits(limits=1)
     _die_with_parent()
@@ -816,22 +869,6 @@ def _die_with_parent() -> None:
     prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:  # the parent died before the call
         os._exit(1)
-
-
-def _warm_up() -> None:
-    """Get a worker ready while the main process detects: import what the figures need and
-    load numba's compiled segmentation (~0.25 s per process at its first track) on a short
-    synthetic track. The task also makes the pool start its workers."""
-    for name in _PRELOAD:
-        importlib.import_module(name)
-    from spt.segment import segment_tracks
-
-    rng = np.random.default_rng(0)
-    steps = rng.normal(0.0, 0.3, (120, 2))
-    steps[40:80] += 1.0  # a run between two stops
-    xy = 50.0 + np.cumsum(steps, axis=0)
-    track = pd.DataFrame({"frame": np.arange(120), "x": xy[:, 0], "y": xy[:, 1], "particle": 0})
-    segment_tracks(track, PipelineConfig().segment, pixel_size_um=0.1, frame_interval_s=0.033)
 
 
 def _queue_report(movie: str, done: int, total: int | None) -> None:

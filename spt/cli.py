@@ -259,6 +259,7 @@ def _config(args: argparse.Namespace):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    helpers = _early_helper_server(args)
     from spt.batch import run_batch
     from spt.progress import BatchProgress
 
@@ -284,6 +285,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         force=args.force,
         progress=progress,
         on_error=on_error,
+        mp_context=helpers,
     )
     out = Path(args.out)
     if not args.quiet:
@@ -299,6 +301,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"spt: {outcome.n_failed} of {len(outcome.summary)} movie(s) failed", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _early_helper_server(args: argparse.Namespace):
+    """For one movie on several cores, launch the forkserver of its helper processes now
+    (:mod:`spt._helpers`), so that they warm up while this process imports spt and detects;
+    None (helpers, if any, forked when needed) for batches, Dask and ``--workers 1``."""
+    if args.scheduler or args.workers == 1 or len(args.inputs) != 1:
+        return None
+    path = Path(args.inputs[0])
+    if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
+        return None
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    if args.workers is None and affinity is not None and len(affinity) < 2:
+        return None  # one core: everything runs here
+    from spt._helpers import start_helper_server
+
+    return start_helper_server()
 
 
 def _cmd_config(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 import spt
+from spt._helpers import segment_part
 from spt.camera import Camera
 from spt.config import PipelineConfig
 from spt.detect import MIN_DETECT_FRAME_PX, locate_chunks, resolve_camera_and_psf
@@ -42,7 +43,7 @@ from spt.io import (
 from spt.link import link
 from spt.provenance import PROVENANCE_FILE, environment, file_record, now_utc
 from spt.schema import SPOT_COLUMNS, TRACK_COLUMNS, empty_table
-from spt.segment import pool_confinement, segment_tracks
+from spt.segment import pool_confinement
 from spt.stages import classify_stages
 from spt.summary import MovieStages, stage_velocities
 
@@ -222,8 +223,11 @@ def analyze_tracks(
     # slower on 2 cores), so it runs single-threaded.
     with threadpool_limits(limits=1, user_api="blas"):
         if executor is None or tracks["particle"].nunique() < 2:
-            segmented, segments = _segment_part(
-                tracks, config, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
+            segmented, segments = segment_part(
+                tracks,
+                config.segment,
+                pixel_size_um=pixel_size_um,
+                frame_interval_s=frame_interval_s,
             )
         else:
             segmented, segments = _segment_parallel(
@@ -257,16 +261,6 @@ def analyze_tracks(
         return Analysis(staged, segments, velocities)
 
 
-def _segment_part(
-    tracks: pd.DataFrame, config: PipelineConfig, *, pixel_size_um: float, frame_interval_s: float
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """:func:`spt.segment.segment_tracks` with single-threaded BLAS (also a worker task)."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        return segment_tracks(
-            tracks, config.segment, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
-        )
-
-
 def track_parts(particle: np.ndarray, n_parts: int) -> list[slice]:
     """Split rows sorted by particle into at most ``n_parts`` row ranges of whole tracks.
 
@@ -293,12 +287,10 @@ def _segment_parallel(
     (:func:`spt.segment.pool_confinement`): the same result as one serial call."""
     ordered = tracks.sort_values(["particle", "frame"], kind="stable", ignore_index=True)
     parts = track_parts(ordered["particle"].to_numpy(), n_parts)
-    unpooled = dataclasses.replace(
-        config, segment=dataclasses.replace(config.segment, pool_D_factor=0.0)
-    )
+    unpooled = dataclasses.replace(config.segment, pool_D_factor=0.0)
     futures = [
         executor.submit(
-            _segment_part,
+            segment_part,
             ordered.iloc[part],
             unpooled,
             pixel_size_um=pixel_size_um,
@@ -373,10 +365,9 @@ def process_movie(
     masks = None
     if masks_path is not None:
         masks = read_masks(masks_path, shape=movie.shape, n_frames=movie.n_frames)
-    # The input files are hashed (for the provenance) in a thread while the movie is analysed:
-    # file reads and SHA-256 release the GIL.
+    # The input files are hashed (for the provenance) in a thread while the tracks are linked,
+    # when detection no longer needs every core: file reads and SHA-256 release the GIL.
     hasher = ThreadPoolExecutor(1, thread_name_prefix="spt-hash")
-    records = hasher.submit(input_records, path, masks_path)
     try:
         t1 = time.perf_counter()
         resolved = None
@@ -400,6 +391,7 @@ def process_movie(
             spots, projection = _detect_parallel(movie, config, executor, parts, progress)
         release_free_memory()
         t2 = time.perf_counter()
+        records = hasher.submit(input_records, path, masks_path)
         tracks = link(
             spots,
             config.link,
@@ -626,8 +618,8 @@ def write_results(
     tmp = out / f".{result.name}{TEMP_MARK}{socket.gethostname()}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    finish_report = None
     try:
-        finish_report = None
         if config.output.report:
             from spt.report import start_movie_report
 
@@ -659,6 +651,8 @@ def write_results(
         else:
             os.replace(tmp, final)
     except BaseException:
+        if finish_report is not None:  # figures still being drawn into tmp on the executor
+            finish_report.cancel()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final

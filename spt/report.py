@@ -7,6 +7,7 @@ open in any browser; it explains what each number means and flags noise-dominate
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import importlib.util
 import os
@@ -90,6 +91,14 @@ def _embed(fig: Figure, stem: Path) -> str:
 def _draw(figure: str, args: tuple, kwargs: dict, stem: Path) -> str:
     """Draw ``spt.plot.<figure>(*args, **kwargs)``, save it and return its <img> (a task)."""
     return _embed(getattr(plot, figure)(*args, **kwargs), stem)
+
+
+def _start_drawing(figures: dict[str, tuple], folder: Path, executor: Any) -> dict[str, Any]:
+    """Draw ``{name: (figure function, args, kwargs)}`` into ``folder`` here (each name's <img>),
+    or send them to ``executor`` (each name's future)."""
+    if executor is None:
+        return {n: _draw(*job, folder / n) for n, job in figures.items()}
+    return {n: executor.submit(_draw, *job, folder / n) for n, job in figures.items()}
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -221,11 +230,12 @@ def write_movie_report(
 
 def start_movie_report(
     result: MovieResult, folder: str | os.PathLike, *, config_toml: str = "", executor: Any = None
-) -> Callable[[], list[Path]]:
+) -> _PendingReport:
     """Start :func:`write_movie_report`: write its tables and send its figures to ``executor``.
 
-    Returns a function that waits for the figures, writes ``report.html`` and returns the files
-    written, so that other work (e.g. the movie's own tables) can be done in between.
+    Returns a callable that waits for the figures, writes ``report.html`` and returns the files
+    written, so that other work (e.g. the movie's own tables) can be done in between; its
+    ``cancel()`` stops or waits for the figures instead (before ``folder`` is deleted).
     """
     folder = Path(folder)
     a = result.analysis
@@ -235,20 +245,10 @@ def start_movie_report(
         if len(a.tracks)
         else float("nan")
     )
-    movie = MovieStages(a.tracks, a.segments, px, dt, name=result.name, localization_error_um=sigma)
-    # The analysis already holds the stage velocity table: reuse it (no second bootstrap).
-    known = a.stage_velocities if len(a.stage_velocities) else None
-    summary = stage_summary([movie], velocities=known)
-    velocities = summary.velocities
-    written = _write_tables(
-        {"stage_dwells": summary.dwells, "stage_transitions": summary.transitions}, folder
-    )
-    written.append(write_table(column_descriptions(), folder / "stage_velocities_columns.csv"))
-    if _parquet_available():
-        written.append(write_table(velocities, folder / "stage_velocities.parquet"))
     plane = result.masks[0] if result.masks is not None and result.masks.ndim == 3 else result.masks
     state_keys = [c for c in ("particle", "segment", "frame", "x", "y", "state") if c in a.tracks]
-    # (figure function, arguments, keywords): only the columns each figure draws are sent
+    # (figure function, arguments, keywords): only the columns each figure draws are sent; the
+    # figures of the tracks go first, the others once the stage tables are made
     figures = {
         "tracks_by_stage": (
             "figure_tracks_by_stage",
@@ -259,25 +259,66 @@ def start_movie_report(
                 "title": f"{result.name}: tracks by delivery stage",
             },
         ),
-        "speed_by_stage": (
-            "figure_speed_distributions",
-            (summary.steps[["stage", "speed_um_s"]], velocities),
-            {},
-        ),
         "msd_by_state": (
             "figure_msd_by_state",
             (a.tracks[state_keys],),
             {"pixel_size_um": px, "frame_interval_s": dt, "localization_error_um": sigma},
         ),
-        "stage_transitions": ("figure_stage_transitions", (summary.transitions,), {}),
     }
-    if executor is None:
-        drawn = {n: _draw(*job, folder / n) for n, job in figures.items()}
-    else:
-        drawn = {n: executor.submit(_draw, *job, folder / n) for n, job in figures.items()}
-    return lambda: _finish_movie_report(
-        result, folder, config_toml, summary, velocities, sigma, drawn, written
+    drawn = _start_drawing(figures, folder, executor)
+    movie = MovieStages(a.tracks, a.segments, px, dt, name=result.name, localization_error_um=sigma)
+    # The analysis already holds the stage velocity table: reuse it (no second bootstrap).
+    known = a.stage_velocities if len(a.stage_velocities) else None
+    summary = stage_summary([movie], velocities=known)
+    velocities = summary.velocities
+    drawn |= _start_drawing(
+        {
+            "speed_by_stage": (
+                "figure_speed_distributions",
+                (summary.steps[["stage", "speed_um_s"]], velocities),
+                {},
+            ),
+            "stage_transitions": ("figure_stage_transitions", (summary.transitions,), {}),
+        },
+        folder,
+        executor,
     )
+    pending = _PendingReport(
+        drawn,
+        lambda: _finish_movie_report(
+            result, folder, config_toml, summary, velocities, sigma, drawn, written
+        ),
+    )
+    try:
+        written = _write_tables(
+            {"stage_dwells": summary.dwells, "stage_transitions": summary.transitions}, folder
+        )
+        written.append(write_table(column_descriptions(), folder / "stage_velocities_columns.csv"))
+        if _parquet_available():
+            written.append(write_table(velocities, folder / "stage_velocities.parquet"))
+    except BaseException:
+        pending.cancel()
+        raise
+    return pending
+
+
+class _PendingReport:
+    """A report whose figures are being drawn: call it to finish the report, or :meth:`cancel`
+    it (e.g. before deleting the folder the figures are written to)."""
+
+    def __init__(self, drawn: dict[str, Any], finish: Callable[[], list[Path]]):
+        self._drawn, self._finish = drawn, finish
+
+    def __call__(self) -> list[Path]:
+        return self._finish()
+
+    def cancel(self) -> None:
+        """Cancel the figures not started and wait for the others (their errors ignored)."""
+        for future in self._drawn.values():
+            if isinstance(future, str) or future.cancel():
+                continue
+            with contextlib.suppress(Exception):
+                future.result()
 
 
 def _finish_movie_report(
@@ -374,15 +415,35 @@ def write_batch_report(
     executor : concurrent.futures.Executor or dask.distributed.Client, optional
         Draw the two figures on it, in parallel (its workers must see ``out_dir``).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if summary is None:
         summary = stage_summary([r.stages() for r in results], velocities=velocities)
+    finish = start_batch_report(
+        results, out_dir, summary_table=summary_table, summary=summary, executor=executor
+    )
+    return finish(summary)
+
+
+def start_batch_report(
+    results: Sequence[MovieResult],
+    out_dir: str | os.PathLike,
+    *,
+    summary_table: pd.DataFrame | None,
+    summary: StageSummary,
+    executor: Any = None,
+) -> Callable[[StageSummary], list[Path]]:
+    """Start :func:`write_batch_report`: write the dwell and transition tables and send the
+    figures to ``executor``.
+
+    ``summary`` may lack the bootstrap intervals (``stage_summary(..., intervals=False)``: the
+    figures and these tables do not use them). Returns a function that takes the complete
+    summary (the same movies, with intervals), waits for the figures, writes the velocity table
+    and ``batch_report.html`` and returns the files written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     written = _write_tables(
         {"stage_dwells": summary.dwells, "stage_transitions": summary.transitions}, out
     )
-    if _parquet_available():
-        written.append(write_table(summary.velocities, out / "stage_velocities.parquet"))
     figures = {
         "speed_by_stage": (
             "figure_speed_distributions",
@@ -391,13 +452,25 @@ def write_batch_report(
         ),
         "stage_transitions": ("figure_stage_transitions", (summary.transitions,), {}),
     }
-    if executor is None:
-        drawn = {n: _draw(*job, out / n) for n, job in figures.items()}
-    else:
-        drawn = {n: executor.submit(_draw, *job, out / n) for n, job in figures.items()}
+    drawn = _start_drawing(figures, out, executor)
     written += [
         out / f"{n}.{f}" for n in ("speed_by_stage", "stage_transitions") for f in ("png", "svg")
     ]
+    return lambda complete: _finish_batch_report(
+        results, out, summary_table, complete, drawn, written
+    )
+
+
+def _finish_batch_report(
+    results: Sequence[MovieResult],
+    out: Path,
+    summary_table: pd.DataFrame | None,
+    summary: StageSummary,
+    drawn: dict[str, Any],
+    written: list[Path],
+) -> list[Path]:
+    if _parquet_available():
+        written.append(write_table(summary.velocities, out / "stage_velocities.parquet"))
     rows = []
     for r in results:
         t = r.analysis.tracks

@@ -6,6 +6,7 @@ intervals and a localisation-noise flag), dwell times and stage-to-stage transit
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -160,6 +161,63 @@ class MovieStages:
     frame_interval_s: float
     name: str = ""
     localization_error_um: float | None = None
+
+    @functools.cached_property
+    def _parts(self) -> _MovieParts | None:
+        return _movie_parts(self)
+
+    def prepare(self) -> MovieStages:
+        """Compute now this movie's share of :func:`stage_summary` (kept with it) and load the
+        compiled bootstrap, e.g. while a batch waits for its other movies; returns the movie."""
+        _ = self._parts
+        _load_compiled()
+        return self
+
+
+@functools.cache
+def _load_compiled() -> None:
+    """Load numba's cached bootstrap median now (~0.3 s in a process that has not run numba
+    code yet) rather than in the middle of :func:`stage_summary`."""
+    _weighted_medians(np.zeros(1), np.zeros(1, np.intp), np.ones((1, 1), np.intp), np.ones(1))
+
+
+@dataclass(frozen=True)
+class _MovieParts:
+    """One movie's share of :func:`stage_summary`: its frame-to-frame steps, stays and points,
+    and for each table of steps, segments, stays and points the index of each row's track among
+    the movie's ``n_clusters`` tracks (its bootstrap cluster, offset when movies are pooled)."""
+
+    steps: pd.DataFrame
+    dwells: pd.DataFrame
+    points: pd.DataFrame
+    clusters: dict[str, np.ndarray]
+    n_clusters: int
+    noise_floor_um_s: float
+
+
+def _movie_parts(m: MovieStages) -> _MovieParts | None:
+    if m.tracks.empty:
+        return None
+    # Clusters of the bootstrap (tracks, told apart by movie) as integers: one code per
+    # (movie, particle), cheaper than pairs for millions of steps.
+    particles = pd.Index(pd.unique(m.tracks["particle"]))
+    sigma = m.localization_error_um
+    if sigma is None:
+        sigma = estimate_localization_error_um(m.tracks, pixel_size_um=m.pixel_size_um)
+    steps = _frame_to_frame(
+        step_speeds(m.tracks, pixel_size_um=m.pixel_size_um, frame_interval_s=m.frame_interval_s)
+    )
+    dwells = dwell_times(m.tracks, frame_interval_s=m.frame_interval_s)
+    points = m.tracks[["particle", "stage"]]
+    tables = {"steps": steps, "segments": m.segments, "dwells": dwells, "points": points}
+    return _MovieParts(
+        steps,
+        dwells,
+        points,
+        {k: particles.get_indexer(t["particle"]) for k, t in tables.items()},
+        len(particles),
+        np.sqrt(2) * sigma / m.frame_interval_s,
+    )
 
 
 @dataclass
@@ -360,7 +418,7 @@ def _velocity_row(
     steps: pd.DataFrame,
     segments: pd.DataFrame,
     dwells: pd.DataFrame,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
 ) -> dict:
     speeds = steps["speed_um_s"].to_numpy(float)
     runs = segments[segments["state"] == "directed"]
@@ -371,10 +429,13 @@ def _velocity_row(
         noise_fraction = (
             float(np.mean(2 * floor**2) / np.mean(speeds**2)) if speeds.size else float("nan")
         )
-    mean_ci = _cluster_bootstrap_ci(speeds, steps["cluster"].to_numpy(), "mean", rng)
-    median_ci = _cluster_bootstrap_ci(speeds, steps["cluster"].to_numpy(), "median", rng)
-    run_ci = _cluster_bootstrap_ci(run_speeds, runs["cluster"].to_numpy(), "median", rng)
     nan = float("nan")
+    if rng is None:  # no intervals
+        mean_ci = median_ci = run_ci = (nan, nan)
+    else:
+        mean_ci = _cluster_bootstrap_ci(speeds, steps["cluster"].to_numpy(), "mean", rng)
+        median_ci = _cluster_bootstrap_ci(speeds, steps["cluster"].to_numpy(), "median", rng)
+        run_ci = _cluster_bootstrap_ci(run_speeds, runs["cluster"].to_numpy(), "median", rng)
     return {
         "stage": stage,
         "n_tracks": points["cluster"].nunique(),
@@ -405,7 +466,11 @@ def _velocity_row(
 
 
 def stage_summary(
-    movies: Sequence[MovieStages], *, seed: int = 0, velocities: pd.DataFrame | None = None
+    movies: Sequence[MovieStages],
+    *,
+    seed: int = 0,
+    velocities: pd.DataFrame | None = None,
+    intervals: bool = True,
 ) -> StageSummary:
     """Per-stage velocity, dwell and transition tables of one movie or pooled over several.
 
@@ -422,6 +487,9 @@ def stage_summary(
     velocities : DataFrame, optional
         The velocity table of these same movies, already computed (e.g. by the analysis): it is
         returned as is instead of being computed again (the bootstrap is the costly part).
+    intervals : bool
+        False leaves the bootstrap confidence intervals out (NaN): the quick table of the
+        estimates, e.g. for figures drawn while the intervals are computed.
 
     Returns
     -------
@@ -435,37 +503,20 @@ def stage_summary(
     steps, segments, dwells, points = [], [], [], []
     n_clusters = 0
     for k, m in enumerate(movies):
-        if m.tracks.empty:
+        parts = m._parts
+        if parts is None:
             continue
         movie = m.name or str(k)
-        # Clusters of the bootstrap (tracks, told apart by movie) as integers: one code per
-        # (movie, particle), cheaper than pairs for millions of steps.
-        particles = pd.Index(pd.unique(m.tracks["particle"]))
-        cluster_base, n_clusters = n_clusters, n_clusters + len(particles)
-
-        def cluster(table: pd.DataFrame, base: int = cluster_base, index=particles) -> np.ndarray:
-            return index.get_indexer(table["particle"]) + base
-
-        sigma = m.localization_error_um
-        if sigma is None:
-            sigma = estimate_localization_error_um(m.tracks, pixel_size_um=m.pixel_size_um)
-        s = step_speeds(
-            m.tracks, pixel_size_um=m.pixel_size_um, frame_interval_s=m.frame_interval_s
-        )
-        s = _frame_to_frame(s)
+        base, n_clusters = n_clusters, n_clusters + parts.n_clusters
+        cluster = {name: codes + base for name, codes in parts.clusters.items()}
         steps.append(
-            s.assign(
-                movie=movie,
-                noise_floor_um_s=np.sqrt(2) * sigma / m.frame_interval_s,
-                cluster=cluster(s),
+            parts.steps.assign(
+                movie=movie, noise_floor_um_s=parts.noise_floor_um_s, cluster=cluster["steps"]
             )
         )
-        segments.append(m.segments.assign(movie=movie, cluster=cluster(m.segments)))
-        d = dwell_times(m.tracks, frame_interval_s=m.frame_interval_s)
-        dwells.append(d.assign(movie=movie, cluster=cluster(d)))
-        points.append(
-            m.tracks[["particle", "stage"]].assign(movie=movie, cluster=cluster(m.tracks))
-        )
+        segments.append(m.segments.assign(movie=movie, cluster=cluster["segments"]))
+        dwells.append(parts.dwells.assign(movie=movie, cluster=cluster["dwells"]))
+        points.append(parts.points.assign(movie=movie, cluster=cluster["points"]))
     if not points:  # no tracks at all: the same tables, empty
         no_tracks = pd.DataFrame(
             {c: pd.Series(dtype=object) for c in ("particle", "frame", "x", "y", "stage")}
@@ -491,7 +542,7 @@ def stage_summary(
         if "cluster" not in table:  # the empty tables
             table["cluster"] = pd.Series(dtype="int64")
     if velocities is None:
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed) if intervals else None
         rows = [
             _velocity_row(
                 stage,

@@ -22,7 +22,7 @@ from spt.cli import main
 from spt.config import PipelineConfig
 from spt.errors import SptInputError
 from spt.progress import BatchProgress
-from spt.summary import MovieStages, pooled_stage_velocities
+from spt.summary import MovieStages, pooled_stage_velocities, stage_summary
 
 TABLES = ("spots", "tracks", "segments", "stage_velocities")
 # Figures and HTML reports (tested in test_report.py) are left out where they only cost time;
@@ -356,6 +356,14 @@ def test_parquet_tables_hold_the_same_results(movies, reference, tmp_path):
     report = out / "batch_report.html"
     assert report.exists() and (out / "batch_provenance.json").exists()
     assert "2 movie(s) pooled" in report.read_text()
+    # The pooled table (its figures were drawn from the estimates while the bootstrap ran, the
+    # movies read back as they finished) is the pooling of the two movies' results.
+    results = read_results([out / "m3", out / "m1"], out)
+    pooled = stage_summary([r.stages() for r in results]).velocities
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "stage_velocities.parquet"), pooled, check_dtype=False
+    )
+    assert pooled["median_speed_ci_low_um_s"].notna().any()
     # Re-running a finished batch does not recompute the batch outputs.
     before = report.stat().st_mtime_ns
     assert main(["run", *two, "--out", str(out), "--format", "parquet", "--quiet"]) == 0

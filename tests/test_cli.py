@@ -184,3 +184,39 @@ def test_simulate_writes_movie_masks_truth(tmp_path):
 def test_simulate_refuses_bad_parameters(tmp_path, capsys):
     assert main(["simulate", "--out", str(tmp_path), "--frames", "1"]) == 1
     assert "n_frames" in capsys.readouterr().err
+
+
+def test_one_movie_gets_helpers_from_a_server_warmed_up_at_start(tmp_path, small_movie):
+    # `spt run` on one movie launches the server of its helper processes before importing the
+    # pipeline; batches, one core and Dask do without.
+    from spt.cli import _early_helper_server, build_parser
+
+    def server(*args):
+        return _early_helper_server(build_parser().parse_args(["run", *map(str, args)]))
+
+    movie, out = small_movie["movie"], ("--out", tmp_path / "o")
+    assert server(movie.parent, *out) is None  # a folder: a batch
+    assert server(movie, movie, *out) is None
+    assert server(movie, *out, "--workers", "1") is None
+    assert server(movie, *out, "--scheduler", "tcp://127.0.0.1:1") is None
+    # Its helpers are forked with the segmentation and the figures (matplotlib, PNG and SVG)
+    # loaded, but not detection. (A fresh process: this one may run another forkserver.)
+    code = f"""
+from concurrent.futures import ProcessPoolExecutor
+from spt.cli import _early_helper_server, build_parser
+ctx = _early_helper_server(
+    build_parser().parse_args(["run", {str(movie)!r}, "--out", "o", "--workers", "2"])
+)
+with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+    print(*pool.submit(eval, "list(__import__('sys').modules)").result())
+    print(pool.submit(eval, "__import__('os').getpriority(0, 0)").result())
+print(ctx.get_start_method(), __import__("os").getpriority(0, 0))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    loaded, helper_priority, server = run.stdout.splitlines()
+    # forked from the server, with the command's priority (the server warms up niced)
+    assert server.split() == ["forkserver", helper_priority]
+    assert {"spt.segment", "spt.report", "matplotlib.backends.backend_svg"} <= set(loaded.split())
+    assert "spt.detect" not in loaded.split()
+    assert not (tmp_path / "o").exists()

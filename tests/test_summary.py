@@ -182,6 +182,29 @@ def test_pooling_keeps_movies_apart():
     )
 
 
+def test_prepared_movies_and_the_quick_table_give_the_same_pooled_tables():
+    # A batch prepares each movie's share as it finishes, and draws its figures from the
+    # estimates while the bootstrap runs: neither may change a table.
+    movies = [
+        MovieStages(*_tracks(n_tracks=3, seed=s), PX, DT, name=n) for s, n in ((0, "a"), (1, "b"))
+    ]
+    full = stage_summary(movies)
+    prepared = stage_summary(
+        [MovieStages(m.tracks, m.segments, PX, DT, name=m.name).prepare() for m in movies]
+    )
+    quick = stage_summary(movies, intervals=False)
+    for name in ("velocities", "dwells", "transitions", "steps"):
+        pd.testing.assert_frame_equal(getattr(prepared, name), getattr(full, name))
+    for name in ("dwells", "transitions", "steps"):
+        pd.testing.assert_frame_equal(getattr(quick, name), getattr(full, name))
+    intervals = [c for c in STAGE_TABLE_COLUMNS if "_ci_" in c]
+    assert len(intervals) == 6 and full.velocities[intervals].notna().any().all()
+    assert quick.velocities[intervals].isna().all().all()
+    pd.testing.assert_frame_equal(
+        quick.velocities.drop(columns=intervals), full.velocities.drop(columns=intervals)
+    )
+
+
 def test_empty_input_gives_an_empty_table_with_all_columns():
     tracks, segments = _tracks()
     table = stage_velocities(
