@@ -68,6 +68,24 @@ class GuidedConfig:
         Give a spot to a second track when the prediction falls within ``join_radius_px`` of it,
         two emitters cannot be resolved there, and its signal matches the sum of both tracks'
         (a merge, as in u-track; both tracks then carry the pair's centre).
+    split_bright : bool
+        Before each re-link, split a track's spot with 2-3 times its track's typical light into
+        2-3 fitted emitters (unresolved particles of which only one has a track), so that the
+        hidden ones can be linked into tracks of their own.
+    split_min_excess : float
+        For ``split_bright``: a spot is split when its light is at least ``1 +`` this times its
+        track's typical light (and closer to 2 or 3 times than to 1).
+    resolve_merged : bool
+        Where the free two-emitter fit of a pair probe fails (the emitters closer than the PSF
+        width), fit them again with Gaussian priors on their positions (the track's
+        prediction, the detection) and keep both when the spot carries the light of two: the
+        image fixes the pair's summed light and centroid, the tracks fix the separation.
+    merged_min_excess : float
+        For ``resolve_merged``: the spot's light, fitted as one emitter, must exceed its own
+        track's typical brightness by at least this fraction of the probing track's.
+    merged_partner_sd_px : float
+        For ``resolve_merged``: s.d. (px) of the prior on the detected spot's own emitter,
+        centred on the detection (which lies between the two emitters).
     relink_passes : int
         Times the augmented tracks' spots are linked again (:func:`spt.link.link`) and looked
         at again; with gaps filled and merged pairs split the linker swaps fewer identities.
@@ -95,6 +113,11 @@ class GuidedConfig:
     join_radius_px: float = 1.5
     share_merged: bool = True
     relink_passes: int = 1
+    split_bright: bool = True
+    split_min_excess: float = 0.6
+    resolve_merged: bool = True
+    merged_min_excess: float = 0.5
+    merged_partner_sd_px: float = 1.0
     chunk_frames: int = 64
     rejoin_gap_frames: int = 100
     rejoin_radius_px: float = 4.0
@@ -333,6 +356,25 @@ def _probe(frames, shape, probes: _Probes, spots: _Spots, camera, sigma, config,
         )
         good &= np.hypot(x2[:, 0] - x2[:, 1], y2[:, 0] - y2[:, 1]) >= 1.0
         good &= (n2[:, 1] >= lo_n[p_idx]) & (n2[:, 1] <= hi_n[p_idx])
+        if config.resolve_merged:
+            good |= _resolve_merged(
+                good,
+                bx,
+                ox[g],
+                oy[g],
+                b0,
+                probes,
+                g,
+                spots,
+                pj,
+                n1[:, 0],
+                ok1,
+                sigma,
+                read_var,
+                config,
+                radius[p_idx],
+                (x2, y2, n2, e2),
+            )
         out["x"][g], out["y"][g], out["n"][g] = x2[:, 1], y2[:, 1], n2[:, 1]
         out["b"][g] = b0
         out["x_err"][g], out["y_err"][g] = e2[:, 1, 0], e2[:, 1, 1]
@@ -358,6 +400,58 @@ def _probe(frames, shape, probes: _Probes, spots: _Spots, camera, sigma, config,
         out["px"][g], out["py"][g], out["pn"][g] = x2[:, 0], y2[:, 0], n2[:, 0]
         out["px_err"][g], out["py_err"][g] = e2[:, 0, 0], e2[:, 0, 1]
     return out
+
+
+def _resolve_merged(
+    good, bx, ox, oy, b0, probes, g, spots, pj, n_one, ok1, sigma, read_var, config, radius, fit
+) -> np.ndarray:
+    """Two emitters in one unresolved spot, placed by where their tracks say they are.
+
+    For pair probes the free two-emitter fit did not accept (``~good``): when the spot's light
+    (``n_one``, one emitter fitted) exceeds its own track's brightness by at least
+    ``config.merged_min_excess`` of the probing track's, two emitters are fitted with Gaussian
+    priors on their positions (:func:`spt.localize.fit_groups` with ``prior_sd``): the probe's
+    prediction (its s.d.) and the detection (``config.merged_partner_sd_px``). The image fixes
+    the pair's light and centroid; the tracks fix what it cannot, the separation. Accepted fits
+    overwrite their rows of ``fit`` (x, y, photons, errors; emitter 0 the partner, 1 the
+    probe's) in place; returns the accepted mask.
+    """
+    x2, y2, n2, e2 = fit
+    ref_q, ref_p = probes.ref[g], spots.ref[pj]
+    cand = ~good & ok1 & (n_one >= ref_p + config.merged_min_excess * ref_q)
+    cand &= n_one <= _MERGED_RATIO * (ref_p + ref_q)
+    q = np.flatnonzero(cand)
+    acc = np.zeros(len(g), bool)
+    if len(q) == 0:
+        return acc
+    gq, pq = g[q], pj[q]
+    sd_q = np.clip(probes.sd[gq], 0.1, config.search_radius_px)
+    # light: the excess over the partner's own is the probe's (prior s.d. 30 %)
+    n_start = np.column_stack([ref_p[q], ref_q[q]]) * (n_one[q] / (ref_p[q] + ref_q[q]))[:, None]
+    x3, y3, n3, e3, ok3, _ = fit_groups(
+        bx[q],
+        ox[q],
+        oy[q],
+        np.column_stack([spots.x[pq], probes.x[gq]]),
+        np.column_stack([spots.y[pq], probes.y[gq]]),
+        n_start,
+        b0[q],
+        sigma,
+        read_var=read_var,
+        n_iter=8,
+        prior_sd=np.column_stack([np.full(len(q), config.merged_partner_sd_px), sd_q]),
+        photons_prior_sd=0.3 * n_start,
+    )
+    ok = ok3.copy()
+    ok &= np.hypot(x3[:, 1] - probes.x[gq], y3[:, 1] - probes.y[gq]) <= radius[q]
+    ok &= np.hypot(x3[:, 0] - spots.x[pq], y3[:, 0] - spots.y[pq]) <= 0.6 * config.pair_radius_px
+    br = config.brightness_ratio
+    ok &= (n3[:, 1] >= ref_q[q] / br) & (n3[:, 1] <= ref_q[q] * br)
+    ok &= (n3[:, 0] >= ref_p[q] / br) & (n3[:, 0] <= ref_p[q] * br)
+    q = q[ok]
+    x2[q], y2[q], n2[q], e2[q] = x3[ok], y3[ok], n3[ok], e3[ok]
+    acc[q] = True
+    return acc
 
 
 def _dedupe_accepted(frame, x, y, score, min_dist=1.0):
@@ -603,6 +697,10 @@ def guided_detect(
             # look again. A spot shared by two tracks (a merge) is linked once: two identical
             # candidates would leave the choice of identities after the merge to chance
             points = out.drop(columns="particle").drop_duplicates(["frame", "x", "y"])
+            if config.split_bright:
+                points, spots = _split_bright(
+                    points, out, spots, frames, camera, psf_sigma_px, config
+                )
             if spots is not None and len(spots):
                 keys = ["frame", "x", "y"]
                 rest = spots.merge(points[keys], on=keys, how="left", indicator=True)
@@ -625,6 +723,125 @@ def guided_detect(
     if config.rejoin_gap_frames:
         out = _rejoin(out, config)
     return out
+
+
+def _split_bright(points, tracks, spots, frames, camera, psf_sigma_px, config):
+    """Split track spots that carry the light of 2-3 emitters into as many spots.
+
+    A quantum dot keeps its brightness while on, so a track's spot with ``k`` = 2 or 3 times
+    its track's typical light (:func:`_track_brightness`; at least ``1 +
+    config.split_min_excess`` times) holds ``k`` emitters closer than the PSF width, e.g.
+    particles accumulated around a nucleus, where only one of them has a track. ``k``
+    emitters are fitted in the spot's window (multi-emitter MLE, Huang et al., Biomed Opt
+    Express 2011; started along the spot's long axis, other spots' light a known term) and
+    kept when each carries at least half a typical emitter's light: brightness, not the
+    spot's shape, is the evidence. Returns ``points`` with the split spots (the one nearest
+    the original position replaces it) and ``spots`` without the replaced detections.
+    """
+    n_frames, ny, nx = np.shape(frames)
+    sigma = float(psf_sigma_px)
+    half = max(1, min(int(np.ceil(3 * sigma)), (min(ny, nx) - 1) // 2))
+    side = 2 * half + 1
+    f2 = camera.excess_noise
+    to_out = f2 if camera.calibrated else camera.adu_per_photon * f2
+    tr = tracks.sort_values(["particle", "frame"], kind="stable", ignore_index=True)
+    tf = tr["frame"].to_numpy(np.int64)
+    tx, ty = tr["x"].to_numpy(float), tr["y"].to_numpy(float)
+    tp = tr["particle"].to_numpy()
+    tn = tr["signal"].to_numpy(float) / to_out
+    ref = _track_brightness(tn, tp).loc[tp].to_numpy()
+    k = np.rint(tn / ref)
+    cand = (tn >= (1 + config.split_min_excess) * ref) & (k >= 2)
+    # a spot another one shares (a merge given to two tracks) is not split again
+    key = pd.Series(1, index=pd.MultiIndex.from_arrays([tf, tx, ty]))
+    cand &= ~key.index.duplicated(keep=False)
+    idx = np.flatnonzero(cand)
+    if len(idx) == 0:
+        return points, spots
+    k = np.minimum(k[idx], 3).astype(np.int64)
+    ox = np.clip(np.rint(tx[idx]).astype(np.int64) - half, 0, nx - side)
+    oy = np.clip(np.rint(ty[idx]).astype(np.int64) - half, 0, ny - side)
+    boxes = _read_boxes(frames, tf[idx], ox, oy, side, camera, config.chunk_frames)
+    # light of the other track spots reaching the window is known
+    tree = cKDTree(np.column_stack([tx, ty, tf * 1e4]))
+    lists = tree.query_ball_point(
+        np.column_stack([tx[idx], ty[idx], tf[idx] * 1e4]), half * np.sqrt(2) + 4 * sigma
+    )
+    lens = np.fromiter((len(li) for li in lists), np.int64, len(lists))
+    pi = np.repeat(np.arange(len(idx)), lens)
+    pj = np.concatenate(lists).astype(np.int64)
+    keep = pj != idx[pi]
+    extra = np.zeros_like(boxes)
+    _render_into(extra, ox, oy, pi[keep], tx[pj[keep]], ty[pj[keep]], tn[pj[keep]], sigma)
+    bx = boxes - extra
+    edge = np.concatenate([bx[:, 0, :], bx[:, -1, :], bx[:, 1:-1, 0], bx[:, 1:-1, -1]], axis=1)
+    b0 = np.maximum(np.median(edge, axis=1), 1e-3)
+    # long axis of the background-subtracted window
+    w = np.maximum(bx - b0[:, None, None], 0.0)
+    ar = np.arange(side)
+    tot = np.maximum(w.sum(axis=(1, 2)), 1e-9)
+    dx = ar[None, None, :] + ox[:, None, None] - tx[idx, None, None]
+    dy = ar[None, :, None] + oy[:, None, None] - ty[idx, None, None]
+    sxx, syy = (w * dx * dx).sum((1, 2)) / tot, (w * dy * dy).sum((1, 2)) / tot
+    sxy = (w * dx * dy).sum((1, 2)) / tot
+    angle = 0.5 * np.arctan2(2 * sxy, sxx - syy)
+    rows, old = [], np.zeros(len(idx), bool)
+    for kk in (2, 3):
+        sel = np.flatnonzero(k == kk)
+        if len(sel) == 0:
+            continue
+        off = 0.75 * sigma * (np.arange(kk) - (kk - 1) / 2) / max(1, (kk - 1) / 2)
+        g = idx[sel]
+        x0 = tx[g, None] + np.cos(angle[sel])[:, None] * off
+        y0 = ty[g, None] + np.sin(angle[sel])[:, None] * off
+        fx, fy, fn, fe, fok, _ = fit_groups(
+            bx[sel],
+            ox[sel],
+            oy[sel],
+            x0,
+            y0,
+            np.repeat(tn[g, None] / kk, kk, axis=1),
+            b0[sel],
+            sigma,
+            read_var=camera.read_var_effective,
+        )
+        r = ref[g, None]
+        ok = fok & (fn >= 0.5 * r).all(axis=1) & (fn <= config.brightness_ratio * r).all(axis=1)
+        ok &= (np.abs(fx - tx[g, None]) <= half).all(axis=1)
+        ok &= (np.abs(fy - ty[g, None]) <= half).all(axis=1)
+        d = np.hypot(fx[:, :, None] - fx[:, None, :], fy[:, :, None] - fy[:, None, :])
+        d[:, np.arange(kk), np.arange(kk)] = np.inf
+        ok &= d.min(axis=(1, 2)) >= 0.5
+        for j in np.flatnonzero(ok):
+            for e in range(kk):
+                rows.append(
+                    (g[j], fx[j, e], fy[j, e], fn[j, e], b0[sel][j], fe[j, e, 0], fe[j, e, 1])
+                )
+        old[sel[ok]] = True
+    if not rows:
+        return points, spots
+    new = pd.DataFrame(rows, columns=["_row", "x", "y", "n", "b", "x_err", "y_err"])
+    src = tr.iloc[new["_row"].to_numpy()].reset_index(drop=True)
+    split = src.assign(
+        x=new["x"].to_numpy(),
+        y=new["y"].to_numpy(),
+        signal=new["n"].to_numpy() * to_out,
+        background=new["b"].to_numpy() * to_out,
+    )
+    if "x_err" in split:
+        split["x_err"], split["y_err"] = new["x_err"].to_numpy(), new["y_err"].to_numpy()
+    split = split.drop(columns="particle")
+    gone = tr.iloc[idx[old]][["frame", "x", "y"]]
+    keys = ["frame", "x", "y"]
+
+    def without(table):
+        m = table.merge(gone, on=keys, how="left", indicator=True)["_merge"].to_numpy()
+        return table[m == "left_only"]
+
+    points = pd.concat([without(points), split[points.columns]], ignore_index=True)
+    if spots is not None and len(spots):
+        spots = without(spots).reset_index(drop=True)
+    return points, spots
 
 
 def _rejoin(tracks: pd.DataFrame, config: GuidedConfig) -> pd.DataFrame:
@@ -718,7 +935,7 @@ def _guided_pass(
             np.full(len(tf), -1),
             tn.copy(),
         )
-    ref_of = pd.Series(tn).groupby(tp).median()
+    ref_of = _track_brightness(tn, tp)
     in_track = all_spots.row >= 0
     all_spots.ref[in_track] = ref_of.loc[tp[all_spots.row[in_track]]].to_numpy()
     builder = _Builder(tracks, all_spots, spots, to_out, sigma)
@@ -754,6 +971,18 @@ def _guided_pass(
     if config.extend_frames:
         _extend(frames, tracks, builder, ref_of, sd1, sd_v, config, camera, sigma, half)
     return builder.table()
+
+
+def _track_brightness(n: np.ndarray, particle: np.ndarray) -> pd.Series:
+    """Typical effective photons of each track's emitter (Series indexed by particle).
+
+    The median of the track's spots, but at most 1.2 times their 10th percentile: a track that
+    carries the spot of 2-3 unresolved particles for part of its frames would otherwise take
+    their summed light for its own (a single emitter's spot-to-spot spread is ~10 %, so for a
+    track alone the median is kept).
+    """
+    g = pd.Series(n).groupby(particle)
+    return np.minimum(g.median(), 1.2 * g.quantile(0.1))
 
 
 def _end_state(tracks: pd.DataFrame, direction: int):
