@@ -92,6 +92,15 @@ class GuidedConfig:
         0: one guided pass on the first linking only.
     chunk_frames : int
         Most frames read from the movie at once (memory ~ chunk x Y x X x pixel size).
+    untangle_min_llr : float
+        Last, two tracks that meet (within ``untangle_contact_px``) are exchanged after their
+        closest approach when each one's position and brightness in the
+        ``untangle_window_frames`` frames before the meeting predict the other's after it
+        better, by this log-likelihood ratio. 0: off.
+    untangle_contact_px : float
+        Distance (px) at which two tracks meet, for ``untangle_min_llr``.
+    untangle_window_frames : int
+        Frames before and after a meeting whose spots judge it, for ``untangle_min_llr``.
     rejoin_gap_frames : int
         Longest gap (frames) across which the end of one track and the start of another, at
         the same place, are joined after the last pass (beyond the linker's
@@ -119,6 +128,9 @@ class GuidedConfig:
     merged_min_excess: float = 0.5
     merged_partner_sd_px: float = 1.0
     chunk_frames: int = 64
+    untangle_min_llr: float = 6.0
+    untangle_contact_px: float = 3.0
+    untangle_window_frames: int = 10
     rejoin_gap_frames: int = 100
     rejoin_radius_px: float = 4.0
 
@@ -722,7 +734,97 @@ def guided_detect(
         )
     if config.rejoin_gap_frames:
         out = _rejoin(out, config)
+    if config.untangle_min_llr > 0:
+        out = _untangle(out, config)
     return out
+
+
+def _untangle(tracks: pd.DataFrame, config: GuidedConfig) -> pd.DataFrame:
+    """Undo identity swaps where two tracks meet, from where each was before and after.
+
+    Each episode in which two tracks come within ``config.untangle_contact_px`` of each other
+    (contacts up to 5 frames apart are one episode) is judged from the two tracks' spots in the
+    ``config.untangle_window_frames`` frames before it and after it: each particle's
+    position before, moved on by its velocity over that window, against its position after,
+    with a Brownian spread from the track's own steps (median squared step, so a particle
+    that barely moves is held to its place), and its mean log brightness before and after
+    (quantum dots keep theirs). When exchanging the two tracks after the episode's closest
+    approach is more likely by a log-likelihood ratio of ``config.untangle_min_llr``, they are
+    exchanged; episodes are taken in time order. The frame-to-frame linker cannot do this: it
+    has one diffusion coefficient for all particles and forgets where a particle was before
+    two unresolved spots merged.
+    """
+    tracks = tracks.sort_values(["particle", "frame"], kind="stable", ignore_index=True)
+    p = tracks["particle"].to_numpy().copy()
+    f = tracks["frame"].to_numpy(np.int64)
+    xy = tracks[["x", "y"]].to_numpy(float)
+    logn = np.log(np.maximum(tracks["signal"].to_numpy(float), 1e-9))
+    if len(p) < 4:
+        return tracks
+    # per-axis variance per frame of each track's steps (median: robust to its swaps)
+    same = (p[1:] == p[:-1]) & (f[1:] - f[:-1] <= 3)
+    dt = np.maximum(f[1:] - f[:-1], 1)
+    step2 = ((xy[1:] - xy[:-1]) ** 2).sum(axis=1) / (2 * dt)
+    var_of = pd.Series(step2[same]).groupby(p[1:][same]).median()
+    lsd_of = pd.Series(np.abs(np.diff(logn))[same]).groupby(p[1:][same]).median() * 1.05
+    pairs = cKDTree(np.column_stack([xy, f * 1e4])).query_pairs(
+        config.untangle_contact_px, output_type="ndarray"
+    )
+    if len(pairs) == 0:
+        return tracks
+    i, j = pairs[:, 0], pairs[:, 1]
+    keep = (f[i] == f[j]) & (p[i] != p[j])
+    keep &= np.hypot(*(xy[i] - xy[j]).T) > 0  # a shared (merged) spot is no evidence
+    i, j = i[keep], j[keep]
+    lo, hi = np.minimum(p[i], p[j]), np.maximum(p[i], p[j])
+    order = np.lexsort((f[i], hi, lo))
+    i, j, lo, hi = i[order], j[order], lo[order], hi[order]
+    new = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1]) | (f[i][1:] - f[i][:-1] > 5)]
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], len(i)]
+    w = config.untangle_window_frames
+    for e in np.argsort(f[i[starts]], kind="stable"):
+        ci, cj = i[starts[e] : ends[e]], j[starts[e] : ends[e]]
+        a, b = p[ci[0]], p[cj[0]]
+        if a == b:
+            continue
+        t0, t1 = f[ci].min(), f[ci].max()
+        d = np.hypot(*(xy[ci] - xy[cj]).T)
+        t_swap = f[ci][np.argmin(d)]
+        ra, rb = np.flatnonzero(p == a), np.flatnonzero(p == b)
+        pre_a = ra[(f[ra] < t0) & (f[ra] >= t0 - w)]
+        pre_b = rb[(f[rb] < t0) & (f[rb] >= t0 - w)]
+        post_a = ra[(f[ra] > t1) & (f[ra] <= t1 + w)]
+        post_b = rb[(f[rb] > t1) & (f[rb] <= t1 + w)]
+        if min(len(pre_a), len(pre_b), len(post_a), len(post_b)) < 2:
+            continue
+        if max(var_of.get(a, 0.0), var_of.get(b, 0.0)) > 1.0:
+            continue  # flow: the linker's constant-velocity model judges better
+        ll = np.zeros(2)  # keep, swap
+        for pre, owner in ((pre_a, a), (pre_b, b)):
+            m0, t_pre = xy[pre].mean(axis=0), f[pre].mean()
+            var = max(var_of.get(owner, 0.1), 0.01)
+            vel = np.zeros(2)
+            if len(pre) >= 2:
+                # a drift only where the window shows one beyond its noise (a run, the flow):
+                # extrapolating two particles' slow approach would carry each onto the other
+                fit = np.polyfit(f[pre] - f[pre].mean(), xy[pre], 1)[0]
+                span2 = ((f[pre] - f[pre].mean()) ** 2).sum()
+                if (fit**2).sum() * span2 > 9 * 2 * var * (1 + len(pre) / 2):
+                    vel = fit
+            lsd = max(lsd_of.get(owner, 0.1), 0.03)
+            for h, post in enumerate((post_a, post_b) if owner == a else (post_b, post_a)):
+                t_post = f[post].mean()
+                pred = m0 + vel * (t_post - t_pre)
+                v = var * (t_post - t_pre) + var * (1 / len(pre) + 1 / len(post))
+                ll[h] -= ((xy[post].mean(axis=0) - pred) ** 2).sum() / (2 * v)
+                vb = lsd**2 * (1 / len(pre) + 1 / len(post))
+                ll[h] -= (logn[post].mean() - logn[pre].mean()) ** 2 / (2 * vb)
+        if ll[1] - ll[0] >= config.untangle_min_llr:
+            tail_a = ra[f[ra] > t_swap]
+            tail_b = rb[f[rb] > t_swap]
+            p[tail_a], p[tail_b] = b, a
+    return renumber_tracks(tracks.assign(particle=p))
 
 
 def _split_bright(points, tracks, spots, frames, camera, psf_sigma_px, config):
