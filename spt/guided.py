@@ -739,6 +739,15 @@ def guided_detect(
     return out
 
 
+def _step_variance(particle, frame, x, y) -> pd.Series:
+    """Per-axis variance (px^2) of each track's steps per frame, median over steps of at most
+    3 frames (robust to the odd swap); rows sorted by particle then frame."""
+    same = (particle[1:] == particle[:-1]) & (frame[1:] - frame[:-1] <= 3)
+    dt = np.maximum(frame[1:] - frame[:-1], 1)
+    step2 = (np.diff(x) ** 2 + np.diff(y) ** 2) / (2 * dt)
+    return pd.Series(step2[same]).groupby(particle[1:][same]).median()
+
+
 def _untangle(tracks: pd.DataFrame, config: GuidedConfig) -> pd.DataFrame:
     """Undo identity swaps where two tracks meet, from where each was before and after.
 
@@ -761,11 +770,8 @@ def _untangle(tracks: pd.DataFrame, config: GuidedConfig) -> pd.DataFrame:
     logn = np.log(np.maximum(tracks["signal"].to_numpy(float), 1e-9))
     if len(p) < 4:
         return tracks
-    # per-axis variance per frame of each track's steps (median: robust to its swaps)
+    var_of = _step_variance(p, f, xy[:, 0], xy[:, 1])
     same = (p[1:] == p[:-1]) & (f[1:] - f[:-1] <= 3)
-    dt = np.maximum(f[1:] - f[:-1], 1)
-    step2 = ((xy[1:] - xy[:-1]) ** 2).sum(axis=1) / (2 * dt)
-    var_of = pd.Series(step2[same]).groupby(p[1:][same]).median()
     lsd_of = pd.Series(np.abs(np.diff(logn))[same]).groupby(p[1:][same]).median() * 1.05
     pairs = cKDTree(np.column_stack([xy, f * 1e4])).query_pairs(
         config.untangle_contact_px, output_type="ndarray"
@@ -854,6 +860,9 @@ def _split_bright(points, tracks, spots, frames, camera, psf_sigma_px, config):
     ref = _track_brightness(tn, tp).loc[tp].to_numpy()
     k = np.rint(tn / ref)
     cand = (tn >= (1 + config.split_min_excess) * ref) & (k >= 2)
+    # not in the flow: a blurred streak fits 2-3 emitters poorly, and the linker's velocity
+    # model keeps flowing particles apart better than their split spots would
+    cand &= _step_variance(tp, tf, tx, ty).reindex(tp).fillna(0.0).to_numpy() <= 1.0
     # a spot another one shares (a merge given to two tracks) is not split again
     key = pd.Series(1, index=pd.MultiIndex.from_arrays([tf, tx, ty]))
     cand &= ~key.index.duplicated(keep=False)
