@@ -751,6 +751,48 @@ def _step_variance(particle, frame, x, y) -> pd.Series:
     return pd.Series(step2[same]).groupby(particle[1:][same]).median()
 
 
+def _meetings(p, f, xy, var_of: pd.Series, contact: float) -> list[tuple]:
+    """Where two tracks may have exchanged identities, in time order: ``(t0, t1, t_swap, row_a,
+    row_b)``, the episode's first and last frame, the frame after which the tracks would be
+    exchanged and a row of each track.
+
+    Two kinds: (1) the tracks come within ``contact`` px in one frame (contacts up to 5
+    frames apart are one episode; ``t_swap`` at the closest approach); (2) a track steps
+    farther than 3 s.d. of its own steps to where another track was the frame before (an
+    exchange across a frame in which one of the two was not detected).
+    """
+    tree = cKDTree(np.column_stack([xy, f * 1e4]))
+    out = []
+    pairs = tree.query_pairs(contact, output_type="ndarray")
+    if len(pairs):
+        i, j = pairs[:, 0], pairs[:, 1]
+        keep = (f[i] == f[j]) & (p[i] != p[j])
+        keep &= np.hypot(*(xy[i] - xy[j]).T) > 0  # a shared (merged) spot is no evidence
+        i, j = i[keep], j[keep]
+        lo, hi = np.minimum(p[i], p[j]), np.maximum(p[i], p[j])
+        order = np.lexsort((f[i], hi, lo))
+        i, j, lo, hi = i[order], j[order], lo[order], hi[order]
+        new = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1]) | (np.diff(f[i]) > 5)]
+        starts = np.flatnonzero(new)
+        for s0, s1 in zip(starts, np.r_[starts[1:], len(i)], strict=True):
+            ci, cj = i[s0:s1], j[s0:s1]
+            d = np.hypot(*(xy[ci] - xy[cj]).T)
+            out.append((f[ci].min(), f[ci].max(), f[ci][np.argmin(d)], ci[0], cj[0]))
+    # steps of 3 s.d. or more (of the track's own steps) onto another track's last place
+    same = p[1:] == p[:-1]
+    dt = np.maximum(np.diff(f), 1)
+    var = np.maximum(var_of.reindex(p[1:]).fillna(1.0).to_numpy(), 0.01)
+    big = np.flatnonzero(same & (((xy[1:] - xy[:-1]) ** 2).sum(axis=1) > 2 * 9 * var * dt))
+    if len(big):
+        to = np.column_stack([xy[big + 1], f[big] * 1e4])
+        for r, near in zip(big, tree.query_ball_point(to, contact), strict=True):
+            for q in near:
+                if p[q] != p[r]:
+                    out.append((f[r] + 1, f[r + 1] - 1, f[r], r, q))
+    out.sort(key=lambda e: (e[0], e[1]))
+    return out
+
+
 def _untangle(tracks: pd.DataFrame, config: GuidedConfig) -> pd.DataFrame:
     """Undo identity swaps where two tracks meet, from where each was before and after.
 
@@ -776,30 +818,12 @@ def _untangle(tracks: pd.DataFrame, config: GuidedConfig) -> pd.DataFrame:
     var_of = _step_variance(p, f, xy[:, 0], xy[:, 1])
     same = (p[1:] == p[:-1]) & (f[1:] - f[:-1] <= 3)
     lsd_of = pd.Series(np.abs(np.diff(logn))[same]).groupby(p[1:][same]).median() * 1.05
-    pairs = cKDTree(np.column_stack([xy, f * 1e4])).query_pairs(
-        config.untangle_contact_px, output_type="ndarray"
-    )
-    if len(pairs) == 0:
-        return tracks
-    i, j = pairs[:, 0], pairs[:, 1]
-    keep = (f[i] == f[j]) & (p[i] != p[j])
-    keep &= np.hypot(*(xy[i] - xy[j]).T) > 0  # a shared (merged) spot is no evidence
-    i, j = i[keep], j[keep]
-    lo, hi = np.minimum(p[i], p[j]), np.maximum(p[i], p[j])
-    order = np.lexsort((f[i], hi, lo))
-    i, j, lo, hi = i[order], j[order], lo[order], hi[order]
-    new = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1]) | (f[i][1:] - f[i][:-1] > 5)]
-    starts = np.flatnonzero(new)
-    ends = np.r_[starts[1:], len(i)]
+    episodes = _meetings(p, f, xy, var_of, config.untangle_contact_px)
     w = config.untangle_window_frames
-    for e in np.argsort(f[i[starts]], kind="stable"):
-        ci, cj = i[starts[e] : ends[e]], j[starts[e] : ends[e]]
-        a, b = p[ci[0]], p[cj[0]]
+    for t0, t1, t_swap, ra0, rb0 in episodes:
+        a, b = p[ra0], p[rb0]
         if a == b:
             continue
-        t0, t1 = f[ci].min(), f[ci].max()
-        d = np.hypot(*(xy[ci] - xy[cj]).T)
-        t_swap = f[ci][np.argmin(d)]
         ra, rb = np.flatnonzero(p == a), np.flatnonzero(p == b)
         pre_a = ra[(f[ra] < t0) & (f[ra] >= t0 - w)]
         pre_b = rb[(f[rb] < t0) & (f[rb] >= t0 - w)]
