@@ -76,7 +76,9 @@ class GuidedConfig:
         hidden ones can be linked into tracks of their own.
     split_min_excess : float
         For ``split_bright``: a spot is split when its light is at least ``1 +`` this times its
-        track's typical light (and closer to 2 or 3 times than to 1).
+        track's typical light (and closer to 2 or 3 times than to 1), and at least ``1 + 4 s``
+        times, ``s`` the s.d. of the log light of the track's single-emitter spots (at low SNR
+        one emitter's light varies too much from frame to frame to be counted).
     resolve_merged : bool
         Where the free two-emitter fit of a pair probe fails (the emitters closer than the PSF
         width), fit them again with Gaussian priors on their positions (the track's
@@ -820,11 +822,14 @@ def _untangle(tracks: pd.DataFrame, config: GuidedConfig) -> pd.DataFrame:
     lsd_of = pd.Series(np.abs(np.diff(logn))[same]).groupby(p[1:][same]).median() * 1.05
     episodes = _meetings(p, f, xy, var_of, config.untangle_contact_px)
     w = config.untangle_window_frames
+    # rows of each track (rows are sorted by particle then frame), kept up to date on exchanges
+    part, start = np.unique(p, return_index=True)
+    rows_of = dict(zip(part.tolist(), np.split(np.arange(len(p)), start[1:]), strict=True))
     for t0, t1, t_swap, ra0, rb0 in episodes:
         a, b = p[ra0], p[rb0]
         if a == b:
             continue
-        ra, rb = np.flatnonzero(p == a), np.flatnonzero(p == b)
+        ra, rb = rows_of[a], rows_of[b]
         pre_a = ra[(f[ra] < t0) & (f[ra] >= t0 - w)]
         pre_b = rb[(f[rb] < t0) & (f[rb] >= t0 - w)]
         post_a = ra[(f[ra] > t1) & (f[ra] <= t1 + w)]
@@ -857,6 +862,9 @@ def _untangle(tracks: pd.DataFrame, config: GuidedConfig) -> pd.DataFrame:
             tail_a = ra[f[ra] > t_swap]
             tail_b = rb[f[rb] > t_swap]
             p[tail_a], p[tail_b] = b, a
+            head_a, head_b = ra[f[ra] <= t_swap], rb[f[rb] <= t_swap]
+            rows_of[a] = np.sort(np.concatenate([head_a, tail_b]))
+            rows_of[b] = np.sort(np.concatenate([head_b, tail_a]))
     return renumber_tracks(tracks.assign(particle=p))
 
 
@@ -886,7 +894,13 @@ def _split_bright(points, tracks, spots, frames, camera, psf_sigma_px, config):
     tn = tr["signal"].to_numpy(float) / to_out
     ref = _track_brightness(tn, tp).loc[tp].to_numpy()
     k = np.rint(tn / ref)
-    cand = (tn >= (1 + config.split_min_excess) * ref) & (k >= 2)
+    # spot-to-spot spread (log s.d.) of one emitter's light in this track: at low SNR a
+    # single spot can be 1.6 times its track's typical light by chance
+    lone = tn <= 1.5 * ref
+    dev = pd.Series(np.abs(np.log(tn[lone] / ref[lone]))).groupby(tp[lone]).median() * 1.4826
+    spread = dev.reindex(tp).fillna(np.inf).to_numpy()
+    excess = np.maximum(config.split_min_excess, 4 * spread)
+    cand = (tn >= (1 + excess) * ref) & (k >= 2)
     # not in the flow: a blurred streak fits 2-3 emitters poorly, and the linker's velocity
     # model keeps flowing particles apart better than their split spots would
     cand &= _step_variance(tp, tf, tx, ty).reindex(tp).fillna(0.0).to_numpy() <= 1.0
