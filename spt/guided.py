@@ -825,31 +825,31 @@ def _untangle(tracks: pd.DataFrame, config: GuidedConfig) -> pd.DataFrame:
     # rows of each track (rows are sorted by particle then frame), kept up to date on exchanges
     part, start = np.unique(p, return_index=True)
     rows_of = dict(zip(part.tolist(), np.split(np.arange(len(p)), start[1:]), strict=True))
+    var_of, lsd_of = var_of.to_dict(), lsd_of.to_dict()
     for t0, t1, t_swap, ra0, rb0 in episodes:
         a, b = p[ra0], p[rb0]
-        if a == b:
-            continue
-        ra, rb = rows_of[a], rows_of[b]
-        pre_a = ra[(f[ra] < t0) & (f[ra] >= t0 - w)]
-        pre_b = rb[(f[rb] < t0) & (f[rb] >= t0 - w)]
-        post_a = ra[(f[ra] > t1) & (f[ra] <= t1 + w)]
-        post_b = rb[(f[rb] > t1) & (f[rb] <= t1 + w)]
+        if a == b or max(var_of.get(a, 0.0), var_of.get(b, 0.0)) > 1.0:
+            continue  # flow: the linker's constant-velocity model judges better
+        ra, rb = rows_of[a], rows_of[b]  # in frame order
+        fa, fb = f[ra], f[rb]
+        pre_a = ra[np.searchsorted(fa, t0 - w) : np.searchsorted(fa, t0)]
+        pre_b = rb[np.searchsorted(fb, t0 - w) : np.searchsorted(fb, t0)]
+        post_a = ra[np.searchsorted(fa, t1, "right") : np.searchsorted(fa, t1 + w, "right")]
+        post_b = rb[np.searchsorted(fb, t1, "right") : np.searchsorted(fb, t1 + w, "right")]
         if min(len(pre_a), len(pre_b), len(post_a), len(post_b)) < 2:
             continue
-        if max(var_of.get(a, 0.0), var_of.get(b, 0.0)) > 1.0:
-            continue  # flow: the linker's constant-velocity model judges better
         ll = np.zeros(2)  # keep, swap
         for pre, owner in ((pre_a, a), (pre_b, b)):
-            m0, t_pre = xy[pre].mean(axis=0), f[pre].mean()
+            t_pre = f[pre].mean()
+            m0 = xy[pre].mean(axis=0)
             var = max(var_of.get(owner, 0.1), 0.01)
-            vel = np.zeros(2)
-            if len(pre) >= 2:
-                # a drift only where the window shows one beyond its noise (a run, the flow):
-                # extrapolating two particles' slow approach would carry each onto the other
-                fit = np.polyfit(f[pre] - f[pre].mean(), xy[pre], 1)[0]
-                span2 = ((f[pre] - f[pre].mean()) ** 2).sum()
-                if (fit**2).sum() * span2 > 9 * 2 * var * (1 + len(pre) / 2):
-                    vel = fit
+            # a drift only where the window shows one beyond its noise (a run): extrapolating
+            # two particles' slow approach would carry each onto the other
+            tc = f[pre] - t_pre
+            span2 = float(tc @ tc)
+            vel = tc @ (xy[pre] - m0) / span2 if span2 > 0 else np.zeros(2)
+            if (vel**2).sum() * span2 <= 9 * 2 * var * (1 + len(pre) / 2):
+                vel = np.zeros(2)
             lsd = max(lsd_of.get(owner, 0.1), 0.03)
             for h, post in enumerate((post_a, post_b) if owner == a else (post_b, post_a)):
                 t_post = f[post].mean()
@@ -859,12 +859,13 @@ def _untangle(tracks: pd.DataFrame, config: GuidedConfig) -> pd.DataFrame:
                 vb = lsd**2 * (1 / len(pre) + 1 / len(post))
                 ll[h] -= (logn[post].mean() - logn[pre].mean()) ** 2 / (2 * vb)
         if ll[1] - ll[0] >= config.untangle_min_llr:
-            tail_a = ra[f[ra] > t_swap]
-            tail_b = rb[f[rb] > t_swap]
-            p[tail_a], p[tail_b] = b, a
-            head_a, head_b = ra[f[ra] <= t_swap], rb[f[rb] <= t_swap]
-            rows_of[a] = np.sort(np.concatenate([head_a, tail_b]))
-            rows_of[b] = np.sort(np.concatenate([head_b, tail_a]))
+            cut_a, cut_b = (
+                np.searchsorted(fa, t_swap, "right"),
+                np.searchsorted(fb, t_swap, "right"),
+            )
+            p[ra[cut_a:]], p[rb[cut_b:]] = b, a
+            rows_of[a] = np.concatenate([ra[:cut_a], rb[cut_b:]])
+            rows_of[b] = np.concatenate([rb[:cut_b], ra[cut_a:]])
     return renumber_tracks(tracks.assign(particle=p))
 
 
@@ -1142,6 +1143,8 @@ def _track_brightness(n: np.ndarray, particle: np.ndarray) -> pd.Series:
     logw = np.log([0.6, 0.3, 0.1]) - np.log(k * 0.25)  # mixture weight / s.d. (up to r)
     ref = np.empty(len(part))
     for g, v in enumerate(np.split(n[order], start[1:])):
+        if len(v) > 150:  # quantiles of a long track: the same distribution, less work
+            v = np.sort(v)[np.linspace(0, len(v) - 1, 150).astype(np.int64)]
         med = np.median(v)
         r = med * grid
         # z of every spot under every r and k: (len(v), len(grid), 3)
