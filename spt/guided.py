@@ -1,7 +1,8 @@
 """Track-guided re-detection: look again, at a low threshold, where a track says its spot must be.
 
 Owns :class:`GuidedConfig` and :func:`guided_detect`, a second pass after linking that fills the
-gaps of tracks, extends their ends and joins broken pieces from spots the detector missed.
+gaps of tracks, extends their ends, splits spots that carry 2-3 particles' light, joins broken
+pieces and undoes identity swaps where two tracks meet.
 """
 
 from __future__ import annotations
@@ -152,6 +153,14 @@ class GuidedConfig:
             )
         if self.pair_radius_px < 0 or self.join_radius_px < 0 or self.pair_min_llr < 0:
             raise ValueError("pair_radius_px, join_radius_px and pair_min_llr must be >= 0")
+        if self.split_min_excess <= 0 or self.merged_min_excess < 0:
+            raise ValueError("split_min_excess must be > 0 and merged_min_excess >= 0")
+        if self.merged_partner_sd_px <= 0:
+            raise ValueError("merged_partner_sd_px must be > 0")
+        if self.untangle_min_llr < 0 or self.untangle_contact_px <= 0:
+            raise ValueError("untangle_min_llr must be >= 0 and untangle_contact_px > 0")
+        if self.untangle_window_frames < 2:
+            raise ValueError("untangle_window_frames must be >= 2")
         if self.rejoin_gap_frames < 0 or self.rejoin_radius_px <= 0:
             raise ValueError("rejoin_gap_frames must be >= 0 and rejoin_radius_px > 0")
 
@@ -662,12 +671,19 @@ def guided_detect(
     ``pair_radius_px`` of another track's spot is fitted jointly with it as two emitters
     (multi-emitter MLE, Huang et al., Biomed Opt Express 2011) and kept only if the likelihood
     ratio over one emitter is large, so two merged particles each get a position; the other
-    spot's position is replaced by its joint fit. An existing spot within ``join_radius_px`` of
-    a prediction that belongs to no track is added to the track; one that starts (ends) another
-    track when extending forward (backward) joins the two tracks. Last, a track end and a later
-    track start within ``rejoin_radius_px`` across up to ``rejoin_gap_frames`` frames are joined
-    one-to-one (u-track's gap closing, Jaqaman et al. 2008, over gaps longer than the linker's):
-    a particle hidden among unresolved neighbours keeps one identity.
+    spot's position is replaced by its joint fit. Where the two are closer than the PSF width
+    and the spot carries two tracks' light, the two emitters are fitted with the tracks'
+    positions as Gaussian priors (``resolve_merged``). An existing spot within
+    ``join_radius_px`` of a prediction that belongs to no track is added to the track; one that
+    starts (ends) another track when extending forward (backward) joins the two tracks. Before
+    each re-link, a track's spot with 2-3 times its track's light (quantum dots keep theirs) is
+    split into as many fitted emitters (``split_bright``), so that a particle hidden in a
+    neighbour's spot can be linked. Last, a track end and a later track start within
+    ``rejoin_radius_px`` across up to ``rejoin_gap_frames`` frames are joined one-to-one
+    (u-track's gap closing, Jaqaman et al. 2008, over gaps longer than the linker's): a
+    particle hidden among unresolved neighbours keeps one identity; and two tracks that meet
+    are exchanged after the meeting when each one's place and brightness before it predict
+    the other's after it (``untangle_min_llr``).
 
     Parameters
     ----------

@@ -187,6 +187,10 @@ def test_movie_helper_uses_pipeline_config_and_validates():
         GuidedConfig(min_snr=-1)
     with pytest.raises(ValueError):
         GuidedConfig(extend_frames=-1)
+    with pytest.raises(ValueError):
+        GuidedConfig(untangle_window_frames=1)
+    with pytest.raises(ValueError):
+        GuidedConfig(split_min_excess=0)
     tracks = pd.DataFrame({"frame": [0], "x": [1.0], "y": [1.0], "particle": [0]})
     with pytest.raises(SptInputError, match="signal"):
         _run(tracks, np.zeros((2, 16, 16), np.uint16))
