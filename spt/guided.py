@@ -822,9 +822,12 @@ def _untangle(tracks: pd.DataFrame, config: GuidedConfig) -> pd.DataFrame:
     that barely moves is held to its place), and its mean log brightness before and after
     (quantum dots keep theirs). When exchanging the two tracks after the episode's closest
     approach is more likely by a log-likelihood ratio of ``config.untangle_min_llr``, they are
-    exchanged; episodes are taken in time order. The frame-to-frame linker cannot do this: it
-    has one diffusion coefficient for all particles and forgets where a particle was before
-    two unresolved spots merged.
+    exchanged; episodes are taken in time order. Two flowing tracks (steps > 1 px^2 per axis
+    and frame) are judged the same way with a constant velocity and the spread of their
+    velocity changes (one overtaking the other); a flowing and a non-flowing one are left as
+    the linker made them. The frame-to-frame linker cannot do this: it has one diffusion
+    coefficient for all particles and forgets where a particle was before two unresolved
+    spots merged.
     """
     tracks = tracks.sort_values(["particle", "frame"], kind="stable", ignore_index=True)
     p = tracks["particle"].to_numpy().copy()
@@ -841,11 +844,16 @@ def _untangle(tracks: pd.DataFrame, config: GuidedConfig) -> pd.DataFrame:
     # rows of each track (rows are sorted by particle then frame), kept up to date on exchanges
     part, start = np.unique(p, return_index=True)
     rows_of = dict(zip(part.tolist(), np.split(np.arange(len(p)), start[1:]), strict=True))
+    # flowing tracks: spread of the velocity changes (second differences / 6: for pure noise
+    # the same scale as the step variance)
+    two = (p[2:] == p[:-2]) & (f[2:] - f[:-2] == 2)
+    acc2 = ((xy[2:] - 2 * xy[1:-1] + xy[:-2]) ** 2).sum(axis=1) / 6
+    acc_of = pd.Series(acc2[two]).groupby(p[2:][two]).median().to_dict()
     var_of, lsd_of = var_of.to_dict(), lsd_of.to_dict()
     for t0, t1, t_swap, ra0, rb0 in episodes:
         a, b = p[ra0], p[rb0]
-        if a == b or max(var_of.get(a, 0.0), var_of.get(b, 0.0)) > 1.0:
-            continue  # flow: the linker's constant-velocity model judges better
+        if a == b or (var_of.get(a, 0.0) > 1.0) != (var_of.get(b, 0.0) > 1.0):
+            continue  # one flowing, one not (e.g. stopping at the wall): the linker judges
         ra, rb = rows_of[a], rows_of[b]  # in frame order
         fa, fb = f[ra], f[rb]
         pre_a = ra[np.searchsorted(fa, t0 - w) : np.searchsorted(fa, t0)]
@@ -864,13 +872,19 @@ def _untangle(tracks: pd.DataFrame, config: GuidedConfig) -> pd.DataFrame:
             tc = f[pre] - t_pre
             span2 = float(tc @ tc)
             vel = tc @ (xy[pre] - m0) / span2 if span2 > 0 else np.zeros(2)
-            if (vel**2).sum() * span2 <= 9 * 2 * var * (1 + len(pre) / 2):
+            flow = var > 1.0 and len(pre) >= 3
+            if flow:
+                # carried by the flow: constant velocity, spread from its velocity changes
+                var = max(acc_of.get(owner, var), 0.05)
+            elif (vel**2).sum() * span2 <= 9 * 2 * var * (1 + len(pre) / 2):
                 vel = np.zeros(2)
             lsd = max(lsd_of.get(owner, 0.1), 0.03)
             for h, post in enumerate((post_a, post_b) if owner == a else (post_b, post_a)):
                 t_post = f[post].mean()
                 pred = m0 + vel * (t_post - t_pre)
                 v = var * (t_post - t_pre) + var * (1 / len(pre) + 1 / len(post))
+                if flow:  # the velocity's own error, carried over the gap
+                    v += var * (t_post - t_pre) ** 2 / max(span2, 1.0)
                 ll[h] -= ((xy[post].mean(axis=0) - pred) ** 2).sum() / (2 * v)
                 vb = lsd**2 * (1 / len(pre) + 1 / len(post))
                 ll[h] -= (logn[post].mean() - logn[pre].mean()) ** 2 / (2 * vb)
