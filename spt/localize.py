@@ -300,8 +300,9 @@ def _group_model(theta, ex, dex, ey, dey, read_var, mu, jac):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def _group_kernel(boxes, ox, oy, theta, s, read_var, n_iter, err, ok, loglik):
+def _group_kernel(boxes, ox, oy, theta, prior, s, read_var, n_iter, err, ok, loglik):
     m, bsz, _ = boxes.shape
+    has_prior = prior.shape[0] == m
     npix = bsz * bsz
     p = theta.shape[1]
     k_em = (p - 1) // 3
@@ -329,6 +330,17 @@ def _group_kernel(boxes, ox, oy, theta, s, read_var, n_iter, err, ok, loglik):
                 _integrals(theta[i, 3 * k + 1], oy[i], s, ey[k], dey[k], tmp)
             _group_model(theta[i], ex, dex, ey, dey, read_var, mu, jac)
             _poisson_scoring(jac, mu, data, resid, info, score)
+            if has_prior:
+                # Gaussian priors on positions and photons: MAP instead of ML (means, precisions)
+                for k in range(k_em):
+                    w = prior[i, k, 2]
+                    info[3 * k, 3 * k] += w
+                    info[3 * k + 1, 3 * k + 1] += w
+                    score[3 * k] += w * (prior[i, k, 0] - theta[i, 3 * k])
+                    score[3 * k + 1] += w * (prior[i, k, 1] - theta[i, 3 * k + 1])
+                    w = prior[i, k, 4]
+                    info[3 * k + 2, 3 * k + 2] += w
+                    score[3 * k + 2] += w * (prior[i, k, 3] - theta[i, 3 * k + 2])
             if it < n_iter:
                 work[:, :] = info
                 if not _solve_small(work, score, p):
@@ -371,8 +383,10 @@ def fit_groups(
     *,
     read_var: float = 0.0,
     n_iter: int = 15,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Fit K overlapping spots at once in each window (multi-emitter Poisson MLE).
+    prior_sd: np.ndarray | None = None,
+    photons_prior_sd: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fit K overlapping spots at once in each window (multi-emitter Poisson MLE or MAP).
 
     The model is ``mu_k = b + sum_j N_j dE_x(x_j) dE_y(y_j)`` with one shared background per
     window and a fixed PSF width: the single-emitter model of Smith et al. (2010) extended to
@@ -394,12 +408,22 @@ def fit_groups(
         Read-noise variance in effective photons squared.
     n_iter : int
         Maximum Fisher-scoring iterations.
+    prior_sd : ndarray, shape (n, K), optional
+        S.d. (px, per axis) of a Gaussian prior on each spot's position, centred on ``x0, y0``
+        (``inf``: none). The estimate is then the maximum a posteriori: where two spots are
+        closer than the PSF width the image fixes their summed light and its centroid but
+        hardly their separation, and positions known from elsewhere (e.g. a track's spots in
+        the frames around) resolve what the image alone cannot.
+    photons_prior_sd : ndarray, shape (n, K), optional
+        S.d. (effective photons) of a Gaussian prior on each spot's light, centred on
+        ``photons0`` (``inf``: none), e.g. a quantum dot's brightness known from its track.
 
     Returns
     -------
     x, y, photons : ndarray, shape (n, K)
     errors : ndarray, shape (n, K, 3)
-        Cramer-Rao s.d. of x, y and photons (from the joint Fisher information).
+        Cramer-Rao s.d. of x, y and photons (from the joint Fisher information, plus the
+        prior's information when given).
     ok : ndarray of bool, shape (n,)
     loglik : ndarray, shape (n,)
         Poisson log-likelihood at the estimate (up to a data-only constant), for model selection.
@@ -413,11 +437,21 @@ def fit_groups(
     err = np.full((m, 3 * k_em + 1), np.nan)
     ok = np.zeros(m, bool)
     loglik = np.full(m, -np.inf)
+    if prior_sd is None and photons_prior_sd is None:
+        prior = np.zeros((0, k_em, 5))
+    else:
+        prior = np.zeros((m, k_em, 5))
+        prior[:, :, 0], prior[:, :, 1], prior[:, :, 3] = x0, y0, photons0
+        if prior_sd is not None:
+            prior[:, :, 2] = 1.0 / np.maximum(np.asarray(prior_sd, float), 1e-6) ** 2
+        if photons_prior_sd is not None:
+            prior[:, :, 4] = 1.0 / np.maximum(np.asarray(photons_prior_sd, float), 1e-6) ** 2
     _group_kernel(
         np.ascontiguousarray(boxes, np.float32),
         np.asarray(origin_x, np.int64),
         np.asarray(origin_y, np.int64),
         theta,
+        prior,
         float(sigma),
         float(read_var),
         int(n_iter),
