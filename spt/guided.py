@@ -16,6 +16,7 @@ from spt._lap import solve_sparse_lap
 from spt.camera import Camera, estimate_camera
 from spt.detect import DetectConfig, resolve_camera_and_psf
 from spt.errors import SptInputError
+from spt.flow import FlowConfig, follow_flow
 from spt.io import release_mapped_pages
 from spt.link import LinkConfig, link, renumber_tracks
 from spt.localize import fit_groups, fit_spots, pixel_integrals
@@ -536,6 +537,7 @@ def guided_detect(
     config: GuidedConfig = GuidedConfig(),
     link_config: LinkConfig = LinkConfig(),
     spots: pd.DataFrame | None = None,
+    flow_config: FlowConfig = FlowConfig(),
 ) -> pd.DataFrame:
     """Fill the gaps of tracks, extend their ends and join broken pieces by guided detection.
 
@@ -578,6 +580,8 @@ def guided_detect(
     spots : DataFrame, optional
         All detections, including those left out of tracks (their light is modelled and they
         can be added to tracks). Default: the spots of ``tracks``.
+    flow_config : FlowConfig
+        The flow pass run last (:func:`spt.flow.follow_flow`).
 
     Returns
     -------
@@ -624,6 +628,19 @@ def guided_detect(
         )
     if config.rejoin_gap_frames:
         out = _rejoin(out, config)
+    # -- flow tracks (spt.flow, helper "lowsnr"): seeded and followed along their line --
+    if flow_config.enabled:
+        out = follow_flow(
+            out,
+            frames,
+            camera=camera,
+            psf_sigma_px=psf_sigma_px,
+            pixel_size_um=pixel_size_um,
+            frame_interval_s=frame_interval_s,
+            config=flow_config,
+            spots=spots,
+        )
+    # -- end of flow tracks --
     return out
 
 
