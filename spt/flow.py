@@ -12,14 +12,13 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from spt._lap import solve_sparse_lap
 from spt.camera import Camera
 from spt.errors import SptInputError
 from spt.link import renumber_tracks
 from spt.localize import fit_spots
 
 __all__ = ["FlowConfig", "follow_flow"]
-import os
-_DEBUG = os.environ.get("FLOWDEBUG")
 
 
 @dataclass(frozen=True)
@@ -43,8 +42,14 @@ class FlowConfig:
         flow, and the flow's own unsteadiness); sets how fast the search region grows.
     velocity_window : int
         Points of the track nearest to the end used for the straight line.
+    last_point_weight : float
+        Weight of the last spot (against the straight line) in the position the prediction
+        starts from.
     min_snr : float
         Accept a fit at the prediction if ``signal / signal_err`` is at least this.
+    miss_snr_step : float
+        After ``k`` frames in a row without a spot, a fit needs ``min_snr + k * miss_snr_step``
+        (the prediction is less certain, so a noise peak in its wider search region is likelier).
     search_radius_px : float
         Distance (px) between fit and prediction always accepted, on top of the prediction's
         own uncertainty (2.5 s.d.).
@@ -58,8 +63,16 @@ class FlowConfig:
         (three detections on one straight line at a constant speed). 0: no seeding.
     seed_radius_px : float
         Largest distance (px) of a chain's third detection from the line through the first two.
+    seed_pairs : bool
+        Also seed from two unlinked detections moving at a flow speed, if both are at least
+        ``seed_min_brightness`` times the typical (median) signal of the tracked spots.
+    seed_min_brightness : float
+        See ``seed_pairs`` (noise detections are mostly dim).
     min_seed_points : int
         A seeded track is kept only if following it brings it to at least this many points.
+    join_gap_frames : int
+        Largest gap (frames) across which the end of a flow track is joined to the start of
+        another on its line (same velocity, brightness). 0: off.
     join_radius_px : float
         An existing spot this close (px) to a prediction is taken: a spot in no track is added to
         the flow track; the first (last) spot of another flow track, followed forward
@@ -72,14 +85,19 @@ class FlowConfig:
     max_residual_px: float = 2.0
     lateral_diffusion_um2_s: float = 0.5
     velocity_window: int = 10
+    last_point_weight: float = 0.7
     min_snr: float = 2.0
+    miss_snr_step: float = 1.0
     search_radius_px: float = 1.5
     brightness_ratio: float = 2.5
     max_misses: int = 3
     seed_gap_frames: int = 3
     seed_radius_px: float = 2.5
+    seed_pairs: bool = True
+    seed_min_brightness: float = 0.8
     join_radius_px: float = 1.5
     min_seed_points: int = 6
+    join_gap_frames: int = 30
 
     def __post_init__(self) -> None:
         if not 0 < self.min_speed_um_s < self.max_speed_um_s:
@@ -90,8 +108,12 @@ class FlowConfig:
             raise ValueError("velocity_window >= 2, max_misses >= 0, seed_gap_frames >= 0")
         if self.min_snr < 0 or self.search_radius_px <= 0 or self.brightness_ratio < 1:
             raise ValueError("min_snr >= 0, search_radius_px > 0, brightness_ratio >= 1")
-        if self.seed_radius_px <= 0 or self.join_radius_px < 0:
-            raise ValueError("seed_radius_px must be > 0, join_radius_px >= 0")
+        if self.seed_radius_px <= 0 or self.join_radius_px < 0 or self.seed_min_brightness < 0:
+            raise ValueError(
+                "seed_radius_px must be > 0, join_radius_px and seed_min_brightness >= 0"
+            )
+        if self.miss_snr_step < 0 or self.min_seed_points < 2 or self.join_gap_frames < 0:
+            raise ValueError("miss_snr_step >= 0, min_seed_points >= 2, join_gap_frames >= 0")
 
 
 def _line(t: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -107,48 +129,54 @@ def _line(t: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]
     return centre, vel, rms, tm
 
 
-def _seed_chains(f, xy, n, config: FlowConfig, v_lo: float, v_hi: float) -> list[np.ndarray]:
-    """Chains of three unlinked detections (indices), each on a straight line at constant speed:
-    two within ``seed_gap_frames`` frames moving between ``v_lo`` and ``v_hi`` px/frame, a third
-    within ``seed_radius_px`` of their line extrapolated ``seed_gap_frames`` frames or fewer.
-    Greedy, best fit first; a detection is in one chain at most."""
+def _seed_chains(
+    f: np.ndarray,
+    xy: np.ndarray,
+    n: np.ndarray,
+    config: FlowConfig,
+    v_lo: float,
+    v_hi: float,
+    typical: float,
+) -> list[np.ndarray]:
+    """Seeds of flow tracks among unlinked detections (arrays of indices into ``f, xy, n``).
+
+    Pairs: two detections at most ``seed_gap_frames`` frames apart, moving between ``v_lo`` and
+    ``v_hi`` px/frame, of similar signal. Chains: a pair and a third detection within
+    ``seed_radius_px`` (grown with the extrapolation) of the pair's line extrapolated up to
+    ``seed_gap_frames`` frames. Chains first (best fit first), then, if ``seed_pairs``, the pairs
+    left whose detections are both at least ``seed_min_brightness`` times the ``typical`` signal
+    (shortest gap first); a detection is in one seed at most.
+    """
     gmax = config.seed_gap_frames
-    if gmax == 0 or len(f) < 3:
+    if gmax == 0 or len(f) < 2:
         return []
-    sep = 1e4
+    sep = 1e4  # frames far apart in a third coordinate: one tree for the whole movie
     tree = cKDTree(np.column_stack([xy, f * sep]))
-    cands = []
+    ratio = config.brightness_ratio
+    chains, pairs = [], []
     for g in range(1, gmax + 1):
         lists = tree.query_ball_point(np.column_stack([xy, (f + g) * sep]), v_hi * g + 1e-9)
         for i, js in enumerate(lists):
             for j in js:
-                d = np.hypot(*(xy[j] - xy[i]))
-                if d < v_lo * g:
+                step = xy[j] - xy[i]
+                if np.hypot(*step) < v_lo * g or max(n[i], n[j]) > ratio * min(n[i], n[j]):
                     continue
-                v = (xy[j] - xy[i]) / g
+                if min(n[i], n[j]) >= config.seed_min_brightness * typical:
+                    pairs.append((g, i, j))
                 for h in range(1, gmax + 1):
-                    pred = xy[j] + v * h
-                    ks = tree.query_ball_point([pred[0], pred[1], (f[j] + h) * sep], _seed_r(config, h, g))
-                    for k in ks:
-                        ratio = n[[i, j, k]].max() / max(n[[i, j, k]].min(), 1e-9)
-                        if ratio > config.brightness_ratio:
-                            continue
-                        cands.append((np.hypot(*(xy[k] - pred)) / _seed_r(config, h, g), i, j, k))
-    cands.sort()
+                    pred = xy[j] + step / g * h
+                    r = config.seed_radius_px * np.sqrt(1.0 + (h / g) ** 2)
+                    for k in tree.query_ball_point([pred[0], pred[1], (f[j] + h) * sep], r):
+                        if max(n[i], n[j], n[k]) <= ratio * min(n[i], n[j], n[k]):
+                            chains.append((np.hypot(*(xy[k] - pred)) / r, i, j, k))
     used = np.zeros(len(f), bool)
-    chains = []
-    for _, i, j, k in cands:
-        if used[i] or used[j] or used[k]:
-            continue
-        used[[i, j, k]] = True
-        chains.append(np.array([i, j, k]))
-    return chains
-
-
-def _seed_r(config: FlowConfig, h: int, g: int) -> float:
-    """Search radius (px) for a chain's third point ``h`` frames past a pair ``g`` frames apart:
-    the velocity error of the pair grows the uncertainty by ``h / g``."""
-    return config.seed_radius_px * np.sqrt(1.0 + (h / g) ** 2)
+    seeds = []
+    for cand in sorted(chains) + (sorted(pairs) if config.seed_pairs else []):
+        idx = list(cand[1:])
+        if not used[idx].any():
+            used[idx] = True
+            seeds.append(np.array(idx))
+    return seeds
 
 
 def follow_flow(
@@ -213,8 +241,9 @@ def follow_flow(
         raise SptInputError("frames", f"expected a (T, Y, X) movie, got shape {np.shape(frames)}")
     if not config.enabled or len(tracks) == 0:
         return tracks
-    return _Follower(tracks, frames, camera, psf_sigma_px, pixel_size_um, frame_interval_s,
-                     config, spots).run()
+    return _Follower(
+        tracks, frames, camera, psf_sigma_px, pixel_size_um, frame_interval_s, config, spots
+    ).run()
 
 
 class _Follower:
@@ -256,9 +285,11 @@ class _Follower:
             self.by_frame.setdefault(int(t), []).append(i)
 
     # -- points -----------------------------------------------------------------------------
-    def _near(self, t: int, p: np.ndarray, r: float) -> list[int]:
-        idx = self.by_frame.get(int(t), [])
-        return [i for i in idx if np.hypot(*(self.xy[i] - p)) <= r]
+    def _near(self, t: int, p: np.ndarray, r: float) -> np.ndarray:
+        """Indices of the points of frame ``t`` within ``r`` px of ``p``."""
+        idx = np.asarray(self.by_frame.get(int(t), ()), np.int64)
+        d2 = ((self.xy[idx] - p) ** 2).sum(axis=1)
+        return idx[d2 <= r * r]
 
     def _add_point(self, t, x, y, n, owner) -> int:
         self.f = np.append(self.f, t)
@@ -276,7 +307,10 @@ class _Follower:
         next_id = int(self.tracks["particle"].max()) + 1
         # seeds from unlinked detections
         free_idx = np.flatnonzero(self.owner == -1)
-        chains = _seed_chains(self.f[free_idx], self.xy[free_idx], self.n[free_idx], cfg, v_lo, v_hi)
+        typical = float(np.median(self.n[: self.n_track_rows]))
+        chains = _seed_chains(
+            self.f[free_idx], self.xy[free_idx], self.n[free_idx], cfg, v_lo, v_hi, typical
+        )
         seeds = set()
         for ch in chains:
             self.owner[free_idx[ch]] = next_id
@@ -286,6 +320,9 @@ class _Follower:
         flow = []
         for p in np.unique(self.owner[self.owner >= 0]):
             idx = np.flatnonzero(self.owner == p)
+            if p in seeds:
+                flow.append(int(p))
+                continue
             if len(idx) < 3:
                 continue
             idx = idx[np.argsort(self.f[idx])]
@@ -301,11 +338,76 @@ class _Follower:
             for p in flow:
                 if self._root(p) == p:
                     self._follow(p, direction)
+        if cfg.join_gap_frames:
+            self._join_fragments(v_lo)
         # a seed must be confirmed by what following it found (track-before-detect)
         for p in seeds:
             if self._root(p) == p and (self.owner == p).sum() < cfg.min_seed_points:
                 self.owner[self.owner == p] = -1
         return self._table()
+
+    def _join_fragments(self, v_lo: float) -> None:
+        """Join the end of a flow track to the start of a later one on its line (one-to-one,
+        sparse LAP on the normalised distance between each end's prediction and the other's
+        spot), across up to ``join_gap_frames`` frames."""
+        cfg = self.config
+        w = cfg.velocity_window
+        roots = sorted({self._root(p) for p in self.flow})
+        ends = []  # (track, first t, last t, head line, tail line, median n)
+        for p in roots:
+            idx = np.flatnonzero(self.owner == p)
+            if len(idx) < 3:
+                continue
+            idx = idx[np.argsort(self.f[idx])]
+            head = _line(self.f[idx[:w]].astype(float), self.xy[idx[:w]])
+            tail = _line(self.f[idx[-w:]].astype(float), self.xy[idx[-w:]])
+            ends.append(
+                (
+                    p,
+                    self.f[idx[0]],
+                    self.f[idx[-1]],
+                    head,
+                    tail,
+                    np.median(self.n[idx]),
+                    self.xy[idx[0]],
+                    self.xy[idx[-1]],
+                )
+            )
+        rows, cols, cost = [], [], []
+        for a, ea in enumerate(ends):
+            _, _, t1, _, (ca, va, ra, ma), na, _, last_a = ea
+            if np.hypot(*va) < v_lo or ra > cfg.max_residual_px:
+                continue
+            for b, eb in enumerate(ends):
+                _, t2, _, (cb, vb, rb, mb), _, nb, first_b, _ = eb
+                h = t2 - t1
+                if a == b or not 1 <= h <= cfg.join_gap_frames:
+                    continue
+                if np.hypot(*vb) < v_lo or rb > cfg.max_residual_px:
+                    continue
+                if max(na, nb) > cfg.brightness_ratio * min(na, nb):
+                    continue
+                # each end's line must reach the other's spot
+                sd = np.sqrt(self.var_lat * h + (ra**2 + rb**2) * (1.0 + 3.0 * h**2 / w**2))
+                d_fw = np.hypot(*(ca + va * (t2 - ma) - first_b))
+                d_bw = np.hypot(*(cb + vb * (t1 - mb) - last_a))
+                r = np.hypot(cfg.search_radius_px, 2.5 * sd)
+                if d_fw <= r and d_bw <= r and np.hypot(*(va - vb)) <= 0.3 * np.hypot(*va) + 1.0:
+                    rows.append(a)
+                    cols.append(b)
+                    cost.append(0.5 * (d_fw + d_bw) / r - 1.0)
+        if not rows:
+            return
+        r_sel, c_sel = solve_sparse_lap(
+            np.array(rows), np.array(cols), np.array(cost), len(ends), len(ends)
+        )
+        parent = {ends[c][0]: ends[r][0] for r, c in zip(r_sel, c_sel, strict=True)}
+        for b in [ends[c][0] for c in c_sel]:
+            a = parent[b]
+            while a in parent:
+                a = parent[a]
+            self.owner[self.owner == b] = a
+            self.alias[b] = a
 
     def _root(self, p: int) -> int:
         while p in self.alias:
@@ -324,21 +426,25 @@ class _Follower:
             end_t = int(self.f[idx[-1]])  # idx runs towards the end followed
             near_end = idx[-cfg.velocity_window :]
             centre, vel, rms, tm = _line(self.f[near_end].astype(float), self.xy[near_end])
-            if _DEBUG and misses == 0:
-                print("END", p, direction, end_t, np.round(self.xy[idx[-1]], 1), np.round(vel, 2), round(rms, 2), len(idx))
             if np.hypot(*vel) < self.v_lo or rms > cfg.max_residual_px:
                 return
             ref = float(np.median(self.n[idx]))
             t = end_t + direction * (misses + 1)
             if not 0 <= t < n_frames:
                 return
-            pred = centre + vel * (t - tm)
+            # drift plus a random walk: the last spot says more about where the particle is
+            # than the straight line does (a steady-state Kalman gain); the line gives the drift
+            anchor = cfg.last_point_weight * self.xy[idx[-1]] + (1 - cfg.last_point_weight) * (
+                centre + vel * (end_t - tm)
+            )
+            pred = anchor + vel * (t - end_t)
             if not (-0.5 < pred[0] < nx - 0.5 and -0.5 < pred[1] < ny - 0.5):
                 return
             h = misses + 1
             span = max(1.0, float(np.ptp(self.f[near_end])))
-            sd = np.sqrt(self.var_lat * h + rms**2 * (1.0 / len(near_end) + 3.0 * (h / span) ** 2))
+            sd = np.sqrt(self.var_lat * (h + 0.5) + 3.0 * (rms * h / span) ** 2)
             radius = np.hypot(cfg.search_radius_px, 2.5 * sd)
+            self._misses = misses
             got = self._take_or_fit(p, t, pred, radius, ref, direction)
             if got == "joined":
                 return
@@ -395,14 +501,12 @@ class _Follower:
         with np.errstate(invalid="ignore", divide="ignore"):
             snr = fit.photons[0] / fit.photons_err[0]
         x, y, n = fit.x[0], fit.y[0], fit.photons[0]
-        ok = bool(fit.ok[0]) and snr >= self.config.min_snr and lo <= n <= hi
+        need = self.config.min_snr + self.config.miss_snr_step * self._misses
+        ok = bool(fit.ok[0]) and snr >= need and lo <= n <= hi
         ok = ok and np.hypot(x - pred[0], y - pred[1]) <= radius
-        if _DEBUG:
-            print("FIT", p, t, np.round(pred, 1), "->", round(x, 1), round(y, 1), "snr", round(snr, 2),
-                  "n", round(n), (round(lo), round(hi)), "d", round(np.hypot(x - pred[0], y - pred[1]), 2), round(radius, 2), ok, fit.ok[0])
         if not ok:
             return False
-        if self._near(t, np.array([x, y]), 1.0):
+        if len(self._near(t, np.array([x, y]), 1.0)):
             return False
         self._add_point(t, x, y, n, p)
         self.new_rows.append(

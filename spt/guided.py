@@ -18,7 +18,7 @@ from spt.detect import DetectConfig, resolve_camera_and_psf
 from spt.errors import SptInputError
 from spt.flow import FlowConfig, follow_flow
 from spt.io import release_mapped_pages
-from spt.link import LinkConfig, link, renumber_tracks
+from spt.link import LinkConfig, drop_sparse_tracks, link, renumber_tracks
 from spt.localize import fit_groups, fit_spots, pixel_integrals
 
 __all__ = ["GuidedConfig", "guided_detect", "guided_detect_movie"]
@@ -628,7 +628,7 @@ def guided_detect(
         )
     if config.rejoin_gap_frames:
         out = _rejoin(out, config)
-    # -- flow tracks (spt.flow, helper "lowsnr"): seeded and followed along their line --
+    # -- flow tracks (spt.flow) and sparse stubs (spt.link), helper "lowsnr" --
     if flow_config.enabled:
         out = follow_flow(
             out,
@@ -640,7 +640,8 @@ def guided_detect(
             config=flow_config,
             spots=spots,
         )
-    # -- end of flow tracks --
+    out = drop_sparse_tracks(out, link_config)
+    # -- end of flow tracks and sparse stubs --
     return out
 
 
@@ -878,6 +879,7 @@ def guided_detect_movie(
     pixel_size_um: float,
     frame_interval_s: float,
     resolved: tuple[Camera, float] | None = None,
+    flow_config: FlowConfig = FlowConfig(),
 ) -> pd.DataFrame:
     """:func:`guided_detect` with the camera and PSF width detection used on this movie.
 
@@ -900,6 +902,8 @@ def guided_detect_movie(
         Calibration (um/px, s).
     resolved : (Camera, float), optional
         Camera model and PSF s.d. (px) detection used on this movie.
+    flow_config : FlowConfig
+        The flow pass (:func:`spt.flow.follow_flow`).
 
     Returns
     -------
@@ -919,6 +923,7 @@ def guided_detect_movie(
         config=config,
         link_config=link_config,
         spots=spots,
+        flow_config=flow_config,
     )
 
 

@@ -85,7 +85,9 @@ def _whole(truth: pd.DataFrame, tracks: pd.DataFrame) -> np.ndarray:
         }
     )
     best = pairs.groupby(["t", "f"]).size().groupby(level=0).max()
-    return (best.reindex(vis["particle"].unique(), fill_value=0) / vis.groupby("particle").size()).to_numpy()
+    return (
+        best.reindex(vis["particle"].unique(), fill_value=0) / vis.groupby("particle").size()
+    ).to_numpy()
 
 
 def test_dim_flowing_particles_followed_whole():
@@ -137,9 +139,7 @@ def test_seed_needs_three_detections_on_a_line_and_confirmation():
     pick = vis[vis["frame"].isin([10, 12, 13])]
     spots = pick[["frame", "x", "y"]].assign(signal=150.0, background=20.0, sigma=sigma)
     # a static track elsewhere, so the table is not empty
-    still = pd.DataFrame(
-        {"frame": [0, 1, 2], "x": 100.0, "y": 5.0, "signal": 150.0, "particle": 0}
-    )
+    still = pd.DataFrame({"frame": [0, 1, 2], "x": 100.0, "y": 5.0, "signal": 150.0, "particle": 0})
     kw = dict(camera=camera, psf_sigma_px=sigma, pixel_size_um=PX, frame_interval_s=DT)
     out = follow_flow(still, movie, spots=spots, **kw)
     new = out[out["particle"] != out.loc[out["x"] == 100.0, "particle"].iloc[0]]
@@ -192,4 +192,3 @@ def test_config_is_validated_and_input_checked():
         config=FlowConfig(enabled=False),
     )
     assert out is tracks
-
