@@ -91,8 +91,9 @@ def _whole(truth: pd.DataFrame, tracks: pd.DataFrame) -> np.ndarray:
 
 
 def test_dim_flowing_particles_followed_whole():
-    """150-photon particles in 6 px/frame flow (streaks ~3 px long, detected in only some
-    frames): with the flow pass most of each crossing is one track, far more than without."""
+    """150-photon particles in 6 px/frame flow (streaks ~3 px long, detected in only about a
+    quarter of their frames): with the flow pass each crossing is mostly one track, and more of
+    each crossing is in one track than without it."""
     truth = _flow_truth(6, 6.0, seed=3)
     n_frames = int(truth["frame"].max()) + 1
     movie = _movie(truth, n_frames, seed=4)
@@ -100,11 +101,12 @@ def test_dim_flowing_particles_followed_whole():
     _, without = _pipeline(movie, FlowConfig(enabled=False))
     vis = truth[truth["visible"]].reset_index(drop=True)
     det = len(match_spots(vis, spots)) / len(vis)
-    whole = _whole(truth, with_flow)
-    assert det < 0.8  # the detector alone misses many of these spots
-    assert np.mean(whole >= 0.8) >= 4 / 6
-    assert np.mean(whole) > np.mean(_whole(truth, without)) + 0.1
-    # every spot the flow pass added lies on a true particle
+    whole, before = _whole(truth, with_flow), _whole(truth, without)
+    assert det < 0.5  # the detector alone misses most of these spots
+    assert (whole >= 0.6).all()  # 60 % or more of every crossing in one track
+    assert (before < 0.6).sum() >= 2  # without the flow pass, some crossings are lost
+    assert whole.mean() > before.mean() + 0.1
+    # the spots of the tracks lie on true particles
     m = match_spots(vis, with_flow)
     assert len(with_flow) - len(m) <= 0.02 * len(with_flow)
 
