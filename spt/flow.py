@@ -23,7 +23,8 @@ __all__ = ["FlowConfig", "follow_flow"]
 
 @dataclass(frozen=True)
 class FlowConfig:
-    """Parameters of flow following (:func:`follow_flow`).
+    """Parameters of the flow pass (:func:`follow_flow`); lengths in px, times in frames,
+    speeds in um/s (converted with the movie's calibration).
 
     Attributes
     ----------
@@ -59,8 +60,8 @@ class FlowConfig:
         Frames in a row without a spot after which a track end is not followed further (the
         prediction goes on through them: blinking, a spot too dim in one frame).
     seed_gap_frames : int
-        Largest gap (frames) between the unlinked detections chained into a new flow track
-        (three detections on one straight line at a constant speed). 0: no seeding.
+        Largest gap (frames) between the unlinked detections of a seed (three detections on one
+        straight line at a constant flow speed, or two, see ``seed_pairs``). 0: no seeding.
     seed_radius_px : float
         Largest distance (px) of a chain's third detection from the line through the first two.
     seed_pairs : bool
@@ -74,9 +75,9 @@ class FlowConfig:
         Largest gap (frames) across which the end of a flow track is joined to the start of
         another on its line (same velocity, brightness). 0: off.
     join_radius_px : float
-        An existing spot this close (px) to a prediction is taken: a spot in no track is added to
-        the flow track; the first (last) spot of another flow track, followed forward
-        (backward), joins the two.
+        The first (last) spot of another flow track this close (px) to the prediction, when
+        following forward (backward), joins the two tracks. (A detection in no track within the
+        search region is taken as the track's spot.)
     """
 
     enabled: bool = True
@@ -116,9 +117,9 @@ class FlowConfig:
             raise ValueError("miss_snr_step >= 0, min_seed_points >= 2, join_gap_frames >= 0")
 
 
-def _line(t: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Least-squares straight line through points (t, xy): position at mean t, velocity, r.m.s.
-    residual (px)."""
+def _line(t: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Least-squares straight line through points (t, xy): position (px) at the mean time,
+    velocity (px/frame), r.m.s. distance of the points from the line (px), mean time."""
     tm = t.mean()
     dt = t - tm
     var = (dt**2).sum()
@@ -194,19 +195,24 @@ def follow_flow(
 
     A particle in plug flow moves on a straight line at a constant speed, with lateral jitter;
     its image is a motion-blurred streak, dim enough at low photon counts to be detected in only
-    a third of its frames. Two things recover it:
+    a third of its frames. Three steps recover it:
 
     * **seeding**: three unlinked detections within a few frames on one straight line at a flow
-      speed form a new track (a track-before-detect test on detections: two random detections
-      rarely predict a third to within a few pixels);
-    * **following**: from each end of every flow track (least-squares straight-line velocity of
-      at least ``min_speed_um_s``, small residual), the line of its nearest
-      ``velocity_window`` points predicts the next frame's position; a pixel-integrated Gaussian
-      is fitted there by Poisson MLE (Smith et al., Nat Methods 2010) and accepted at a low SNR
-      (as in u-track's gap closing with Kalman propagation, Jaqaman et al., Nat Methods 2008,
-      applied to the image), through up to ``max_misses`` frames in a row without a spot, until
-      the line leaves the field. An unlinked detection at the prediction is taken; the first
-      (last) spot of another flow track joins the two.
+      speed, or two bright ones at a flow speed, start a new track (track-before-detect on
+      detections: random detections rarely line up); a seed is kept only if following it
+      (below) brings it to ``min_seed_points`` spots;
+    * **following**: from each end of every flow track (straight-line velocity of at least
+      ``min_speed_um_s`` and small residual over the ``velocity_window`` points nearest the
+      end), the next frame's position is predicted from the last spot (weighted with the line,
+      as a steady-state Kalman filter of drift plus random walk) moved by the line's velocity;
+      a pixel-integrated Gaussian is fitted there by Poisson MLE (Smith et al., Nat Methods
+      2010) and accepted at a low SNR, higher after each frame without a spot (u-track's
+      Kalman propagation and gap closing, Jaqaman et al., Nat Methods 2008, applied to the
+      image), through up to ``max_misses`` frames in a row without a spot, until the line
+      leaves the field. A detection in no track at the prediction is taken; the first (last)
+      spot of another flow track joins the two;
+    * **joining**: the end of a flow track and the start of a later one whose lines reach each
+      other's spots (within ``join_gap_frames``) are joined, one-to-one by a sparse LAP.
 
     Parameters
     ----------

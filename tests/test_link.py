@@ -230,5 +230,11 @@ def test_short_sparse_tracks_dropped_dense_or_long_kept():
     assert sorted(out["particle"].unique()) == [0, 1]
     off = LinkConfig(sparse_track_points=0)
     assert len(drop_sparse_tracks(pd.concat([dense, sparse]), off)) == 15
+    # with signals: a sparse track as bright as the others is a blinking particle, kept;
+    # a dim one is dropped
+    bright = pd.concat([dense, sparse, long], ignore_index=True).assign(signal=150.0)
+    assert len(drop_sparse_tracks(bright)) == len(bright)
+    dim = bright.assign(signal=np.where(bright["particle"] == 3, 60.0, 150.0))
+    assert sorted(drop_sparse_tracks(dim)["x"].unique()) == [5.0, 90.0]
     with pytest.raises(ValueError):
         LinkConfig(sparse_track_density=1.5)
