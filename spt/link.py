@@ -149,9 +149,7 @@ def link(
     * constant velocity, predicted from the track's last steps, with a velocity noise growing
       with the gap (particles carried by flow);
     * any move up to ``max_speed_um_s`` (uniform in the disc), plus ``model_switch_penalty``
-      (start of a run, stop-and-go); for a track already moving faster than its random-motion
-      spread (flow), only moves no longer than its own step (it stops or slows down), never a
-      jump aside onto another particle passing by.
+      (start of a run, stop-and-go).
 
     A gap of ``g`` missing frames adds ``gap_penalty * g``. A track or spot left unassigned costs
     as much as an unpredicted one-frame move, so every link inside the search radius is taken
@@ -361,14 +359,7 @@ def _candidate_costs(
     d2_pred = ((pts[cols] - pred[rows]) ** 2).sum(axis=1)
     vv = var_v * g**2 + var_d * g
     c_vel = np.where(tr.has_vel[rows], d2_pred / (2 * vv) + np.log(2 * np.pi * vv), np.inf)
-    # a moving track (flow) may stop or slow down anywhere along its way, but never jump aside:
-    # "any move" reaches no farther than its own step (else, where its spot is missed, it takes
-    # the spot of another particle passing within the search radius)
-    c_any = np.where(
-        (d2_last <= (r_flat * g) ** 2) & ~(moving & (d2_last > speed2 * g**2)),
-        cost_flat + 2 * np.log(g),
-        np.inf,
-    )
+    c_any = np.where(d2_last <= (r_flat * g) ** 2, cost_flat + 2 * np.log(g), np.inf)
     cost = np.minimum(np.minimum(c_diff, c_vel), c_any) + gap_penalty * (g - 1)
     return rows, cols, cost
 

@@ -154,19 +154,6 @@ def test_seed_needs_three_detections_on_a_line_and_confirmation():
     assert len(out) == len(still)
 
 
-def test_moving_track_does_not_jump_off_its_line():
-    """A track moving at 6 px/frame that misses a frame is not linked to a spot 9 px off its
-    prediction (its own "any move" model is off once it moves); that spot starts a new track."""
-    t = np.arange(8)
-    a = pd.DataFrame({"frame": t, "x": 10.0 + 6.0 * t, "y": 20.0, "signal": 150.0})
-    a = a[a["frame"] != 4]
-    b = pd.DataFrame({"frame": [4, 5, 6], "x": [34.0, 34.2, 34.1], "y": 29.0, "signal": 150.0})
-    tracks = link(pd.concat([a, b]), pixel_size_um=PX, frame_interval_s=DT)
-    own = tracks.groupby("particle")["y"].agg(["min", "max"])
-    assert len(own) == 2
-    assert (own["max"] - own["min"]).max() < 1.0
-
-
 def test_config_is_validated_and_input_checked():
     with pytest.raises(ValueError):
         FlowConfig(min_speed_um_s=90.0)
