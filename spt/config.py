@@ -22,6 +22,7 @@ from typing import Any
 from spt import _toml
 from spt.detect import DetectConfig
 from spt.errors import SptInputError
+from spt.flow import FlowConfig
 from spt.guided import GuidedConfig
 from spt.link import LinkConfig
 from spt.segment import SegmentConfig
@@ -104,6 +105,9 @@ class PipelineConfig:
         Linking spots into tracks.
     guided : GuidedConfig
         Track-guided re-detection after linking (fills gaps, extends and joins tracks).
+    flow : FlowConfig
+        The flow pass at the end of guided re-detection (seeds and follows tracks of particles
+        carried by flow along their straight line).
     segment : SegmentConfig
         Motion-state segmentation.
     stages : StageConfig
@@ -116,6 +120,7 @@ class PipelineConfig:
     detect: DetectConfig = field(default_factory=DetectConfig)
     link: LinkConfig = field(default_factory=LinkConfig)
     guided: GuidedConfig = field(default_factory=GuidedConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     stages: StageConfig = field(default_factory=StageConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

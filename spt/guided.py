@@ -17,9 +17,10 @@ from spt._lap import solve_sparse_lap
 from spt.camera import Camera, estimate_camera
 from spt.detect import DetectConfig, resolve_camera_and_psf
 from spt.errors import SptInputError
+from spt.flow import FlowConfig, follow_flow
 from spt.identity import step_variance, untangle_tracks
 from spt.io import release_mapped_pages
-from spt.link import LinkConfig, link, renumber_tracks
+from spt.link import LinkConfig, drop_sparse_tracks, link, renumber_tracks
 from spt.localize import fit_groups, fit_spots, pixel_integrals
 
 __all__ = ["GuidedConfig", "guided_detect", "guided_detect_movie"]
@@ -657,6 +658,7 @@ def guided_detect(
     config: GuidedConfig = GuidedConfig(),
     link_config: LinkConfig = LinkConfig(),
     spots: pd.DataFrame | None = None,
+    flow_config: FlowConfig = FlowConfig(),
 ) -> pd.DataFrame:
     """Fill the gaps of tracks, extend their ends and join broken pieces by guided detection.
 
@@ -706,6 +708,8 @@ def guided_detect(
     spots : DataFrame, optional
         All detections, including those left out of tracks (their light is modelled and they
         can be added to tracks). Default: the spots of ``tracks``.
+    flow_config : FlowConfig
+        The flow pass run last (:func:`spt.flow.follow_flow`).
 
     Returns
     -------
@@ -756,6 +760,19 @@ def guided_detect(
         )
     if config.rejoin_gap_frames:
         out = _rejoin(out, config)
+    # Flow tracks from unlinked detections, then short dim stubs dropped.
+    if flow_config.enabled:
+        out = follow_flow(
+            out,
+            frames,
+            camera=camera,
+            psf_sigma_px=psf_sigma_px,
+            pixel_size_um=pixel_size_um,
+            frame_interval_s=frame_interval_s,
+            config=flow_config,
+            spots=spots,
+        )
+    out = drop_sparse_tracks(out, link_config)
     if config.untangle_min_llr > 0:
         out = untangle_tracks(
             out,
@@ -1158,6 +1175,7 @@ def guided_detect_movie(
     pixel_size_um: float,
     frame_interval_s: float,
     resolved: tuple[Camera, float] | None = None,
+    flow_config: FlowConfig = FlowConfig(),
 ) -> pd.DataFrame:
     """:func:`guided_detect` with the camera and PSF width detection used on this movie.
 
@@ -1180,6 +1198,8 @@ def guided_detect_movie(
         Calibration (um/px, s).
     resolved : (Camera, float), optional
         Camera model and PSF s.d. (px) detection used on this movie.
+    flow_config : FlowConfig
+        The flow pass (:func:`spt.flow.follow_flow`).
 
     Returns
     -------
@@ -1199,6 +1219,7 @@ def guided_detect_movie(
         config=config,
         link_config=link_config,
         spots=spots,
+        flow_config=flow_config,
     )
 
 

@@ -18,7 +18,7 @@ from spt._lap import solve_sparse_lap
 from spt.errors import SptInputError
 from spt.schema import SPOT_COLUMNS, empty_table
 
-__all__ = ["LinkConfig", "link"]
+__all__ = ["LinkConfig", "drop_sparse_tracks", "link"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,18 @@ class LinkConfig:
     intensity_max_cost : float
         Cap of the intensity term (log-likelihood units), so that a merged or partly hidden spot
         is still linkable when nothing else fits.
+    sparse_track_points : int
+        Tracks with fewer spots than this that are also sparse (see ``sparse_track_density``)
+        are dropped by :func:`drop_sparse_tracks`, after guided re-detection. 0: keep all.
+    sparse_track_density : float
+        Least share of the frames it spans that a short track must have spots in. A quantum dot
+        blinks, but a real short track has a spot in most frames once the guided pass has
+        filled its gaps; a few spots scattered over many frames are chained false detections.
+    sparse_track_brightness : float
+        A short sparse track is dropped only if its median ``signal`` is also below this
+        fraction of the median signal of all tracked spots (false detections are dim; a bright
+        particle blinking for long keeps its track). 0: never drop; no ``signal`` column: by
+        the other two criteria alone.
     """
 
     max_speed_um_s: float = 80.0
@@ -69,6 +81,9 @@ class LinkConfig:
     min_track_length: int = 3
     intensity_sd: float = 0.3
     intensity_max_cost: float = 6.0
+    sparse_track_points: int = 15
+    sparse_track_density: float = 0.5
+    sparse_track_brightness: float = 0.9
 
     def __post_init__(self) -> None:
         if self.max_speed_um_s <= 0 or self.diffusion_um2_s <= 0 or self.velocity_noise_um_s <= 0:
@@ -79,6 +94,10 @@ class LinkConfig:
             raise ValueError("gap_penalty and model_switch_penalty must be >= 0")
         if self.intensity_sd < 0 or self.intensity_max_cost < 0:
             raise ValueError("intensity_sd and intensity_max_cost must be >= 0")
+        if self.sparse_track_points < 0 or not 0 <= self.sparse_track_density <= 1:
+            raise ValueError("sparse_track_points must be >= 0, sparse_track_density in [0, 1]")
+        if self.sparse_track_brightness < 0:
+            raise ValueError("sparse_track_brightness must be >= 0")
 
 
 def _check(spots: pd.DataFrame, pixel_size_um: float, frame_interval_s: float) -> None:
@@ -184,6 +203,38 @@ def link(
         sizes = out.groupby("particle")["frame"].transform("size")
         out = out[sizes.to_numpy() >= config.min_track_length]
     return renumber_tracks(out)
+
+
+def drop_sparse_tracks(tracks: pd.DataFrame, config: LinkConfig = LinkConfig()) -> pd.DataFrame:
+    """Tracks without the short, sparse, dim ones (fewer than ``config.sparse_track_points``
+    spots, in fewer than ``config.sparse_track_density`` of the frames they span, median signal
+    below ``config.sparse_track_brightness`` times that of all tracked spots), renumbered.
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        Tracks with ``frame`` and ``particle``.
+    config : LinkConfig
+        Gives the two thresholds.
+
+    Returns
+    -------
+    DataFrame
+        See :func:`renumber_tracks`; ``tracks`` itself when nothing is dropped.
+    """
+    if config.sparse_track_points == 0 or len(tracks) == 0:
+        return tracks
+    g = tracks.groupby("particle")["frame"]
+    n = g.transform("size").to_numpy()
+    span = (g.transform("max") - g.transform("min")).to_numpy() + 1
+    sparse = (n < config.sparse_track_points) & (n < config.sparse_track_density * span)
+    if "signal" in tracks.columns:
+        signal = pd.to_numeric(tracks["signal"], errors="coerce")
+        own = signal.groupby(tracks["particle"]).transform("median").to_numpy()
+        sparse &= own < config.sparse_track_brightness * float(signal.median())
+    if not sparse.any():
+        return tracks
+    return renumber_tracks(tracks[~sparse])
 
 
 def renumber_tracks(tracks: pd.DataFrame) -> pd.DataFrame:

@@ -406,6 +406,7 @@ def process_movie(
             detect_config=config.detect,
             link_config=config.link,
             config=config.guided,
+            flow_config=config.flow,
             pixel_size_um=movie.pixel_size_um,
             frame_interval_s=movie.frame_interval_s,
             resolved=resolved,

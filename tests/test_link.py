@@ -9,7 +9,7 @@ import pytest
 
 from spt.config import PipelineConfig
 from spt.errors import SptInputError
-from spt.link import LinkConfig, link
+from spt.link import LinkConfig, drop_sparse_tracks, link
 from spt.metrics import isbi_scores, track_scores
 from spt.simulate import SimulationConfig, simulate_tracks
 
@@ -217,3 +217,24 @@ def test_candidate_pairs_same_with_and_without_tree():
         np.testing.assert_array_equal(c1, c2)
         found += len(r1)
     assert found > 100
+
+
+def test_short_sparse_tracks_dropped_dense_or_long_kept():
+    """A few spots scattered over many frames (chained false detections) are dropped; a short
+    dense track and a long sparse one are kept."""
+    dense = pd.DataFrame({"frame": np.arange(10), "x": 5.0, "y": 5.0, "particle": 7})
+    sparse = pd.DataFrame({"frame": [0, 9, 20, 31, 40], "x": 50.0, "y": 5.0, "particle": 3})
+    long = pd.DataFrame({"frame": np.arange(0, 100, 5), "x": 90.0, "y": 5.0, "particle": 1})
+    out = drop_sparse_tracks(pd.concat([dense, sparse, long], ignore_index=True))
+    assert sorted(out["x"].unique()) == [5.0, 90.0]
+    assert sorted(out["particle"].unique()) == [0, 1]
+    off = LinkConfig(sparse_track_points=0)
+    assert len(drop_sparse_tracks(pd.concat([dense, sparse]), off)) == 15
+    # with signals: a sparse track as bright as the others is a blinking particle, kept;
+    # a dim one is dropped
+    bright = pd.concat([dense, sparse, long], ignore_index=True).assign(signal=150.0)
+    assert len(drop_sparse_tracks(bright)) == len(bright)
+    dim = bright.assign(signal=np.where(bright["particle"] == 3, 60.0, 150.0))
+    assert sorted(drop_sparse_tracks(dim)["x"].unique()) == [5.0, 90.0]
+    with pytest.raises(ValueError):
+        LinkConfig(sparse_track_density=1.5)

@@ -188,6 +188,7 @@ def _guided(
         detect_config=config.detect,
         link_config=config.link,
         config=config.guided,
+        flow_config=config.flow,
         pixel_size_um=pixel_size_um,
         frame_interval_s=frame_interval_s,
     )

@@ -1,0 +1,556 @@
+"""Flow tracks: follow particles carried by flow along their straight line, at low SNR.
+
+Owns :class:`FlowConfig` and :func:`follow_flow`, a last pass after track-guided re-detection
+that seeds flow tracks from unlinked detections and extends every flow track to its full length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.spatial import cKDTree
+
+from spt._lap import solve_sparse_lap
+from spt.camera import Camera
+from spt.errors import SptInputError
+from spt.link import renumber_tracks
+from spt.localize import fit_spots
+
+__all__ = ["FlowConfig", "follow_flow"]
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Parameters of the flow pass (:func:`follow_flow`); lengths in px, times in frames,
+    speeds in um/s (converted with the movie's calibration).
+
+    Attributes
+    ----------
+    enabled : bool
+        Run the flow pass after guided re-detection.
+    min_speed_um_s : float
+        A track whose straight-line (least-squares) velocity is at least this fast (um/s) is a
+        flow track. Well above active transport (~1 um/s), well below blood flow (20-60 um/s).
+    max_speed_um_s : float
+        Fastest flow to seed tracks for (um/s).
+    max_residual_px : float
+        Largest r.m.s. distance (px) of a track's points from its straight line for it to be
+        followed (plug flow is a straight line with lateral jitter).
+    lateral_diffusion_um2_s : float
+        Diffusion coefficient (um^2/s) of the jitter about the line (lateral diffusion in the
+        flow, and the flow's own unsteadiness); sets how fast the search region grows.
+    velocity_window : int
+        Points of the track nearest to the end used for the straight line.
+    last_point_weight : float
+        Weight of the last spot (against the straight line) in the position the prediction
+        starts from.
+    min_snr : float
+        Accept a fit at the prediction if ``signal / signal_err`` is at least this.
+    miss_snr_step : float
+        After ``k`` frames in a row without a spot, a fit needs ``min_snr + k * miss_snr_step``
+        (the prediction is less certain, so a noise peak in its wider search region is likelier).
+    search_radius_px : float
+        Distance (px) between fit and prediction always accepted, on top of the prediction's
+        own uncertainty (2.5 s.d.).
+    brightness_ratio : float
+        A fit's signal must lie within this factor of the track's median signal.
+    max_misses : int
+        Frames in a row without a spot after which a track end is not followed further (the
+        prediction goes on through them: blinking, a spot too dim in one frame).
+    seed_gap_frames : int
+        Largest gap (frames) between the unlinked detections of a seed (three detections on one
+        straight line at a constant flow speed, or two, see ``seed_pairs``). 0: no seeding.
+    seed_radius_px : float
+        Largest distance (px) of a chain's third detection from the line through the first two.
+    seed_pairs : bool
+        Also seed from two unlinked detections moving at a flow speed, if both are at least
+        ``seed_min_brightness`` times the typical (median) signal of the tracked spots.
+    seed_min_brightness : float
+        See ``seed_pairs`` (noise detections are mostly dim).
+    min_seed_points : int
+        A seeded track is kept only if following it brings it to at least this many points.
+    join_gap_frames : int
+        Largest gap (frames) across which the end of a flow track is joined to the start of
+        another on its line (same velocity, brightness). 0: off.
+    join_radius_px : float
+        The first (last) spot of another flow track this close (px) to the prediction, when
+        following forward (backward), joins the two tracks. (A detection in no track within the
+        search region is taken as the track's spot.)
+    """
+
+    enabled: bool = True
+    min_speed_um_s: float = 10.0
+    max_speed_um_s: float = 80.0
+    max_residual_px: float = 2.0
+    lateral_diffusion_um2_s: float = 0.5
+    velocity_window: int = 10
+    last_point_weight: float = 0.7
+    min_snr: float = 2.0
+    miss_snr_step: float = 1.0
+    search_radius_px: float = 1.5
+    brightness_ratio: float = 2.5
+    max_misses: int = 3
+    seed_gap_frames: int = 3
+    seed_radius_px: float = 2.5
+    seed_pairs: bool = True
+    seed_min_brightness: float = 0.8
+    join_radius_px: float = 1.5
+    min_seed_points: int = 6
+    join_gap_frames: int = 30
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_speed_um_s < self.max_speed_um_s:
+            raise ValueError("need 0 < min_speed_um_s < max_speed_um_s")
+        if self.max_residual_px <= 0 or self.lateral_diffusion_um2_s < 0:
+            raise ValueError("max_residual_px must be > 0, lateral_diffusion_um2_s >= 0")
+        if self.velocity_window < 2 or self.max_misses < 0 or self.seed_gap_frames < 0:
+            raise ValueError("velocity_window >= 2, max_misses >= 0, seed_gap_frames >= 0")
+        if self.min_snr < 0 or self.search_radius_px <= 0 or self.brightness_ratio < 1:
+            raise ValueError("min_snr >= 0, search_radius_px > 0, brightness_ratio >= 1")
+        if self.seed_radius_px <= 0 or self.join_radius_px < 0 or self.seed_min_brightness < 0:
+            raise ValueError(
+                "seed_radius_px must be > 0, join_radius_px and seed_min_brightness >= 0"
+            )
+        if self.miss_snr_step < 0 or self.min_seed_points < 2 or self.join_gap_frames < 0:
+            raise ValueError("miss_snr_step >= 0, min_seed_points >= 2, join_gap_frames >= 0")
+
+
+def _line(t: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Least-squares straight line through points (t, xy): position (px) at the mean time,
+    velocity (px/frame), r.m.s. distance of the points from the line (px), mean time."""
+    tm = t.mean()
+    dt = t - tm
+    var = (dt**2).sum()
+    centre = xy.mean(axis=0)
+    vel = (dt[:, None] * (xy - centre)).sum(axis=0) / var if var > 0 else np.zeros(2)
+    resid = xy - centre - dt[:, None] * vel
+    rms = float(np.sqrt((resid**2).sum(axis=1).mean()))
+    return centre, vel, rms, tm
+
+
+def _seed_chains(
+    f: np.ndarray,
+    xy: np.ndarray,
+    n: np.ndarray,
+    config: FlowConfig,
+    v_lo: float,
+    v_hi: float,
+    typical: float,
+) -> list[np.ndarray]:
+    """Seeds of flow tracks among unlinked detections (arrays of indices into ``f, xy, n``).
+
+    Pairs: two detections at most ``seed_gap_frames`` frames apart, moving between ``v_lo`` and
+    ``v_hi`` px/frame, of similar signal. Chains: a pair and a third detection within
+    ``seed_radius_px`` (grown with the extrapolation) of the pair's line extrapolated up to
+    ``seed_gap_frames`` frames. Chains first (best fit first), then, if ``seed_pairs``, the pairs
+    left whose detections are both at least ``seed_min_brightness`` times the ``typical`` signal
+    (shortest gap first); a detection is in one seed at most.
+    """
+    gmax = config.seed_gap_frames
+    if gmax == 0 or len(f) < 2:
+        return []
+    sep = 1e4  # frames far apart in a third coordinate: one tree for the whole movie
+    tree = cKDTree(np.column_stack([xy, f * sep]))
+    ratio = config.brightness_ratio
+    chains, pairs = [], []
+    for g in range(1, gmax + 1):
+        lists = tree.query_ball_point(np.column_stack([xy, (f + g) * sep]), v_hi * g + 1e-9)
+        for i, js in enumerate(lists):
+            for j in js:
+                step = xy[j] - xy[i]
+                if np.hypot(*step) < v_lo * g or max(n[i], n[j]) > ratio * min(n[i], n[j]):
+                    continue
+                if min(n[i], n[j]) >= config.seed_min_brightness * typical:
+                    pairs.append((g, i, j))
+                for h in range(1, gmax + 1):
+                    pred = xy[j] + step / g * h
+                    r = config.seed_radius_px * np.sqrt(1.0 + (h / g) ** 2)
+                    for k in tree.query_ball_point([pred[0], pred[1], (f[j] + h) * sep], r):
+                        if max(n[i], n[j], n[k]) <= ratio * min(n[i], n[j], n[k]):
+                            chains.append((np.hypot(*(xy[k] - pred)) / r, i, j, k))
+    used = np.zeros(len(f), bool)
+    seeds = []
+    for cand in sorted(chains) + (sorted(pairs) if config.seed_pairs else []):
+        idx = list(cand[1:])
+        if not used[idx].any():
+            used[idx] = True
+            seeds.append(np.array(idx))
+    return seeds
+
+
+def follow_flow(
+    tracks: pd.DataFrame,
+    frames,
+    *,
+    camera: Camera,
+    psf_sigma_px: float,
+    pixel_size_um: float,
+    frame_interval_s: float,
+    config: FlowConfig = FlowConfig(),
+    spots: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Seed and extend tracks of particles carried by flow, along their straight line.
+
+    A particle in plug flow moves on a straight line at a constant speed, with lateral jitter;
+    its image is a motion-blurred streak, dim enough at low photon counts to be detected in only
+    a third of its frames. Three steps recover it:
+
+    * **seeding**: three unlinked detections within a few frames on one straight line at a flow
+      speed, or two bright ones at a flow speed, start a new track (track-before-detect on
+      detections: random detections rarely line up); a seed is kept only if following it
+      (below) brings it to ``min_seed_points`` spots;
+    * **following**: from each end of every flow track (straight-line velocity of at least
+      ``min_speed_um_s`` and small residual over the ``velocity_window`` points nearest the
+      end), the next frame's position is predicted from the last spot (weighted with the line,
+      as a steady-state Kalman filter of drift plus random walk) moved by the line's velocity;
+      a pixel-integrated Gaussian is fitted there by Poisson MLE (Smith et al., Nat Methods
+      2010) and accepted at a low SNR, higher after each frame without a spot (u-track's
+      Kalman propagation and gap closing, Jaqaman et al., Nat Methods 2008, applied to the
+      image), through up to ``max_misses`` frames in a row without a spot, until the line
+      leaves the field. A detection in no track at the prediction is taken; the first (last)
+      spot of another flow track joins the two;
+    * **joining**: the end of a flow track and the start of a later one whose lines reach each
+      other's spots (within ``join_gap_frames``) are joined, one-to-one by a sparse LAP.
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        Tracks (``frame, x, y, particle, signal``; px), e.g. from :func:`spt.guided.guided_detect`.
+    frames : array-like, shape (T, Y, X)
+        The raw movie in ADU, indexable by frame slices.
+    camera : Camera
+        The camera detection used.
+    psf_sigma_px : float
+        PSF s.d. (px) detection used.
+    pixel_size_um, frame_interval_s : float
+        Calibration (um/px, s).
+    config : FlowConfig
+        Parameters.
+    spots : DataFrame, optional
+        All detections; those in no track can seed flow tracks or be taken by one.
+
+    Returns
+    -------
+    DataFrame
+        ``tracks`` with the new spots and tracks (``signal``/``background`` in the units of the
+        input, ``sigma`` the PSF width), joined tracks sharing one ``particle``, renumbered from
+        0 in order of first appearance and sorted by particle then frame.
+    """
+    if not (pixel_size_um > 0 and frame_interval_s > 0):
+        raise SptInputError("follow_flow", "pixel_size_um and frame_interval_s must be > 0")
+    missing = [c for c in ("frame", "x", "y", "particle", "signal") if c not in tracks.columns]
+    if missing:
+        raise SptInputError("tracks", f"missing column(s) {', '.join(missing)}")
+    if len(np.shape(frames)) != 3:
+        raise SptInputError("frames", f"expected a (T, Y, X) movie, got shape {np.shape(frames)}")
+    if not config.enabled or len(tracks) == 0:
+        return tracks
+    return _Follower(
+        tracks, frames, camera, psf_sigma_px, pixel_size_um, frame_interval_s, config, spots
+    ).run()
+
+
+class _Follower:
+    """State of the flow pass: all points (track rows, unlinked detections, new fits)."""
+
+    def __init__(self, tracks, frames, camera, sigma, pixel_size_um, dt, config, spots):
+        self.frames = frames
+        self.camera = camera
+        self.sigma = float(sigma)
+        self.config = config
+        self.shape = np.shape(frames)
+        f2 = camera.excess_noise
+        self.to_out = f2 if camera.calibrated else camera.adu_per_photon * f2
+        self.px_per_frame = dt / pixel_size_um  # (um/s) -> px/frame
+        self.var_lat = 2 * config.lateral_diffusion_um2_s * dt / pixel_size_um**2
+        self.tracks = tracks.reset_index(drop=True)
+        free = None
+        if spots is not None and len(spots):
+            keys = ["frame", "x", "y"]
+            taken = self.tracks[keys].drop_duplicates()
+            m = spots[keys].merge(taken, on=keys, how="left", indicator=True)
+            free = spots[(m["_merge"] == "left_only").to_numpy()].reset_index(drop=True)
+        self.free = free
+        # all points: track rows first, then unlinked detections; owner -1 = in no track
+        parts = [self.tracks[["frame", "x", "y", "signal"]]]
+        if free is not None:
+            parts.append(free[["frame", "x", "y", "signal"]])
+        pts = pd.concat(parts, ignore_index=True)
+        self.f = pts["frame"].to_numpy(np.int64)
+        self.xy = pts[["x", "y"]].to_numpy(float)
+        self.n = pts["signal"].to_numpy(float) / self.to_out
+        n_tr = len(self.tracks)
+        self.owner = np.full(len(pts), -1, np.int64)
+        self.owner[:n_tr] = self.tracks["particle"].to_numpy()
+        self.n_track_rows = n_tr
+        self.new_rows: list[tuple] = []  # particle, frame, x, y, n, b, x_err, y_err
+        self.by_frame: dict[int, list[int]] = {}
+        for i, t in enumerate(self.f):
+            self.by_frame.setdefault(int(t), []).append(i)
+
+    # -- points -----------------------------------------------------------------------------
+    def _near(self, t: int, p: np.ndarray, r: float) -> np.ndarray:
+        """Indices of the points of frame ``t`` within ``r`` px of ``p``."""
+        idx = np.asarray(self.by_frame.get(int(t), ()), np.int64)
+        d2 = ((self.xy[idx] - p) ** 2).sum(axis=1)
+        return idx[d2 <= r * r]
+
+    def _add_point(self, t, x, y, n, owner) -> int:
+        self.f = np.append(self.f, t)
+        self.xy = np.vstack([self.xy, [x, y]])
+        self.n = np.append(self.n, n)
+        self.owner = np.append(self.owner, owner)
+        k = len(self.f) - 1
+        self.by_frame.setdefault(int(t), []).append(k)
+        return k
+
+    def run(self) -> pd.DataFrame:
+        cfg = self.config
+        v_lo = self.v_lo = cfg.min_speed_um_s * self.px_per_frame
+        v_hi = cfg.max_speed_um_s * self.px_per_frame
+        next_id = int(self.tracks["particle"].max()) + 1
+        # seeds from unlinked detections
+        free_idx = np.flatnonzero(self.owner == -1)
+        typical = float(np.median(self.n[: self.n_track_rows]))
+        chains = _seed_chains(
+            self.f[free_idx], self.xy[free_idx], self.n[free_idx], cfg, v_lo, v_hi, typical
+        )
+        seeds = set()
+        for ch in chains:
+            self.owner[free_idx[ch]] = next_id
+            seeds.add(next_id)
+            next_id += 1
+        # flow tracks: straight and fast near an end (a whole track bends with the jitter)
+        flow = []
+        for p in np.unique(self.owner[self.owner >= 0]):
+            idx = np.flatnonzero(self.owner == p)
+            if p in seeds:
+                flow.append(int(p))
+                continue
+            if len(idx) < 3:
+                continue
+            idx = idx[np.argsort(self.f[idx])]
+            w = cfg.velocity_window
+            for end in (idx[:w], idx[-w:]):
+                _, vel, rms, _ = _line(self.f[end].astype(float), self.xy[end])
+                if np.hypot(*vel) >= v_lo and rms <= cfg.max_residual_px:
+                    flow.append(int(p))
+                    break
+        self.flow = set(flow)
+        self.alias: dict[int, int] = {}
+        for direction in (1, -1):
+            for p in flow:
+                if self._root(p) == p:
+                    self._follow(p, direction)
+        if cfg.join_gap_frames:
+            self._join_fragments(v_lo)
+        # a seed must be confirmed by what following it found (track-before-detect)
+        for p in seeds:
+            if self._root(p) == p and (self.owner == p).sum() < cfg.min_seed_points:
+                self.owner[self.owner == p] = -1
+        return self._table()
+
+    def _join_fragments(self, v_lo: float) -> None:
+        """Join the end of a flow track to the start of a later one on its line (one-to-one,
+        sparse LAP on the normalised distance between each end's prediction and the other's
+        spot), across up to ``join_gap_frames`` frames."""
+        cfg = self.config
+        w = cfg.velocity_window
+        roots = sorted({self._root(p) for p in self.flow})
+        ends = []  # (track, first t, last t, head line, tail line, median n)
+        for p in roots:
+            idx = np.flatnonzero(self.owner == p)
+            if len(idx) < 3:
+                continue
+            idx = idx[np.argsort(self.f[idx])]
+            head = _line(self.f[idx[:w]].astype(float), self.xy[idx[:w]])
+            tail = _line(self.f[idx[-w:]].astype(float), self.xy[idx[-w:]])
+            ends.append(
+                (
+                    p,
+                    self.f[idx[0]],
+                    self.f[idx[-1]],
+                    head,
+                    tail,
+                    np.median(self.n[idx]),
+                    self.xy[idx[0]],
+                    self.xy[idx[-1]],
+                )
+            )
+        rows, cols, cost = [], [], []
+        for a, ea in enumerate(ends):
+            _, _, t1, _, (ca, va, ra, ma), na, _, last_a = ea
+            if np.hypot(*va) < v_lo or ra > cfg.max_residual_px:
+                continue
+            for b, eb in enumerate(ends):
+                _, t2, _, (cb, vb, rb, mb), _, nb, first_b, _ = eb
+                h = t2 - t1
+                if a == b or not 1 <= h <= cfg.join_gap_frames:
+                    continue
+                if np.hypot(*vb) < v_lo or rb > cfg.max_residual_px:
+                    continue
+                if max(na, nb) > cfg.brightness_ratio * min(na, nb):
+                    continue
+                # each end's line must reach the other's spot
+                sd = np.sqrt(self.var_lat * h + (ra**2 + rb**2) * (1.0 + 3.0 * h**2 / w**2))
+                d_fw = np.hypot(*(ca + va * (t2 - ma) - first_b))
+                d_bw = np.hypot(*(cb + vb * (t1 - mb) - last_a))
+                r = np.hypot(cfg.search_radius_px, 2.5 * sd)
+                if d_fw <= r and d_bw <= r and np.hypot(*(va - vb)) <= 0.3 * np.hypot(*va) + 1.0:
+                    rows.append(a)
+                    cols.append(b)
+                    cost.append(0.5 * (d_fw + d_bw) / r - 1.0)
+        if not rows:
+            return
+        r_sel, c_sel = solve_sparse_lap(
+            np.array(rows), np.array(cols), np.array(cost), len(ends), len(ends)
+        )
+        parent = {ends[c][0]: ends[r][0] for r, c in zip(r_sel, c_sel, strict=True)}
+        for b in [ends[c][0] for c in c_sel]:
+            a = parent[b]
+            while a in parent:
+                a = parent[a]
+            self.owner[self.owner == b] = a
+            self.alias[b] = a
+
+    def _root(self, p: int) -> int:
+        while p in self.alias:
+            p = self.alias[p]
+        return p
+
+    def _follow(self, p: int, direction: int) -> None:
+        """Follow track ``p`` beyond its last (first) frame along its line."""
+        cfg = self.config
+        n_frames, ny, nx = self.shape
+        misses = 0
+        while True:
+            idx = np.flatnonzero(self.owner == p)
+            order = np.argsort(self.f[idx])
+            idx = idx[order] if direction > 0 else idx[order][::-1]
+            end_t = int(self.f[idx[-1]])  # idx runs towards the end followed
+            near_end = idx[-cfg.velocity_window :]
+            centre, vel, rms, tm = _line(self.f[near_end].astype(float), self.xy[near_end])
+            if np.hypot(*vel) < self.v_lo or rms > cfg.max_residual_px:
+                return
+            ref = float(np.median(self.n[idx]))
+            t = end_t + direction * (misses + 1)
+            if not 0 <= t < n_frames:
+                return
+            # drift plus a random walk: the last spot says more about where the particle is
+            # than the straight line does (a steady-state Kalman gain); the line gives the drift
+            anchor = cfg.last_point_weight * self.xy[idx[-1]] + (1 - cfg.last_point_weight) * (
+                centre + vel * (end_t - tm)
+            )
+            pred = anchor + vel * (t - end_t)
+            if not (-0.5 < pred[0] < nx - 0.5 and -0.5 < pred[1] < ny - 0.5):
+                return
+            h = misses + 1
+            span = max(1.0, float(np.ptp(self.f[near_end])))
+            sd = np.sqrt(self.var_lat * (h + 0.5) + 3.0 * (rms * h / span) ** 2)
+            radius = np.hypot(cfg.search_radius_px, 2.5 * sd)
+            self._misses = misses
+            got = self._take_or_fit(p, t, pred, radius, ref, direction)
+            if got == "joined":
+                return
+            if got:
+                misses = 0
+            else:
+                misses += 1
+                if misses > cfg.max_misses:
+                    return
+
+    def _take_or_fit(self, p, t, pred, radius, ref, direction):
+        cfg = self.config
+        lo, hi = ref / cfg.brightness_ratio, ref * cfg.brightness_ratio
+        close = self._near(t, pred, max(cfg.join_radius_px, radius))
+        own_frames = None
+        for k in sorted(close, key=lambda k: np.hypot(*(self.xy[k] - pred))):
+            d = np.hypot(*(self.xy[k] - pred))
+            o = int(self.owner[k])
+            if not lo <= self.n[k] <= hi:
+                continue
+            if o == -1 and d <= radius:
+                self.owner[k] = p
+                return True
+            if o >= 0 and o != p and o in self.flow and d <= cfg.join_radius_px:
+                other = np.flatnonzero(self.owner == o)
+                edge = self.f[other].min() if direction > 0 else self.f[other].max()
+                if own_frames is None:
+                    own_frames = self.f[self.owner == p]
+                if edge == t and not np.isin(self.f[other], own_frames).any():
+                    self.owner[other] = p
+                    self.alias[o] = p
+                    return "joined"
+        if any(np.hypot(*(self.xy[k] - pred)) <= 2.0 and self.owner[k] != -1 for k in close):
+            return False  # another track's spot there: do not fit over it
+        return self._fit(p, t, pred, radius, lo, hi)
+
+    def _fit(self, p, t, pred, radius, lo, hi) -> bool:
+        n_frames, ny, nx = self.shape
+        half = max(1, min(int(np.ceil(3 * self.sigma)), (min(ny, nx) - 1) // 2))
+        side = 2 * half + 1
+        ox = int(np.clip(np.rint(pred[0]) - half, 0, nx - side))
+        oy = int(np.clip(np.rint(pred[1]) - half, 0, ny - side))
+        raw = np.asarray(self.frames[t : t + 1])[0, oy : oy + side, ox : ox + side]
+        box = self.camera.to_effective(raw)[None].astype(np.float32)
+        fit = fit_spots(
+            box,
+            np.array([ox]),
+            np.array([oy]),
+            np.array([pred[0]]),
+            np.array([pred[1]]),
+            self.sigma,
+            read_var=self.camera.read_var_effective,
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            snr = fit.photons[0] / fit.photons_err[0]
+        x, y, n = fit.x[0], fit.y[0], fit.photons[0]
+        need = self.config.min_snr + self.config.miss_snr_step * self._misses
+        ok = bool(fit.ok[0]) and snr >= need and lo <= n <= hi
+        ok = ok and np.hypot(x - pred[0], y - pred[1]) <= radius
+        if not ok:
+            return False
+        if len(self._near(t, np.array([x, y]), 1.0)):
+            return False
+        self._add_point(t, x, y, n, p)
+        self.new_rows.append(
+            (p, t, x, y, n, fit.background[0], fit.x_err[0], fit.y_err[0], len(self.f) - 1)
+        )
+        return True
+
+    def _table(self) -> pd.DataFrame:
+        out = self.tracks.copy()
+        out["particle"] = self.owner[: self.n_track_rows]
+        parts = [out]
+        n_free = 0 if self.free is None else len(self.free)
+        if n_free:
+            own = self.owner[self.n_track_rows : self.n_track_rows + n_free]
+            taken = self.free[own >= 0].assign(particle=own[own >= 0])
+            parts.append(taken)
+        if self.new_rows:
+            arr = np.array(self.new_rows, dtype=float)
+            arr = arr[self.owner[arr[:, 8].astype(np.int64)] >= 0]
+            k = arr[:, 8].astype(np.int64)
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "particle": self.owner[k],
+                        "frame": arr[:, 1].astype(np.int64),
+                        "x": arr[:, 2],
+                        "y": arr[:, 3],
+                        "signal": arr[:, 4] * self.to_out,
+                        "background": arr[:, 5] * self.to_out
+                        + (0.0 if self.camera.calibrated else self.camera.offset_adu),
+                        "sigma": self.sigma,
+                        "x_err": arr[:, 6],
+                        "y_err": arr[:, 7],
+                    }
+                )
+            )
+        table = pd.concat(
+            [q[[c for c in q.columns if c in out.columns]] for q in parts], ignore_index=True
+        )
+        # seeds that were never extended stay 3-point tracks (as the linker's shortest)
+        return renumber_tracks(table)

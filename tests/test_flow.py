@@ -1,0 +1,183 @@
+"""Flow tracks at low SNR: seeding from unlinked detections, following along the line (spt.flow)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spt.detect import DetectConfig, locate_movie, resolve_camera_and_psf
+from spt.errors import SptInputError
+from spt.flow import FlowConfig, follow_flow
+from spt.guided import guided_detect
+from spt.link import LinkConfig, link
+from spt.metrics import match_spots
+from spt.simulate import SimulationConfig, render
+
+PX, DT = 0.2, 1 / 30
+SHAPE = (64, 200)
+
+
+def _flow_truth(n_particles: int, speed_px: float, seed: int) -> pd.DataFrame:
+    """Particles entering at the left one after another, carried to the right at ``speed_px``
+    px/frame with lateral jitter (plug flow plus diffusion, 0.5 um^2/s, as in the simulator),
+    motion-blurred over the first half of each frame (4 sub-steps), 150 photons per frame."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    sd = np.sqrt(2 * 0.5 * DT) / PX / 2  # per sub-step of half a frame's diffusion
+    for p in range(n_particles):
+        t0 = 12 * p
+        x, y = -2.0, 20.0 + 12.0 * (p % 3)
+        for frame in range(t0, t0 + 60):
+            xs, ys = [], []
+            for _ in range(4):
+                x += speed_px / 8 + rng.normal(0, sd / 2)
+                y += rng.normal(0, sd / 2)
+                xs.append(x)
+                ys.append(y)
+            x += speed_px / 2 + rng.normal(0, sd)  # unexposed half of the frame
+            y += rng.normal(0, sd)
+            visible = -0.5 < np.mean(xs) < SHAPE[1] - 0.5
+            rows.append((frame, p, np.mean(xs), np.mean(ys), visible, 150.0, xs, ys))
+            if x > SHAPE[1] + 2:
+                break
+    return pd.DataFrame(
+        rows, columns=["frame", "particle", "x", "y", "visible", "photons", "_xs", "_ys"]
+    )
+
+
+def _pipeline(movie, flow: FlowConfig, link_config: LinkConfig = LinkConfig()):
+    """Detection, linking and guided re-detection (with the flow pass) as `spt run` does."""
+    cam = SimulationConfig().camera
+    detect = DetectConfig(
+        em_gain=cam.em_gain,
+        e_per_adu=cam.e_per_adu,
+        offset_adu=cam.offset_adu,
+        read_noise_e=cam.read_noise_e,
+    )
+    camera, sigma = resolve_camera_and_psf(movie[:32], detect)
+    spots = locate_movie(movie, detect, resolved=(camera, sigma))
+    tracks = link(spots, link_config, pixel_size_um=PX, frame_interval_s=DT)
+    return spots, guided_detect(
+        tracks,
+        movie,
+        camera=camera,
+        psf_sigma_px=sigma,
+        pixel_size_um=PX,
+        frame_interval_s=DT,
+        link_config=link_config,
+        spots=spots,
+        flow_config=flow,
+    )
+
+
+def _movie(truth: pd.DataFrame, n_frames: int, seed: int) -> np.ndarray:
+    cfg = SimulationConfig(shape=SHAPE, n_frames=n_frames, photons=150.0, background=20.0)
+    return render(truth, cfg, np.random.default_rng(seed))
+
+
+def _whole(truth: pd.DataFrame, tracks: pd.DataFrame) -> np.ndarray:
+    """Per true particle, the largest share of its visible frames in one found track."""
+    vis = truth[truth["visible"]].reset_index(drop=True)
+    m = match_spots(vis, tracks)
+    pairs = pd.DataFrame(
+        {
+            "t": vis["particle"].to_numpy()[m.truth_index],
+            "f": tracks["particle"].to_numpy()[m.found_index],
+        }
+    )
+    best = pairs.groupby(["t", "f"]).size().groupby(level=0).max()
+    return (
+        best.reindex(vis["particle"].unique(), fill_value=0) / vis.groupby("particle").size()
+    ).to_numpy()
+
+
+def test_dim_flowing_particles_followed_whole():
+    """150-photon particles in 6 px/frame flow (streaks ~3 px long, detected in only about a
+    quarter of their frames): with the flow pass each crossing is mostly one track, and more of
+    each crossing is in one track than without it."""
+    truth = _flow_truth(6, 6.0, seed=3)
+    n_frames = int(truth["frame"].max()) + 1
+    movie = _movie(truth, n_frames, seed=4)
+    spots, with_flow = _pipeline(movie, FlowConfig())
+    _, without = _pipeline(movie, FlowConfig(enabled=False))
+    vis = truth[truth["visible"]].reset_index(drop=True)
+    det = len(match_spots(vis, spots)) / len(vis)
+    whole, before = _whole(truth, with_flow), _whole(truth, without)
+    assert det < 0.5  # the detector alone misses most of these spots
+    assert (whole >= 0.6).all()  # 60 % or more of every crossing in one track
+    assert (before < 0.6).sum() >= 2  # without the flow pass, some crossings are lost
+    assert whole.mean() > before.mean() + 0.1
+    # the spots of the tracks lie on true particles
+    m = match_spots(vis, with_flow)
+    assert len(with_flow) - len(m) <= 0.02 * len(with_flow)
+
+
+def test_pure_noise_gets_no_flow_tracks():
+    """On a movie of noise alone, the flow pass adds nothing (no seeds, nothing followed)."""
+    truth = _flow_truth(1, 6.0, seed=0).assign(visible=False)
+    movie = _movie(truth, 120, seed=7)
+    spots, with_flow = _pipeline(movie, FlowConfig())
+    _, without = _pipeline(movie, FlowConfig(enabled=False))
+    assert len(with_flow) == len(without)
+
+
+def test_seed_needs_three_detections_on_a_line_and_confirmation():
+    """Unlinked detections on a flow line are seeded and then followed; a chain of three that
+    following cannot confirm (no light beyond it) is dropped."""
+    truth = _flow_truth(1, 6.0, seed=5)
+    n_frames = int(truth["frame"].max()) + 1
+    movie = _movie(truth, n_frames, seed=6)
+    cam = SimulationConfig().camera
+    camera, sigma = resolve_camera_and_psf(
+        movie,
+        DetectConfig(
+            em_gain=cam.em_gain,
+            e_per_adu=cam.e_per_adu,
+            offset_adu=cam.offset_adu,
+            read_noise_e=cam.read_noise_e,
+        ),
+    )
+    vis = truth[truth["visible"]].reset_index(drop=True)
+    # three exact detections in frames 10, 12, 13 (none in a track), signal in photons
+    pick = vis[vis["frame"].isin([10, 12, 13])]
+    spots = pick[["frame", "x", "y"]].assign(signal=150.0, background=20.0, sigma=sigma)
+    # a static track elsewhere, so the table is not empty
+    still = pd.DataFrame({"frame": [0, 1, 2], "x": 100.0, "y": 5.0, "signal": 150.0, "particle": 0})
+    kw = dict(camera=camera, psf_sigma_px=sigma, pixel_size_um=PX, frame_interval_s=DT)
+    out = follow_flow(still, movie, spots=spots, **kw)
+    new = out[out["particle"] != out.loc[out["x"] == 100.0, "particle"].iloc[0]]
+    assert new["particle"].nunique() == 1
+    assert len(new) >= 0.6 * len(vis)
+    assert len(match_spots(vis, new)) >= 0.95 * len(new)
+    # the same chain on a movie without the particle: not confirmed, dropped
+    empty = _movie(truth.assign(visible=False), n_frames, seed=8)
+    out = follow_flow(still, empty, spots=spots, **kw)
+    assert len(out) == len(still)
+
+
+def test_config_is_validated_and_input_checked():
+    with pytest.raises(ValueError):
+        FlowConfig(min_speed_um_s=90.0)
+    with pytest.raises(ValueError):
+        FlowConfig(velocity_window=1)
+    tracks = pd.DataFrame({"frame": [0], "x": [1.0], "y": [1.0], "particle": [0]})
+    with pytest.raises(SptInputError, match="signal"):
+        follow_flow(
+            tracks,
+            np.zeros((2, 8, 8)),
+            camera=None,
+            psf_sigma_px=1.3,
+            pixel_size_um=PX,
+            frame_interval_s=DT,
+        )
+    # disabled: the table comes back as it is
+    tracks["signal"] = 100.0
+    out = follow_flow(
+        tracks,
+        np.zeros((2, 8, 8)),
+        camera=None,
+        psf_sigma_px=1.3,
+        pixel_size_um=PX,
+        frame_interval_s=DT,
+        config=FlowConfig(enabled=False),
+    )
+    assert out is tracks
