@@ -5,8 +5,10 @@ Everything that reads or writes a table takes its column names from here (see DE
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Delivery stages of a targeted nanoparticle, in delivery order (Tada et al. 2007).
 STAGES: tuple[str, ...] = (
@@ -75,6 +77,8 @@ _DTYPES: dict[str, str] = {
 
 def empty_table(columns: tuple[str, ...] | list[str]) -> pd.DataFrame:
     """Return an empty DataFrame with ``columns`` and their contract dtypes (float by default)."""
+    import pandas as pd  # here, not at the top: ``import spt`` (the CLI's start) stays light
+
     return pd.DataFrame(
-        {c: pd.Series(dtype=_DTYPES.get(c, np.float64)) for c in columns}, columns=list(columns)
+        {c: pd.Series(dtype=_DTYPES.get(c, "float64")) for c in columns}, columns=list(columns)
     )
