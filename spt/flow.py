@@ -6,6 +6,9 @@ that seeds flow tracks from unlinked detections and extends every flow track to 
 
 from __future__ import annotations
 
+import itertools
+import math
+from bisect import insort
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,10 +18,16 @@ from scipy.spatial import cKDTree
 from spt._lap import solve_sparse_lap
 from spt.camera import Camera
 from spt.errors import SptInputError
+from spt.io import release_mapped_pages
 from spt.link import renumber_tracks
 from spt.localize import fit_spots
 
 __all__ = ["FlowConfig", "follow_flow"]
+
+#: ``_take_or_fit``'s answer when the spot found began another flow track, now joined.
+_JOINED = -2
+#: Fits between two releases of a memory-mapped movie's pages (:func:`release_mapped_pages`).
+_FITS_PER_RELEASE = 64
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,23 @@ def _line(t: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, float,
     return centre, vel, rms, tm
 
 
+def _members(keys: np.ndarray) -> dict[int, np.ndarray]:
+    """Indices (ascending) of the points of each key >= 0 (a track, a frame) in ``keys``."""
+    if len(keys) == 0:
+        return {}
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    cuts = np.flatnonzero(np.diff(ordered)) + 1
+    firsts = ordered[np.r_[0, cuts]].tolist()
+    return {k: g for k, g in zip(firsts, np.split(order, cuts), strict=True) if k >= 0}
+
+
+def _median_of_sorted(values: list[float]) -> float:
+    """Median of an ascending list (as :func:`numpy.median`)."""
+    m = len(values) // 2
+    return values[m] if len(values) % 2 else (values[m - 1] + values[m]) / 2
+
+
 def _seed_chains(
     f: np.ndarray,
     xy: np.ndarray,
@@ -156,20 +182,23 @@ def _seed_chains(
     ratio = config.brightness_ratio
     chains, pairs = [], []
     for g in range(1, gmax + 1):
-        lists = tree.query_ball_point(np.column_stack([xy, (f + g) * sep]), v_hi * g + 1e-9)
-        for i, js in enumerate(lists):
-            for j in js:
-                step = xy[j] - xy[i]
-                if np.hypot(*step) < v_lo * g or max(n[i], n[j]) > ratio * min(n[i], n[j]):
-                    continue
-                if min(n[i], n[j]) >= config.seed_min_brightness * typical:
-                    pairs.append((g, i, j))
-                for h in range(1, gmax + 1):
-                    pred = xy[j] + step / g * h
-                    r = config.seed_radius_px * np.sqrt(1.0 + (h / g) ** 2)
-                    for k in tree.query_ball_point([pred[0], pred[1], (f[j] + h) * sep], r):
-                        if max(n[i], n[j], n[k]) <= ratio * min(n[i], n[j], n[k]):
-                            chains.append((np.hypot(*(xy[k] - pred)) / r, i, j, k))
+        ahead = np.column_stack([xy, (f + g) * sep])
+        i, j = _flatten(tree.query_ball_point(ahead, v_hi * g + 1e-9))
+        step = xy[j] - xy[i]
+        lo, hi = np.minimum(n[i], n[j]), np.maximum(n[i], n[j])
+        keep = ~(np.hypot(step[:, 0], step[:, 1]) < v_lo * g) & ~(hi > ratio * lo)
+        i, j, step, lo, hi = i[keep], j[keep], step[keep], lo[keep], hi[keep]
+        bright = lo >= config.seed_min_brightness * typical
+        pairs += [(g, a, b) for a, b in zip(i[bright].tolist(), j[bright].tolist(), strict=True)]
+        for h in range(1, gmax + 1):
+            pred = xy[j] + step / g * h
+            r = config.seed_radius_px * np.sqrt(1.0 + (h / g) ** 2)
+            q, k = _flatten(tree.query_ball_point(np.column_stack([pred, (f[j] + h) * sep]), r))
+            ok = np.maximum(hi[q], n[k]) <= ratio * np.minimum(lo[q], n[k])
+            q, k = q[ok], k[ok]
+            d = xy[k] - pred[q]
+            dist = np.hypot(d[:, 0], d[:, 1]) / r
+            chains += zip(dist.tolist(), i[q].tolist(), j[q].tolist(), k.tolist(), strict=True)
     used = np.zeros(len(f), bool)
     seeds = []
     for cand in sorted(chains) + (sorted(pairs) if config.seed_pairs else []):
@@ -178,6 +207,13 @@ def _seed_chains(
             used[idx] = True
             seeds.append(np.array(idx))
     return seeds
+
+
+def _flatten(lists) -> tuple[np.ndarray, np.ndarray]:
+    """``(query, point)`` index pairs of a :meth:`cKDTree.query_ball_point` answer."""
+    lens = np.fromiter(map(len, lists), np.int64, len(lists))
+    found = np.fromiter(itertools.chain.from_iterable(lists), np.int64, int(lens.sum()))
+    return np.repeat(np.arange(len(lists)), lens), found
 
 
 def follow_flow(
@@ -278,32 +314,63 @@ class _Follower:
         if free is not None:
             parts.append(free[["frame", "x", "y", "signal"]])
         pts = pd.concat(parts, ignore_index=True)
-        self.f = pts["frame"].to_numpy(np.int64)
-        self.xy = pts[["x", "y"]].to_numpy(float)
-        self.n = pts["signal"].to_numpy(float) / self.to_out
+        # point arrays with spare room at the end: fits are added one at a time
+        self.size = len(pts)
+        cap = self.size + 1024
+        self._f = np.empty(cap, np.int64)
+        self._xy = np.empty((cap, 2))
+        self._n = np.empty(cap)
+        self._owner = np.full(cap, -1, np.int64)
+        self.f[:] = pts["frame"].to_numpy(np.int64)
+        self.xy[:] = pts[["x", "y"]].to_numpy(float)
+        self.n[:] = pts["signal"].to_numpy(float) / self.to_out
         n_tr = len(self.tracks)
-        self.owner = np.full(len(pts), -1, np.int64)
         self.owner[:n_tr] = self.tracks["particle"].to_numpy()
         self.n_track_rows = n_tr
         self.new_rows: list[tuple] = []  # particle, frame, x, y, n, b, x_err, y_err
-        self.by_frame: dict[int, list[int]] = {}
-        for i, t in enumerate(self.f):
-            self.by_frame.setdefault(int(t), []).append(i)
+        self.by_frame: dict[int, np.ndarray] = _members(self.f)  # points of each frame
+        self._fits_since_release = 0
 
     # -- points -----------------------------------------------------------------------------
+    @property
+    def f(self) -> np.ndarray:
+        """Frame of every point."""
+        return self._f[: self.size]
+
+    @property
+    def xy(self) -> np.ndarray:
+        """Position (px) of every point, shape (n, 2)."""
+        return self._xy[: self.size]
+
+    @property
+    def n(self) -> np.ndarray:
+        """Signal (effective photons) of every point."""
+        return self._n[: self.size]
+
+    @property
+    def owner(self) -> np.ndarray:
+        """Track of every point (-1: in no track); a view, so assignments stick."""
+        return self._owner[: self.size]
+
     def _near(self, t: int, p: np.ndarray, r: float) -> np.ndarray:
         """Indices of the points of frame ``t`` within ``r`` px of ``p``."""
-        idx = np.asarray(self.by_frame.get(int(t), ()), np.int64)
+        idx = self.by_frame.get(int(t))
+        if idx is None:
+            return np.empty(0, np.int64)
         d2 = ((self.xy[idx] - p) ** 2).sum(axis=1)
         return idx[d2 <= r * r]
 
     def _add_point(self, t, x, y, n, owner) -> int:
-        self.f = np.append(self.f, t)
-        self.xy = np.vstack([self.xy, [x, y]])
-        self.n = np.append(self.n, n)
-        self.owner = np.append(self.owner, owner)
-        k = len(self.f) - 1
-        self.by_frame.setdefault(int(t), []).append(k)
+        k = self.size
+        if k == len(self._f):  # full: double the room
+            self._f = np.concatenate([self._f, np.empty(k, np.int64)])
+            self._xy = np.concatenate([self._xy, np.empty((k, 2))])
+            self._n = np.concatenate([self._n, np.empty(k)])
+            self._owner = np.concatenate([self._owner, np.full(k, -1, np.int64)])
+        self._f[k], self._xy[k], self._n[k], self._owner[k] = t, (x, y), n, owner
+        self.size = k + 1
+        t = int(t)
+        self.by_frame[t] = np.append(self.by_frame.get(t, np.empty(0, np.int64)), k)
         return k
 
     def run(self) -> pd.DataFrame:
@@ -324,8 +391,7 @@ class _Follower:
             next_id += 1
         # flow tracks: straight and fast near an end (a whole track bends with the jitter)
         flow = []
-        for p in np.unique(self.owner[self.owner >= 0]):
-            idx = np.flatnonzero(self.owner == p)
+        for p, idx in _members(self.owner).items():
             if p in seeds:
                 flow.append(int(p))
                 continue
@@ -344,11 +410,13 @@ class _Follower:
             for p in flow:
                 if self._root(p) == p:
                     self._follow(p, direction)
+        release_mapped_pages(self.frames)
         if cfg.join_gap_frames:
             self._join_fragments(v_lo)
         # a seed must be confirmed by what following it found (track-before-detect)
+        sizes = np.bincount(self.owner[self.owner >= 0])
         for p in seeds:
-            if self._root(p) == p and (self.owner == p).sum() < cfg.min_seed_points:
+            if self._root(p) == p and sizes[p] < cfg.min_seed_points:
                 self.owner[self.owner == p] = -1
         return self._table()
 
@@ -359,9 +427,10 @@ class _Follower:
         cfg = self.config
         w = cfg.velocity_window
         roots = sorted({self._root(p) for p in self.flow})
+        members = _members(self.owner)
         ends = []  # (track, first t, last t, head line, tail line, median n)
         for p in roots:
-            idx = np.flatnonzero(self.owner == p)
+            idx = members.get(p, np.empty(0, np.int64))
             if len(idx) < 3:
                 continue
             idx = idx[np.argsort(self.f[idx])]
@@ -424,44 +493,56 @@ class _Follower:
         """Follow track ``p`` beyond its last (first) frame along its line."""
         cfg = self.config
         n_frames, ny, nx = self.shape
+        idx = np.flatnonzero(self.owner == p)
+        order = np.argsort(self.f[idx])
+        # the track's points, running towards the end followed; only this loop adds to them
+        idx = (idx[order] if direction > 0 else idx[order][::-1]).tolist()
+        signals = sorted(self.n[idx].tolist())
         misses = 0
+        line = None
         while True:
-            idx = np.flatnonzero(self.owner == p)
-            order = np.argsort(self.f[idx])
-            idx = idx[order] if direction > 0 else idx[order][::-1]
-            end_t = int(self.f[idx[-1]])  # idx runs towards the end followed
-            near_end = idx[-cfg.velocity_window :]
-            centre, vel, rms, tm = _line(self.f[near_end].astype(float), self.xy[near_end])
-            if np.hypot(*vel) < self.v_lo or rms > cfg.max_residual_px:
-                return
-            ref = float(np.median(self.n[idx]))
+            if line is None:  # the track changed: its line, anchor and brightness again
+                end_t = int(self.f[idx[-1]])
+                near_end = np.array(idx[-cfg.velocity_window :])
+                f_end = self.f[near_end].astype(float)
+                centre, vel, rms, tm = line = _line(f_end, self.xy[near_end])
+                if math.hypot(*vel) < self.v_lo or rms > cfg.max_residual_px:
+                    return
+                ref = _median_of_sorted(signals)
+                # drift plus a random walk: the last spot says more about where the particle
+                # is than the straight line does (a steady-state Kalman gain); the line gives
+                # the drift
+                anchor = cfg.last_point_weight * self.xy[idx[-1]] + (
+                    1 - cfg.last_point_weight
+                ) * (centre + vel * (end_t - tm))
+                span = max(1.0, float(np.ptp(f_end)))
             t = end_t + direction * (misses + 1)
             if not 0 <= t < n_frames:
                 return
-            # drift plus a random walk: the last spot says more about where the particle is
-            # than the straight line does (a steady-state Kalman gain); the line gives the drift
-            anchor = cfg.last_point_weight * self.xy[idx[-1]] + (1 - cfg.last_point_weight) * (
-                centre + vel * (end_t - tm)
-            )
             pred = anchor + vel * (t - end_t)
             if not (-0.5 < pred[0] < nx - 0.5 and -0.5 < pred[1] < ny - 0.5):
                 return
             h = misses + 1
-            span = max(1.0, float(np.ptp(self.f[near_end])))
-            sd = np.sqrt(self.var_lat * (h + 0.5) + 3.0 * (rms * h / span) ** 2)
-            radius = np.hypot(cfg.search_radius_px, 2.5 * sd)
+            sd = math.sqrt(self.var_lat * (h + 0.5) + 3.0 * (rms * h / span) ** 2)
+            radius = math.hypot(cfg.search_radius_px, 2.5 * sd)
             self._misses = misses
             got = self._take_or_fit(p, t, pred, radius, ref, direction)
-            if got == "joined":
+            if got == _JOINED:
                 return
-            if got:
+            if got >= 0:
+                idx.append(got)
+                insort(signals, float(self.n[got]))
                 misses = 0
+                line = None
             else:
                 misses += 1
                 if misses > cfg.max_misses:
                     return
 
-    def _take_or_fit(self, p, t, pred, radius, ref, direction):
+    def _take_or_fit(self, p, t, pred, radius, ref, direction) -> int:
+        """Give track ``p`` a spot in frame ``t`` near ``pred``: an unlinked detection, or a
+        fit there. Returns the point's index, -1 if none, or ``_JOINED`` if the spot there
+        began another flow track, which is joined to ``p``."""
         cfg = self.config
         lo, hi = ref / cfg.brightness_ratio, ref * cfg.brightness_ratio
         close = self._near(t, pred, max(cfg.join_radius_px, radius))
@@ -473,7 +554,7 @@ class _Follower:
                 continue
             if o == -1 and d <= radius:
                 self.owner[k] = p
-                return True
+                return int(k)
             if o >= 0 and o != p and o in self.flow and d <= cfg.join_radius_px:
                 other = np.flatnonzero(self.owner == o)
                 edge = self.f[other].min() if direction > 0 else self.f[other].max()
@@ -482,18 +563,25 @@ class _Follower:
                 if edge == t and not np.isin(self.f[other], own_frames).any():
                     self.owner[other] = p
                     self.alias[o] = p
-                    return "joined"
+                    return _JOINED
         if any(np.hypot(*(self.xy[k] - pred)) <= 2.0 and self.owner[k] != -1 for k in close):
-            return False  # another track's spot there: do not fit over it
+            return -1  # another track's spot there: do not fit over it
         return self._fit(p, t, pred, radius, lo, hi)
 
-    def _fit(self, p, t, pred, radius, lo, hi) -> bool:
+    def _fit(self, p, t, pred, radius, lo, hi) -> int:
+        """Fit a spot at ``pred`` in frame ``t``; its new point's index if accepted, else -1."""
         n_frames, ny, nx = self.shape
         half = max(1, min(int(np.ceil(3 * self.sigma)), (min(ny, nx) - 1) // 2))
         side = 2 * half + 1
-        ox = int(np.clip(np.rint(pred[0]) - half, 0, nx - side))
-        oy = int(np.clip(np.rint(pred[1]) - half, 0, ny - side))
+        ox = min(max(int(np.rint(pred[0])) - half, 0), nx - side)
+        oy = min(max(int(np.rint(pred[1])) - half, 0), ny - side)
         raw = np.asarray(self.frames[t : t + 1])[0, oy : oy + side, ox : ox + side]
+        self._fits_since_release += 1
+        if self._fits_since_release >= _FITS_PER_RELEASE:
+            # a memory-mapped movie: each read maps pages around the window; drop them now
+            # and then, so a movie larger than memory stays within bounded resident memory
+            release_mapped_pages(self.frames)
+            self._fits_since_release = 0
         box = self.camera.to_effective(raw)[None].astype(np.float32)
         fit = fit_spots(
             box,
@@ -511,14 +599,12 @@ class _Follower:
         ok = bool(fit.ok[0]) and snr >= need and lo <= n <= hi
         ok = ok and np.hypot(x - pred[0], y - pred[1]) <= radius
         if not ok:
-            return False
+            return -1
         if len(self._near(t, np.array([x, y]), 1.0)):
-            return False
-        self._add_point(t, x, y, n, p)
-        self.new_rows.append(
-            (p, t, x, y, n, fit.background[0], fit.x_err[0], fit.y_err[0], len(self.f) - 1)
-        )
-        return True
+            return -1
+        k = self._add_point(t, x, y, n, p)
+        self.new_rows.append((p, t, x, y, n, fit.background[0], fit.x_err[0], fit.y_err[0], k))
+        return k
 
     def _table(self) -> pd.DataFrame:
         out = self.tracks.copy()

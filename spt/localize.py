@@ -627,6 +627,46 @@ def subtract_windows(image, scale, t, ox, oy, windows):
                     image[f, yy, xx] -= windows[i, r, c] / scale[f, yy, xx]
 
 
+@njit(cache=True, nogil=True)
+def _border_median(boxes, out):
+    """``out[i]``: median of box ``i``'s border pixels as :func:`numpy.median` gives it (the
+    mean of the two middle values in float32; NaN if any is NaN), at least 1e-3."""
+    m, bsz, _ = boxes.shape
+    inner = max(bsz - 2, 0)
+    k = 2 * bsz + 2 * inner
+    edge = np.empty(k, np.float32)
+    half = k // 2
+    for i in range(m):
+        j = 0
+        for c in range(bsz):
+            edge[j] = boxes[i, 0, c]
+            edge[j + bsz] = boxes[i, bsz - 1, c]
+            j += 1
+        j = 2 * bsz
+        for r in range(1, bsz - 1):
+            edge[j] = boxes[i, r, 0]
+            edge[j + inner] = boxes[i, r, bsz - 1]
+            j += 1
+        e = np.sort(edge)
+        if np.isnan(e[k - 1]):
+            out[i] = np.nan
+            continue
+        med = e[half] if k % 2 else (e[half - 1] + e[half]) * np.float32(0.5)
+        out[i] = max(np.float64(med), 1e-3)
+
+
+@njit(cache=True, nogil=True)
+def _accept(x, y, n, err, ox, oy, bsz, ok):
+    """Keep ``ok[i]`` only for fits inside their box, with finite errors and positive light."""
+    for i in range(x.shape[0]):
+        finite = True
+        for q in range(err.shape[1]):
+            if not np.isfinite(err[i, q]):
+                finite = False
+        inside = ox[i] - 0.5 < x[i] < ox[i] + bsz - 0.5 and oy[i] - 0.5 < y[i] < oy[i] + bsz - 0.5
+        ok[i] = ok[i] and finite and inside and n[i] > 0
+
+
 def fit_spots(
     boxes: np.ndarray,
     origin_x: np.ndarray,
@@ -678,14 +718,13 @@ def fit_spots(
     """
     m, bsz, _ = boxes.shape
     boxes = np.ascontiguousarray(boxes, dtype=np.float32)
-    x = np.asarray(x0, dtype=np.float64).copy()
-    y = np.asarray(y0, dtype=np.float64).copy()
-    s = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (m,)).copy()
+    x = np.array(x0, dtype=np.float64)
+    y = np.array(y0, dtype=np.float64)
+    s = np.empty(m)
+    s[:] = sigma
     if background0 is None:
-        edge = np.concatenate(
-            [boxes[:, 0, :], boxes[:, -1, :], boxes[:, 1:-1, 0], boxes[:, 1:-1, -1]], axis=1
-        )
-        b = np.maximum(np.median(edge, axis=1).astype(np.float64), 1e-3)
+        b = np.empty(m)
+        _border_median(boxes, b)
     else:
         b = np.maximum(np.asarray(background0, dtype=np.float64), 1e-3)
     if photons0 is None:
@@ -704,8 +743,7 @@ def fit_spots(
     ox = np.asarray(origin_x, np.int64)
     oy = np.asarray(origin_y, np.int64)
     _fit_kernel(boxes, ext, ox, oy, x, y, n, b, s, fit_sigma, float(read_var), int(n_iter), err, ok)
-    inside = (x > ox - 0.5) & (x < ox + bsz - 0.5) & (y > oy - 0.5) & (y < oy + bsz - 0.5)
-    ok &= np.isfinite(err).all(axis=1) & inside & (n > 0)
+    _accept(x, y, n, err, ox, oy, bsz, ok)
     return Fit(x, y, n, b, s, err[:, 0], err[:, 1], err[:, 2], ok)
 
 

@@ -1,13 +1,17 @@
 """Flow tracks at low SNR: seeding from unlinked detections, following along the line (spt.flow)."""
 
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
+from _smaps import mapped_kb
 
 from spt.detect import DetectConfig, locate_movie, resolve_camera_and_psf
 from spt.errors import SptInputError
 from spt.flow import FlowConfig, follow_flow
 from spt.guided import guided_detect
+from spt.io import read_movie, write_movie
 from spt.link import LinkConfig, link
 from spt.metrics import match_spots
 from spt.simulate import SimulationConfig, render
@@ -44,17 +48,20 @@ def _flow_truth(n_particles: int, speed_px: float, seed: int) -> pd.DataFrame:
     )
 
 
+_CAM = SimulationConfig().camera
+#: Detection with the simulator's camera (spot signals in photons).
+_CALIBRATED = DetectConfig(
+    em_gain=_CAM.em_gain,
+    e_per_adu=_CAM.e_per_adu,
+    offset_adu=_CAM.offset_adu,
+    read_noise_e=_CAM.read_noise_e,
+)
+
+
 def _pipeline(movie, flow: FlowConfig, link_config: LinkConfig = LinkConfig()):
     """Detection, linking and guided re-detection (with the flow pass) as `spt run` does."""
-    cam = SimulationConfig().camera
-    detect = DetectConfig(
-        em_gain=cam.em_gain,
-        e_per_adu=cam.e_per_adu,
-        offset_adu=cam.offset_adu,
-        read_noise_e=cam.read_noise_e,
-    )
-    camera, sigma = resolve_camera_and_psf(movie[:32], detect)
-    spots = locate_movie(movie, detect, resolved=(camera, sigma))
+    camera, sigma = resolve_camera_and_psf(movie[:32], _CALIBRATED)
+    spots = locate_movie(movie, _CALIBRATED, resolved=(camera, sigma))
     tracks = link(spots, link_config, pixel_size_um=PX, frame_interval_s=DT)
     return spots, guided_detect(
         tracks,
@@ -126,16 +133,7 @@ def test_seed_needs_three_detections_on_a_line_and_confirmation():
     truth = _flow_truth(1, 6.0, seed=5)
     n_frames = int(truth["frame"].max()) + 1
     movie = _movie(truth, n_frames, seed=6)
-    cam = SimulationConfig().camera
-    camera, sigma = resolve_camera_and_psf(
-        movie,
-        DetectConfig(
-            em_gain=cam.em_gain,
-            e_per_adu=cam.e_per_adu,
-            offset_adu=cam.offset_adu,
-            read_noise_e=cam.read_noise_e,
-        ),
-    )
+    camera, sigma = resolve_camera_and_psf(movie, _CALIBRATED)
     vis = truth[truth["visible"]].reset_index(drop=True)
     # three exact detections in frames 10, 12, 13 (none in a track), signal in photons
     pick = vis[vis["frame"].isin([10, 12, 13])]
@@ -152,6 +150,32 @@ def test_seed_needs_three_detections_on_a_line_and_confirmation():
     empty = _movie(truth.assign(visible=False), n_frames, seed=8)
     out = follow_flow(still, empty, spots=spots, **kw)
     assert len(out) == len(still)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_memory_mapped_movie_pages_are_released(tmp_path):
+    """Following flow tracks reads a window of one frame per fit: on a memory-mapped movie the
+    pages those reads map must not stay resident (a movie larger than memory would otherwise
+    end up whole in the process's memory)."""
+    truth = _flow_truth(12, 6.0, seed=3)
+    n_frames = int(truth["frame"].max()) + 1
+    frames = _movie(truth, n_frames, seed=4)
+    path = write_movie(tmp_path / "m.ome.tif", frames, pixel_size_um=PX, frame_interval_s=DT)
+    movie = read_movie(path)
+    assert isinstance(movie.frames, np.memmap)
+    camera, sigma = resolve_camera_and_psf(frames[:32], _CALIBRATED)
+    # the first 6 visible frames of each crossing as its track (signal in photons): the rest
+    # must be followed
+    vis = truth[truth["visible"]]
+    tracks = vis.groupby("particle").head(6)[["frame", "x", "y", "particle"]].assign(signal=150.0)
+    kw = dict(camera=camera, psf_sigma_px=sigma, pixel_size_um=PX, frame_interval_s=DT)
+    out = follow_flow(tracks, movie.frames, **kw)
+    assert len(out) > len(tracks) + 100  # the crossings were followed, one fit per frame
+    for t, g in out.groupby("frame"):  # the reads the pass made, without releasing
+        np.asarray(movie.frames[t, int(g["y"].min()) : int(g["y"].max()) + 4]).sum()
+    touched = mapped_kb(path)
+    follow_flow(tracks, movie.frames, **kw)
+    assert touched > 200 and mapped_kb(path) < touched / 4
 
 
 def test_config_is_validated_and_input_checked():

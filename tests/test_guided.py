@@ -1,11 +1,11 @@
 """Track-guided re-detection: gaps filled, merged pairs split, broken tracks joined (spt.guided)."""
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from _smaps import mapped_kb
 
 from spt.camera import camera_from_parameters
 from spt.config import PipelineConfig
@@ -306,17 +306,6 @@ def test_joining_two_tracks_also_moves_the_spots_taken_into_the_absorbed_one():
     assert out["frame"].tolist() == [0, 1, 2, 10, 11, 12, 13]
 
 
-def _mapped_kb(path) -> int:
-    """Resident kB of this process's mappings of ``path`` (Linux /proc/self/smaps)."""
-    total, inside = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        if line[:1].isalnum() and "-" in line.split()[0] and ":" not in line.split()[0]:
-            inside = line.rstrip().endswith(str(path))
-        elif inside and line.startswith("Rss:"):
-            total += int(line.split()[1])
-    return total
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
 def test_memory_mapped_movie_pages_are_released_after_reading(tmp_path):
     # a movie larger than memory is re-read by the guided pass: the pages it maps must not
@@ -331,9 +320,9 @@ def test_memory_mapped_movie_pages_are_released_after_reading(tmp_path):
     out = _run(tracks, movie.frames, relink_passes=0, chunk_frames=16)
     assert len(out) > len(tracks) + 50
     np.asarray(movie.frames[:300:4]).sum()  # the reads the pass made, without releasing
-    touched = _mapped_kb(path)
+    touched = mapped_kb(path)
     out = _run(tracks, movie.frames, relink_passes=0, chunk_frames=16)
-    assert touched > 100 and _mapped_kb(path) < touched / 4
+    assert touched > 100 and mapped_kb(path) < touched / 4
 
 
 def _nearest_truth_share(found: pd.DataFrame, truths: list[pd.DataFrame], tol: float) -> dict:
