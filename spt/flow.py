@@ -368,6 +368,7 @@ class _Follower:
             self._n = np.concatenate([self._n, np.empty(k)])
             self._owner = np.concatenate([self._owner, np.full(k, -1, np.int64)])
         self._f[k], self._xy[k], self._n[k], self._owner[k] = t, (x, y), n, owner
+        self.members[owner].append(k)
         self.size = k + 1
         t = int(t)
         self.by_frame[t] = np.append(self.by_frame.get(t, np.empty(0, np.int64)), k)
@@ -406,6 +407,8 @@ class _Follower:
                     break
         self.flow = set(flow)
         self.alias: dict[int, int] = {}
+        # each track's points, kept up to date while following (takes, fits, joins)
+        self.members = {k: v.tolist() for k, v in _members(self.owner).items()}
         for direction in (1, -1):
             for p in flow:
                 if self._root(p) == p:
@@ -414,10 +417,10 @@ class _Follower:
         if cfg.join_gap_frames:
             self._join_fragments(v_lo)
         # a seed must be confirmed by what following it found (track-before-detect)
-        sizes = np.bincount(self.owner[self.owner >= 0])
+        members = _members(self.owner)
         for p in seeds:
-            if self._root(p) == p and sizes[p] < cfg.min_seed_points:
-                self.owner[self.owner == p] = -1
+            if self._root(p) == p and len(members.get(p, ())) < cfg.min_seed_points:
+                self.owner[members.get(p, [])] = -1
         return self._table()
 
     def _join_fragments(self, v_lo: float) -> None:
@@ -448,29 +451,44 @@ class _Follower:
                     self.xy[idx[-1]],
                 )
             )
+        if not ends:
+            return
+        # each track's first frame, head line (its start), brightness and first spot, as arrays
+        t_first = np.array([e[1] for e in ends])
+        c_head, v_head = np.array([e[3][0] for e in ends]), np.array([e[3][1] for e in ends])
+        r_head, m_head = np.array([e[3][2] for e in ends]), np.array([e[3][3] for e in ends])
+        v_tail, r_tail = np.array([e[4][1] for e in ends]), np.array([e[4][2] for e in ends])
+        bright = np.array([e[5] for e in ends])
+        first = np.array([e[6] for e in ends])
+        fast_head = ~(np.hypot(v_head[:, 0], v_head[:, 1]) < v_lo) & ~(
+            r_head > cfg.max_residual_px
+        )
+        fast_tail = ~(np.hypot(v_tail[:, 0], v_tail[:, 1]) < v_lo) & ~(
+            r_tail > cfg.max_residual_px
+        )
         rows, cols, cost = [], [], []
-        for a, ea in enumerate(ends):
-            _, _, t1, _, (ca, va, ra, ma), na, _, last_a = ea
-            if np.hypot(*va) < v_lo or ra > cfg.max_residual_px:
+        for a in np.flatnonzero(fast_tail):
+            _, _, t1, _, (ca, va, ra, ma), na, _, last_a = ends[a]
+            h = t_first - t1
+            ok = (h >= 1) & (h <= cfg.join_gap_frames) & fast_head
+            ok[a] = False
+            ok &= ~(np.maximum(na, bright) > cfg.brightness_ratio * np.minimum(na, bright))
+            b = np.flatnonzero(ok)
+            if len(b) == 0:
                 continue
-            for b, eb in enumerate(ends):
-                _, t2, _, (cb, vb, rb, mb), _, nb, first_b, _ = eb
-                h = t2 - t1
-                if a == b or not 1 <= h <= cfg.join_gap_frames:
-                    continue
-                if np.hypot(*vb) < v_lo or rb > cfg.max_residual_px:
-                    continue
-                if max(na, nb) > cfg.brightness_ratio * min(na, nb):
-                    continue
-                # each end's line must reach the other's spot
-                sd = np.sqrt(self.var_lat * h + (ra**2 + rb**2) * (1.0 + 3.0 * h**2 / w**2))
-                d_fw = np.hypot(*(ca + va * (t2 - ma) - first_b))
-                d_bw = np.hypot(*(cb + vb * (t1 - mb) - last_a))
-                r = np.hypot(cfg.search_radius_px, 2.5 * sd)
-                if d_fw <= r and d_bw <= r and np.hypot(*(va - vb)) <= 0.3 * np.hypot(*va) + 1.0:
-                    rows.append(a)
-                    cols.append(b)
-                    cost.append(0.5 * (d_fw + d_bw) / r - 1.0)
+            h, rb = h[b], r_head[b]
+            # each end's line must reach the other's spot
+            sd = np.sqrt(self.var_lat * h + (ra**2 + rb**2) * (1.0 + 3.0 * h**2 / w**2))
+            fw = ca + va * (t_first[b] - ma)[:, None] - first[b]
+            bw = c_head[b] + v_head[b] * (t1 - m_head[b])[:, None] - last_a
+            d_fw, d_bw = np.hypot(fw[:, 0], fw[:, 1]), np.hypot(bw[:, 0], bw[:, 1])
+            r = np.hypot(cfg.search_radius_px, 2.5 * sd)
+            dv = va - v_head[b]
+            keep = (d_fw <= r) & (d_bw <= r)
+            keep &= np.hypot(dv[:, 0], dv[:, 1]) <= 0.3 * np.hypot(*va) + 1.0
+            rows += [int(a)] * int(keep.sum())
+            cols += b[keep].tolist()
+            cost += (0.5 * (d_fw[keep] + d_bw[keep]) / r[keep] - 1.0).tolist()
         if not rows:
             return
         r_sel, c_sel = solve_sparse_lap(
@@ -481,7 +499,9 @@ class _Follower:
             a = parent[b]
             while a in parent:
                 a = parent[a]
-            self.owner[self.owner == b] = a
+            moved = self.members.pop(b)
+            self.owner[moved] = a
+            self.members[a] += moved
             self.alias[b] = a
 
     def _root(self, p: int) -> int:
@@ -493,7 +513,7 @@ class _Follower:
         """Follow track ``p`` beyond its last (first) frame along its line."""
         cfg = self.config
         n_frames, ny, nx = self.shape
-        idx = np.flatnonzero(self.owner == p)
+        idx = np.sort(self.members[p])
         order = np.argsort(self.f[idx])
         # the track's points, running towards the end followed; only this loop adds to them
         idx = (idx[order] if direction > 0 else idx[order][::-1]).tolist()
@@ -554,14 +574,16 @@ class _Follower:
                 continue
             if o == -1 and d <= radius:
                 self.owner[k] = p
+                self.members[p].append(int(k))
                 return int(k)
             if o >= 0 and o != p and o in self.flow and d <= cfg.join_radius_px:
-                other = np.flatnonzero(self.owner == o)
+                other = self.members[o]
                 edge = self.f[other].min() if direction > 0 else self.f[other].max()
                 if own_frames is None:
-                    own_frames = self.f[self.owner == p]
+                    own_frames = self.f[self.members[p]]
                 if edge == t and not np.isin(self.f[other], own_frames).any():
                     self.owner[other] = p
+                    self.members[p] += self.members.pop(o)
                     self.alias[o] = p
                     return _JOINED
         if any(np.hypot(*(self.xy[k] - pred)) <= 2.0 and self.owner[k] != -1 for k in close):
