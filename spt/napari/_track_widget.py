@@ -55,7 +55,7 @@ from spt.schema import MASK_LABELS, STAGES
 ALL_STAGES = "all stages"
 #: Parameter sections shown open; the others start collapsed.
 MAIN_SECTIONS = ("detect", "link")
-SECTIONS = ("detect", "link", "segment", "stages")
+SECTIONS = ("detect", "link", "guided", "flow", "segment", "stages")
 
 
 def has_run(layer: Layer) -> bool:
@@ -137,6 +137,8 @@ class TrackParticlesWidget(ViewerWidget):
         box = QGroupBox("Parameters")
         layout = QVBoxLayout(box)
         defaults = PipelineConfig()
+        # the last configuration loaded: its sections without a form (output) are kept
+        self._loaded = defaults
         self.forms = {name: ConfigForm(getattr(defaults, name)) for name in SECTIONS}
         for name in SECTIONS:
             section = QCollapsible(name)
@@ -233,13 +235,17 @@ class TrackParticlesWidget(ViewerWidget):
     def config(self) -> PipelineConfig:
         """The configuration entered in the widget."""
         px, dt = self.pixel_size.value(), self.frame_interval.value()
-        return PipelineConfig(
-            movie=MovieConfig(pixel_size_um=px or None, frame_interval_s=dt or None),
+        return replace(
+            self._loaded,
+            movie=replace(
+                self._loaded.movie, pixel_size_um=px or None, frame_interval_s=dt or None
+            ),
             **{name: form.value() for name, form in self.forms.items()},
         )
 
     def set_config(self, config: PipelineConfig) -> None:
         """Show ``config`` in the widget (calibration only when the config sets it)."""
+        self._loaded = config
         for name, form in self.forms.items():
             form.set_value(getattr(config, name))
         if config.movie.pixel_size_um:
