@@ -87,6 +87,16 @@ class FlowConfig:
         The first (last) spot of another flow track this close (px) to the prediction, when
         following forward (backward), joins the two tracks. (A detection in no track within the
         search region is taken as the track's spot.)
+    along_gap_frames : int
+        Largest gap (frames) between two unlinked detections seeding a track along the flow of
+        the tracks already followed (see ``along_angle_deg``), after those are followed. 0: off.
+    along_angle_deg : float
+        Such a pair's velocity must point within this angle (degrees) of the velocity of a flow
+        track of at least ``velocity_window`` spots whose line passes within ``along_lateral_px``
+        of the pair, and not beyond its spots' extent along the line by more than that: the
+        particles of one vessel flow one way.
+    along_lateral_px : float
+        See ``along_angle_deg`` (about half a vessel's width).
     """
 
     enabled: bool = True
@@ -108,6 +118,9 @@ class FlowConfig:
     join_radius_px: float = 1.5
     min_seed_points: int = 6
     join_gap_frames: int = 30
+    along_gap_frames: int = 6
+    along_angle_deg: float = 15.0
+    along_lateral_px: float = 15.0
 
     def __post_init__(self) -> None:
         if not 0 < self.min_speed_um_s < self.max_speed_um_s:
@@ -124,6 +137,10 @@ class FlowConfig:
             )
         if self.miss_snr_step < 0 or self.min_seed_points < 2 or self.join_gap_frames < 0:
             raise ValueError("miss_snr_step >= 0, min_seed_points >= 2, join_gap_frames >= 0")
+        if self.along_gap_frames < 0 or not 0 < self.along_angle_deg < 90:
+            raise ValueError("along_gap_frames >= 0, 0 < along_angle_deg < 90")
+        if self.along_lateral_px <= 0:
+            raise ValueError("along_lateral_px must be > 0")
 
 
 def _line(t: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -206,6 +223,82 @@ def _seed_chains(
         if not used[idx].any():
             used[idx] = True
             seeds.append(np.array(idx))
+    return seeds
+
+
+def _flow_lines(
+    members: dict[int, np.ndarray], f: np.ndarray, xy: np.ndarray, min_points: int, v_lo: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Straight lines of the tracks (``members``: point indices) of at least ``min_points``
+    points moving at least ``v_lo`` px/frame: centre (px), unit direction of motion, and the
+    extent (px, lowest and highest) of the points along it from the centre."""
+    rows = []
+    for idx in members.values():
+        if len(idx) < min_points:
+            continue
+        centre, vel, _, _ = _line(f[idx].astype(float), xy[idx])
+        speed = math.hypot(*vel)
+        if speed < v_lo:
+            continue
+        u = vel / speed
+        along = (xy[idx] - centre) @ u
+        rows.append((*centre, *u, along.min(), along.max()))
+    arr = np.array(rows, dtype=float).reshape(-1, 6)
+    return arr[:, :2], arr[:, 2:4], arr[:, 4], arr[:, 5]
+
+
+def _seed_along(
+    f: np.ndarray,
+    xy: np.ndarray,
+    lines: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    config: FlowConfig,
+    v_lo: float,
+    v_hi: float,
+) -> list[np.ndarray]:
+    """Pairs of detections (indices into ``f, xy``) moving along a known flow line.
+
+    Two detections at most ``config.along_gap_frames`` frames apart, moving between ``v_lo`` and
+    ``v_hi`` px/frame, whose velocity points within ``config.along_angle_deg`` of the direction
+    of one of ``lines`` (:func:`_flow_lines`) whose line passes within
+    ``config.along_lateral_px`` of the pair's midpoint, inside its extent widened by that much.
+    Shortest gap first, then smallest angle; a detection is in one pair at most.
+    """
+    centre, unit, lo, hi = lines
+    gmax = config.along_gap_frames
+    if gmax == 0 or len(f) < 2 or len(centre) == 0:
+        return []
+    sep = 1e4  # frames far apart in a third coordinate: one tree for the whole movie
+    tree = cKDTree(np.column_stack([xy, f * sep]))
+    cos_min = math.cos(math.radians(config.along_angle_deg))
+    reach = config.along_lateral_px
+    cands = []
+    for g in range(1, gmax + 1):
+        i, j = _flatten(tree.query_ball_point(np.column_stack([xy, (f + g) * sep]), v_hi * g))
+        step = (xy[j] - xy[i]) / g
+        speed = np.hypot(step[:, 0], step[:, 1])
+        keep = speed >= v_lo
+        i, j, step, speed = i[keep], j[keep], step[keep], speed[keep]
+        mid = 0.5 * (xy[i] + xy[j])
+        rel = mid[:, None, :] - centre[None]  # (pairs, lines, 2)
+        along = (rel * unit[None]).sum(axis=2)
+        lateral = np.abs(rel[..., 0] * unit[None, :, 1] - rel[..., 1] * unit[None, :, 0])
+        cos = (step[:, None, :] * unit[None]).sum(axis=2) / speed[:, None]
+        ok = (lateral <= reach) & (along >= lo - reach) & (along <= hi + reach)
+        best = np.where(ok, cos, -1.0).max(axis=1)
+        sel = best >= cos_min
+        cands += zip(
+            [g] * int(sel.sum()),
+            (-best[sel]).tolist(),
+            i[sel].tolist(),
+            j[sel].tolist(),
+            strict=True,
+        )
+    used = np.zeros(len(f), bool)
+    seeds = []
+    for _, _, a, b in sorted(cands):
+        if not (used[a] or used[b]):
+            used[[a, b]] = True
+            seeds.append(np.array([a, b]))
     return seeds
 
 
@@ -413,6 +506,22 @@ class _Follower:
             for p in flow:
                 if self._root(p) == p:
                     self._follow(p, direction)
+        if cfg.along_gap_frames:
+            # particles of one vessel flow one way: the tracks followed so far say which way,
+            # so two unlinked detections moving that way are a likely seed
+            free_idx = np.flatnonzero(self.owner == -1)
+            roots = {p: idx for p, idx in _members(self.owner).items() if p in self.flow}
+            lines = _flow_lines(roots, self.f, self.xy, cfg.velocity_window, v_lo)
+            for pair in _seed_along(self.f[free_idx], self.xy[free_idx], lines, cfg, v_lo, v_hi):
+                if (self.owner[free_idx[pair]] != -1).any():
+                    continue  # taken by a track followed from an earlier pair
+                self.owner[free_idx[pair]] = next_id
+                seeds.add(next_id)
+                self.flow.add(next_id)
+                for direction in (1, -1):
+                    if self._root(next_id) == next_id:
+                        self._follow(next_id, direction)
+                next_id += 1
         release_mapped_pages(self.frames)
         if cfg.join_gap_frames:
             self._join_fragments(v_lo)

@@ -152,6 +152,44 @@ def test_seed_needs_three_detections_on_a_line_and_confirmation():
     assert len(out) == len(still)
 
 
+def test_pair_seeded_along_the_flow_of_followed_tracks():
+    """Two unlinked detections 5 frames apart (too far apart for a chain, too dim for a pair)
+    seed a track when they move the way a followed flow track moves, not when they move
+    against it."""
+    truth = _flow_truth(3, 6.0, seed=5)
+    # the second crossing 6 px from the first one's lane, the third flows the other way
+    near = truth["particle"] == 1
+    truth.loc[near, "y"] -= 6.0
+    truth.loc[near, "_ys"] = truth.loc[near, "_ys"].map(lambda ys: [y - 6.0 for y in ys])
+    back = truth["particle"] == 2
+    truth.loc[back, "x"] = SHAPE[1] - 1 - truth.loc[back, "x"]
+    truth.loc[back, "_xs"] = truth.loc[back, "_xs"].map(lambda xs: [SHAPE[1] - 1 - x for x in xs])
+    n_frames = int(truth["frame"].max()) + 1
+    movie = _movie(truth, n_frames, seed=6)
+    camera, sigma = resolve_camera_and_psf(movie, _CALIBRATED)
+    vis = truth[truth["visible"]].reset_index(drop=True)
+    # the first crossing's first 12 spots are a track (signal in photons)
+    first = vis[vis["particle"] == 0].head(12)
+    tracks = first[["frame", "x", "y", "particle"]].assign(signal=150.0)
+    # two exact detections of each other crossing, 5 frames apart, dimmer than the track
+    pick = pd.concat([vis[vis["particle"] == q].iloc[[8, 13]] for q in (1, 2)])
+    spots = pick[["frame", "x", "y"]].assign(signal=90.0, background=20.0, sigma=sigma)
+    kw = dict(camera=camera, psf_sigma_px=sigma, pixel_size_um=PX, frame_interval_s=DT)
+
+    def share(out, q):
+        """Largest share of crossing ``q``'s visible frames in one found track."""
+        own = vis[vis["particle"] == q].reset_index(drop=True)
+        m = match_spots(own, out)
+        return out["particle"].to_numpy()[m.found_index].tolist(), len(own)
+
+    out = follow_flow(tracks, movie, spots=spots, **kw)
+    found, n = share(out, 1)
+    assert max(map(found.count, set(found)), default=0) >= 0.6 * n  # along: seeded, followed
+    assert len(share(out, 2)[0]) == 0  # against the flow: not seeded
+    off = follow_flow(tracks, movie, spots=spots, config=FlowConfig(along_gap_frames=0), **kw)
+    assert len(share(off, 1)[0]) == 0
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
 def test_memory_mapped_movie_pages_are_released(tmp_path):
     """Following flow tracks reads a window of one frame per fit: on a memory-mapped movie the
