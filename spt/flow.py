@@ -510,12 +510,13 @@ class _Follower:
             # particles of one vessel flow one way: the tracks followed so far say which way,
             # so two unlinked detections moving that way are a likely seed
             free_idx = np.flatnonzero(self.owner == -1)
-            roots = {p: idx for p, idx in _members(self.owner).items() if p in self.flow}
+            roots = {p: np.array(self.members[p]) for p in self.flow if p in self.members}
             lines = _flow_lines(roots, self.f, self.xy, cfg.velocity_window, v_lo)
             for pair in _seed_along(self.f[free_idx], self.xy[free_idx], lines, cfg, v_lo, v_hi):
                 if (self.owner[free_idx[pair]] != -1).any():
                     continue  # taken by a track followed from an earlier pair
                 self.owner[free_idx[pair]] = next_id
+                self.members[next_id] = free_idx[pair].tolist()
                 seeds.add(next_id)
                 self.flow.add(next_id)
                 for direction in (1, -1):
