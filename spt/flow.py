@@ -97,6 +97,11 @@ class FlowConfig:
         particles of one vessel flow one way.
     along_lateral_px : float
         See ``along_angle_deg`` (about half a vessel's width).
+    window_blur_frames : float
+        The fit window reaches this many frames of the track's motion (px) beyond the PSF's
+        3 s.d. on each side: a flowing particle's image is a streak as long as its motion over
+        the exposure, light a PSF-sized window would cut off and take for background. 0.5
+        covers an exposure of the whole frame.
     """
 
     enabled: bool = True
@@ -121,6 +126,7 @@ class FlowConfig:
     along_gap_frames: int = 6
     along_angle_deg: float = 15.0
     along_lateral_px: float = 15.0
+    window_blur_frames: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0 < self.min_speed_um_s < self.max_speed_um_s:
@@ -139,8 +145,8 @@ class FlowConfig:
             raise ValueError("miss_snr_step >= 0, min_seed_points >= 2, join_gap_frames >= 0")
         if self.along_gap_frames < 0 or not 0 < self.along_angle_deg < 90:
             raise ValueError("along_gap_frames >= 0, 0 < along_angle_deg < 90")
-        if self.along_lateral_px <= 0:
-            raise ValueError("along_lateral_px must be > 0")
+        if self.along_lateral_px <= 0 or self.window_blur_frames < 0:
+            raise ValueError("along_lateral_px must be > 0, window_blur_frames >= 0")
 
 
 def _line(t: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -655,7 +661,7 @@ class _Follower:
             h = misses + 1
             sd = math.sqrt(self.var_lat * (h + 0.5) + 3.0 * (rms * h / span) ** 2)
             radius = math.hypot(cfg.search_radius_px, 2.5 * sd)
-            self._misses = misses
+            self._misses, self._speed = misses, math.hypot(*vel)
             got = self._take_or_fit(p, t, pred, radius, ref, direction)
             if got == _JOINED:
                 return
@@ -703,7 +709,8 @@ class _Follower:
     def _fit(self, p, t, pred, radius, lo, hi) -> int:
         """Fit a spot at ``pred`` in frame ``t``; its new point's index if accepted, else -1."""
         n_frames, ny, nx = self.shape
-        half = max(1, min(int(np.ceil(3 * self.sigma)), (min(ny, nx) - 1) // 2))
+        reach = 3 * self.sigma + self.config.window_blur_frames * self._speed
+        half = max(1, min(int(np.ceil(reach)), (min(ny, nx) - 1) // 2))
         side = 2 * half + 1
         ox = min(max(int(np.rint(pred[0])) - half, 0), nx - side)
         oy = min(max(int(np.rint(pred[1])) - half, 0), ny - side)

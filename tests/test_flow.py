@@ -190,6 +190,26 @@ def test_pair_seeded_along_the_flow_of_followed_tracks():
     assert len(share(off, 1)[0]) == 0
 
 
+def test_fit_window_holds_the_streak_of_fast_flow():
+    """At 9 px/frame a spot is a streak ~5 px long: a fit window reaching the track's motion
+    beyond the PSF keeps its light (not taken for background), so more of each crossing is
+    followed than with a PSF-sized window."""
+    truth = _flow_truth(6, 9.0, seed=5)
+    n_frames = int(truth["frame"].max()) + 1
+    movie = _movie(truth, n_frames, seed=6)
+    camera, sigma = resolve_camera_and_psf(movie[:32], _CALIBRATED)
+    vis = truth[truth["visible"]].reset_index(drop=True)
+    # the first 6 visible frames of each crossing as its track (signal in photons)
+    tracks = vis.groupby("particle").head(6)[["frame", "x", "y", "particle"]].assign(signal=150.0)
+    kw = dict(camera=camera, psf_sigma_px=sigma, pixel_size_um=PX, frame_interval_s=DT)
+    wide = follow_flow(tracks, movie, **kw)
+    narrow = follow_flow(tracks, movie, config=FlowConfig(window_blur_frames=0.0), **kw)
+    found_wide, found_narrow = len(match_spots(vis, wide)), len(match_spots(vis, narrow))
+    assert found_wide >= 0.9 * len(vis)
+    assert found_wide >= found_narrow + 10
+    assert len(wide) - found_wide <= 0.05 * len(wide)  # the spots lie on true particles
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
 def test_memory_mapped_movie_pages_are_released(tmp_path):
     """Following flow tracks reads a window of one frame per fit: on a memory-mapped movie the
