@@ -83,6 +83,10 @@ class FlowConfig:
     join_gap_frames : int
         Largest gap (frames) across which the end of a flow track is joined to the start of
         another on its line (same velocity, brightness). 0: off.
+    join_overlap_frames : int
+        Most frames by which the later of two joined flow tracks may start before the earlier
+        one ends, if no frame holds a spot of both (pieces of one particle's track followed
+        into each other's frames, interleaved).
     join_radius_px : float
         The first (last) spot of another flow track this close (px) to the prediction, when
         following forward (backward), joins the two tracks. (A detection in no track within the
@@ -127,6 +131,7 @@ class FlowConfig:
     along_angle_deg: float = 15.0
     along_lateral_px: float = 15.0
     window_blur_frames: float = 0.5
+    join_overlap_frames: int = 6
 
     def __post_init__(self) -> None:
         if not 0 < self.min_speed_um_s < self.max_speed_um_s:
@@ -143,6 +148,8 @@ class FlowConfig:
             )
         if self.miss_snr_step < 0 or self.min_seed_points < 2 or self.join_gap_frames < 0:
             raise ValueError("miss_snr_step >= 0, min_seed_points >= 2, join_gap_frames >= 0")
+        if self.join_overlap_frames < 0:
+            raise ValueError("join_overlap_frames must be >= 0")
         if self.along_gap_frames < 0 or not 0 < self.along_angle_deg < 90:
             raise ValueError("along_gap_frames >= 0, 0 < along_angle_deg < 90")
         if self.along_lateral_px <= 0 or self.window_blur_frames < 0:
@@ -570,7 +577,7 @@ class _Follower:
         if not ends:
             return
         # each track's first frame, head line (its start), brightness and first spot, as arrays
-        t_first = np.array([e[1] for e in ends])
+        t_first, t_last = np.array([e[1] for e in ends]), np.array([e[2] for e in ends])
         c_head, v_head = np.array([e[3][0] for e in ends]), np.array([e[3][1] for e in ends])
         r_head, m_head = np.array([e[3][2] for e in ends]), np.array([e[3][3] for e in ends])
         v_tail, r_tail = np.array([e[4][1] for e in ends]), np.array([e[4][2] for e in ends])
@@ -586,13 +593,19 @@ class _Follower:
         for a in np.flatnonzero(fast_tail):
             _, _, t1, _, (ca, va, ra, ma), na, _, last_a = ends[a]
             h = t_first - t1
-            ok = (h >= 1) & (h <= cfg.join_gap_frames) & fast_head
-            ok[a] = False
+            ok = (h >= 1 - cfg.join_overlap_frames) & (h <= cfg.join_gap_frames) & fast_head
+            # the later one starts and ends later (so no chain of joins loops back)
+            ok &= (t_first > t_first[a]) & (t_last > t1)
             ok &= ~(np.maximum(na, bright) > cfg.brightness_ratio * np.minimum(na, bright))
+            # overlapping in time (two pieces of one streak followed into each other): only
+            # if no frame holds a spot of both
+            frames_a = self.f[members[ends[a][0]]]
+            for k in np.flatnonzero(ok & (h < 1)):
+                ok[k] = not np.isin(self.f[members[ends[k][0]]], frames_a).any()
             b = np.flatnonzero(ok)
             if len(b) == 0:
                 continue
-            h, rb = h[b], r_head[b]
+            h, rb = np.abs(h[b]), r_head[b]
             # each end's line must reach the other's spot
             sd = np.sqrt(self.var_lat * h + (ra**2 + rb**2) * (1.0 + 3.0 * h**2 / w**2))
             fw = ca + va * (t_first[b] - ma)[:, None] - first[b]

@@ -210,6 +210,25 @@ def test_fit_window_holds_the_streak_of_fast_flow():
     assert len(wide) - found_wide <= 0.05 * len(wide)  # the spots lie on true particles
 
 
+def test_interleaved_pieces_of_one_crossing_are_joined():
+    """Two flow tracks of one particle whose frames interleave near the join (the later starts
+    3 frames before the earlier ends, no frame shared) become one track; not when joining
+    across an overlap is off."""
+    truth = _flow_truth(1, 6.0, seed=5)
+    vis = truth[truth["visible"]].reset_index(drop=True)
+    frames = vis["frame"].to_numpy()
+    t0 = frames[0]
+    early = (frames <= t0 + 20) | np.isin(frames, t0 + np.array([22, 24]))
+    tracks = vis[["frame", "x", "y"]].assign(signal=150.0, particle=np.where(early, 0, 1))
+    tracks = tracks[frames <= t0 + 40]
+    empty = _movie(truth.assign(visible=False), int(frames.max()) + 1, seed=8)
+    camera, sigma = resolve_camera_and_psf(empty[:32], _CALIBRATED)
+    kw = dict(camera=camera, psf_sigma_px=sigma, pixel_size_um=PX, frame_interval_s=DT)
+    assert follow_flow(tracks, empty, **kw)["particle"].nunique() == 1
+    off = follow_flow(tracks, empty, config=FlowConfig(join_overlap_frames=0), **kw)
+    assert off["particle"].nunique() == 2
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
 def test_memory_mapped_movie_pages_are_released(tmp_path):
     """Following flow tracks reads a window of one frame per fit: on a memory-mapped movie the
