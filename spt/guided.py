@@ -108,6 +108,9 @@ class GuidedConfig:
         Distance (px) at which two tracks meet, for ``untangle_min_llr``.
     untangle_window_frames : int
         Frames before and after a meeting whose spots judge it, for ``untangle_min_llr``.
+    untangle_flow_contact_px : float
+        Distance (px) at which two flowing tracks meet, for ``untangle_min_llr`` (they pass
+        each other between frames).
     rejoin_gap_frames : int
         Longest gap (frames) across which the end of one track and the start of another, at
         the same place, are joined after the last pass (beyond the linker's
@@ -138,6 +141,7 @@ class GuidedConfig:
     untangle_min_llr: float = 6.0
     untangle_contact_px: float = 3.0
     untangle_window_frames: int = 10
+    untangle_flow_contact_px: float = 6.0
     rejoin_gap_frames: int = 100
     rejoin_radius_px: float = 4.0
 
@@ -159,8 +163,14 @@ class GuidedConfig:
             raise ValueError("split_min_excess must be > 0 and merged_min_excess >= 0")
         if self.merged_partner_sd_px <= 0:
             raise ValueError("merged_partner_sd_px must be > 0")
-        if self.untangle_min_llr < 0 or self.untangle_contact_px <= 0:
-            raise ValueError("untangle_min_llr must be >= 0 and untangle_contact_px > 0")
+        if (
+            self.untangle_min_llr < 0
+            or min(self.untangle_contact_px, self.untangle_flow_contact_px) <= 0
+        ):
+            raise ValueError(
+                "untangle_min_llr must be >= 0, untangle_contact_px and "
+                "untangle_flow_contact_px > 0"
+            )
         if self.untangle_window_frames < 2:
             raise ValueError("untangle_window_frames must be >= 2")
         if self.rejoin_gap_frames < 0 or self.rejoin_radius_px <= 0:
@@ -779,6 +789,7 @@ def guided_detect(
             min_llr=config.untangle_min_llr,
             contact_px=config.untangle_contact_px,
             window_frames=config.untangle_window_frames,
+            flow_contact_px=config.untangle_flow_contact_px,
         )
     return out
 

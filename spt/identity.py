@@ -25,23 +25,27 @@ def step_variance(particle, frame, x, y) -> pd.Series:
     return pd.Series(step2[same]).groupby(particle[1:][same]).median()
 
 
-def _meetings(p, f, xy, var_of: pd.Series, contact: float) -> list[tuple]:
+def _meetings(p, f, xy, var_of: pd.Series, contact: float, flow_contact: float) -> list[tuple]:
     """Where two tracks may have exchanged identities, in time order: ``(t0, t1, t_swap, row_a,
     row_b)``, the episode's first and last frame, the frame after which the tracks would be
     exchanged and a row of each track.
 
-    Two kinds: (1) the tracks come within ``contact`` px in one frame (contacts up to 5
-    frames apart are one episode; ``t_swap`` at the closest approach); (2) a track steps
-    farther than 3 s.d. of its own steps to where another track was the frame before (an
-    exchange across a frame in which one of the two was not detected).
+    Two kinds: (1) the tracks come within ``contact`` px in one frame, or within
+    ``flow_contact`` px if both are flowing (per-axis step variance ``var_of`` > 1 px^2;
+    contacts up to 5 frames apart are one episode; ``t_swap`` at the closest approach); (2) a
+    track steps farther than 3 s.d. of its own steps to where another track was the frame
+    before (an exchange across a frame in which one of the two was not detected).
     """
     tree = cKDTree(np.column_stack([xy, f * 1e4]))
     out = []
-    pairs = tree.query_pairs(contact, output_type="ndarray")
+    pairs = tree.query_pairs(max(contact, flow_contact), output_type="ndarray")
     if len(pairs):
         i, j = pairs[:, 0], pairs[:, 1]
         keep = (f[i] == f[j]) & (p[i] != p[j])
-        keep &= np.hypot(*(xy[i] - xy[j]).T) > 0  # a shared (merged) spot is no evidence
+        flowing = var_of.reindex(p).fillna(0.0).to_numpy() > 1.0
+        gap = np.hypot(*(xy[i] - xy[j]).T)
+        keep &= (gap <= contact) | (flowing[i] & flowing[j] & (gap <= flow_contact))
+        keep &= gap > 0  # a shared (merged) spot is no evidence
         i, j = i[keep], j[keep]
         lo, hi = np.minimum(p[i], p[j]), np.maximum(p[i], p[j])
         order = np.lexsort((f[i], hi, lo))
@@ -68,7 +72,12 @@ def _meetings(p, f, xy, var_of: pd.Series, contact: float) -> list[tuple]:
 
 
 def untangle_tracks(
-    tracks: pd.DataFrame, *, min_llr: float = 6.0, contact_px: float = 3.0, window_frames: int = 10
+    tracks: pd.DataFrame,
+    *,
+    min_llr: float = 6.0,
+    contact_px: float = 3.0,
+    window_frames: int = 10,
+    flow_contact_px: float = 6.0,
 ) -> pd.DataFrame:
     """Undo identity swaps where two tracks meet, from where each was before and after.
 
@@ -98,6 +107,10 @@ def untangle_tracks(
         Distance (px) at which two tracks meet.
     window_frames : int
         Frames before and after a meeting whose spots judge it.
+    flow_contact_px : float
+        Distance (px) at which two flowing tracks meet: particles moving several px per frame
+        pass each other between two frames, so their closest spots in one frame may be this
+        far apart.
 
     Returns
     -------
@@ -108,8 +121,10 @@ def untangle_tracks(
     missing = [c for c in ("frame", "x", "y", "signal", "particle") if c not in tracks.columns]
     if missing:
         raise SptInputError("tracks", f"missing column(s) {', '.join(missing)}")
-    if min_llr < 0 or contact_px <= 0 or window_frames < 2:
-        raise ValueError("min_llr must be >= 0, contact_px > 0 and window_frames >= 2")
+    if min_llr < 0 or contact_px <= 0 or flow_contact_px <= 0 or window_frames < 2:
+        raise ValueError(
+            "min_llr must be >= 0, contact_px and flow_contact_px > 0, window_frames >= 2"
+        )
     tracks = tracks.sort_values(["particle", "frame"], kind="stable", ignore_index=True)
     p = tracks["particle"].to_numpy().copy()
     f = tracks["frame"].to_numpy(np.int64)
@@ -120,7 +135,7 @@ def untangle_tracks(
     var_of = step_variance(p, f, xy[:, 0], xy[:, 1])
     same = (p[1:] == p[:-1]) & (f[1:] - f[:-1] <= 3)
     lsd_of = pd.Series(np.abs(np.diff(logn))[same]).groupby(p[1:][same]).median() * 1.05
-    episodes = _meetings(p, f, xy, var_of, contact_px)
+    episodes = _meetings(p, f, xy, var_of, contact_px, flow_contact_px)
     w = window_frames
     # rows of each track (rows are sorted by particle then frame), kept up to date on exchanges
     part, start = np.unique(p, return_index=True)

@@ -40,6 +40,30 @@ def test_exchange_of_two_still_particles_is_undone_and_correct_tracks_are_left_a
     assert _purity(untangle_tracks(swapped, min_llr=1e9)).max() < 0.6
 
 
+def _overtaking(rng, exchange_at=None):
+    """Two flowing particles, 4 and 6 px/frame along x, lanes 4.5 px apart: the faster one
+    passes the slower at frame 20 (no frame has them closer than 4.5 px); their track ids are
+    exchanged from frame ``exchange_at`` on."""
+    rows = []
+    for pid, (x0, speed, y) in enumerate(((10.0, 4.0, 30.0), (-30.0, 6.0, 34.5))):
+        for f in range(41):
+            owner = pid if exchange_at is None or f < exchange_at else 1 - pid
+            e = rng.normal(0, 0.3, 2)
+            rows.append((f, x0 + speed * f + e[0], y + e[1], 150 * rng.normal(1, 0.2), owner, pid))
+    return pd.DataFrame(rows, columns=["frame", "x", "y", "signal", "particle", "truth"])
+
+
+def test_flowing_particles_exchanged_while_overtaking_are_untangled():
+    """Flowing particles pass each other between frames: the meeting is found within
+    ``flow_contact_px`` and judged by each one's velocity, not within ``contact_px``."""
+    rng = np.random.default_rng(2)
+    swapped = _overtaking(rng, exchange_at=21)
+    assert _purity(swapped).max() < 0.6
+    assert _purity(untangle_tracks(swapped)).min() == 1.0
+    assert _purity(untangle_tracks(_overtaking(rng))).min() == 1.0  # correct ones left alone
+    assert _purity(untangle_tracks(swapped, flow_contact_px=3.0)).max() < 0.6
+
+
 def test_step_variance_is_the_tracks_own_and_input_is_validated():
     rng = np.random.default_rng(1)
     t = _two_still_particles(rng)
