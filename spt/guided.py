@@ -54,6 +54,11 @@ class GuidedConfig:
         S.d. (um/s, per axis) of the error of a flowing track's predicted velocity one frame
         beyond its end: the velocity is estimated from the last 3 steps, and flow has lateral
         jitter, so this is larger than the linker's per-frame velocity noise.
+    gap_min_hit_fraction : float
+        The fits in a gap of a track are kept only if at least this share of its frames yield
+        a spot (a fit or a detection taken): a quantum dot off for the whole gap (a blink)
+        leaves only noise to fit, of which a few fits pass ``min_snr`` by chance, while a dim
+        dot the detector missed yields a spot in most frames. 0: keep every fit.
     extend_frames : int
         Most frames probed beyond each end of a track.
         0: fill gaps only.
@@ -125,6 +130,7 @@ class GuidedConfig:
     search_radius_px: float = 1.5
     brightness_ratio: float = 2.5
     velocity_noise_um_s: float = 10.0
+    gap_min_hit_fraction: float = 0.3
     extend_frames: int = 10
     max_misses: int = 2
     pair_radius_px: float = 3.5
@@ -150,6 +156,8 @@ class GuidedConfig:
             raise ValueError("min_snr must be >= 0, search_radius_px > 0, brightness_ratio >= 1")
         if self.velocity_noise_um_s <= 0:
             raise ValueError("velocity_noise_um_s must be > 0")
+        if not 0 <= self.gap_min_hit_fraction <= 1:
+            raise ValueError("gap_min_hit_fraction must be in [0, 1]")
         if (
             min(self.extend_frames, self.max_misses, self.relink_passes) < 0
             or self.chunk_frames < 1
@@ -1034,6 +1042,13 @@ def _guided_pass(
         ref_of.loc[tp[i]].to_numpy(),
     )
     res = _probe(frames, (ny, nx), probes, all_spots, camera, sigma, config, half)
+    if config.gap_min_hit_fraction > 0:
+        # a blink: the dot is off for the whole gap, and the few lone fits that pass are
+        # noise (a joint fit with a neighbour's spot is judged by its likelihood ratio)
+        lone = res["ok"] & (res["take"] < 0) & (res["partner"] < 0)
+        hit = (lone | (res["take"] >= 0)).astype(float)
+        share = np.bincount(i, weights=hit, minlength=len(gap)) / np.maximum(gap, 1)
+        res["ok"] &= ~(lone & (share < config.gap_min_hit_fraction)[i])
     sel = np.flatnonzero(res["ok"] | (res["take"] >= 0))
     if len(sel):
         ok_take = res["take"][sel] >= 0
