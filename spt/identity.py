@@ -38,15 +38,15 @@ def _meetings(p, f, xy, var_of: pd.Series, contact: float, flow_contact: float) 
     """
     tree = cKDTree(np.column_stack([xy, f * 1e4]))
     out = []
-    pairs = tree.query_pairs(max(contact, flow_contact), output_type="ndarray")
-    if len(pairs):
-        i, j = pairs[:, 0], pairs[:, 1]
-        keep = (f[i] == f[j]) & (p[i] != p[j])
-        flowing = var_of.reindex(p).fillna(0.0).to_numpy() > 1.0
-        gap = np.hypot(*(xy[i] - xy[j]).T)
-        keep &= (gap <= contact) | (flowing[i] & flowing[j] & (gap <= flow_contact))
-        keep &= gap > 0  # a shared (merged) spot is no evidence
-        i, j = i[keep], j[keep]
+    pairs = tree.query_pairs(max(contact, flow_contact), output_type="ndarray").reshape(-1, 2)
+    i, j = pairs[:, 0], pairs[:, 1]
+    keep = (f[i] == f[j]) & (p[i] != p[j])
+    flowing = var_of.reindex(p).fillna(0.0).to_numpy() > 1.0
+    gap = np.hypot(*(xy[i] - xy[j]).T)
+    keep &= (gap <= contact) | (flowing[i] & flowing[j] & (gap <= flow_contact))
+    keep &= gap > 0  # a shared (merged) spot is no evidence
+    i, j = i[keep], j[keep]
+    if len(i):
         lo, hi = np.minimum(p[i], p[j]), np.maximum(p[i], p[j])
         order = np.lexsort((f[i], hi, lo))
         i, j, lo, hi = i[order], j[order], lo[order], hi[order]

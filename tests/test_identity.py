@@ -62,6 +62,9 @@ def test_flowing_particles_exchanged_while_overtaking_are_untangled():
     assert _purity(untangle_tracks(swapped)).min() == 1.0
     assert _purity(untangle_tracks(_overtaking(rng))).min() == 1.0  # correct ones left alone
     assert _purity(untangle_tracks(swapped, flow_contact_px=3.0)).max() < 0.6
+    # still particles 4.5 px apart do not meet (within reach of the flow contact only)
+    still = _two_still_particles(rng).assign(y=lambda t: t["y"] + 2.5 * t["truth"])
+    assert untangle_tracks(still)["particle"].tolist() == still["particle"].tolist()
 
 
 def test_step_variance_is_the_tracks_own_and_input_is_validated():
