@@ -932,7 +932,9 @@ def _split_bright(points, tracks, spots, frames, camera, psf_sigma_px, config):
 
 def _rejoin(tracks: pd.DataFrame, config: GuidedConfig) -> pd.DataFrame:
     """Join track ends to later track starts at the same place, across gaps of up to
-    ``config.rejoin_gap_frames`` frames, one-to-one by least distance (a sparse LAP)."""
+    ``config.rejoin_gap_frames`` frames, one-to-one by least distance (a sparse LAP). A start
+    in the very next frame counts too: the linker may have ended a track on a false spot (a
+    noise fit during a blink) too far from the particle's next one."""
     g = tracks.groupby("particle", sort=True)
     part = np.asarray(list(g.groups.keys()))
     t0, t1 = g["frame"].min().to_numpy(), g["frame"].max().to_numpy()
@@ -949,7 +951,7 @@ def _rejoin(tracks: pd.DataFrame, config: GuidedConfig) -> pd.DataFrame:
     gap = t0[starts] - t1[ends]
     d = np.hypot(*(p0[starts] - p1[ends]).T)
     ratio = sig[starts] / sig[ends]
-    ok = (gap > 1) & (gap <= config.rejoin_gap_frames) & (d <= config.rejoin_radius_px)
+    ok = (gap >= 1) & (gap <= config.rejoin_gap_frames) & (d <= config.rejoin_radius_px)
     ok &= (ratio >= 1 / config.brightness_ratio) & (ratio <= config.brightness_ratio)
     ends, starts, d = ends[ok], starts[ok], d[ok]
     if len(ends) == 0:

@@ -11,7 +11,7 @@ from spt.camera import camera_from_parameters
 from spt.config import PipelineConfig
 from spt.detect import DetectConfig, locate_movie, resolve_camera_and_psf
 from spt.errors import SptInputError
-from spt.guided import GuidedConfig, _Builder, guided_detect, guided_detect_movie
+from spt.guided import GuidedConfig, _Builder, _rejoin, guided_detect, guided_detect_movie
 from spt.io import read_movie, write_movie
 from spt.link import LinkConfig, link
 from spt.localize import pixel_integrals
@@ -313,6 +313,20 @@ def test_rejoin_joins_a_track_hidden_for_longer_than_the_linkers_gap():
         on = _run(tracks, movie, spots)  # defaults: up to 100 frames, 4 px
         assert on["particle"].nunique() == (1 if same_place else 2)
         assert len(on) == len(off)
+
+
+def test_rejoin_joins_a_track_that_starts_in_the_frame_after_another_ends():
+    """The linker ended a still particle's track on a false spot 2.5 px off (a noise fit in
+    a blink) and started a new one in the next frame: the two are one track after rejoining."""
+    rng = np.random.default_rng(3)
+    f = np.arange(60)
+    xy = np.array([30.0, 20.0]) + rng.normal(0, 0.2, (60, 2))
+    xy[29] = [30.0, 22.5]
+    tracks = pd.DataFrame(
+        {"frame": f, "x": xy[:, 0], "y": xy[:, 1], "signal": 300.0, "particle": (f >= 30) * 1}
+    )
+    assert _rejoin(tracks, GuidedConfig())["particle"].nunique() == 1
+    assert _rejoin(tracks, GuidedConfig(rejoin_radius_px=0.5))["particle"].nunique() == 2
 
 
 def test_joining_two_tracks_also_moves_the_spots_taken_into_the_absorbed_one():
