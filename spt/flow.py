@@ -292,12 +292,22 @@ def _seed_along(
         keep = speed >= v_lo
         i, j, step, speed = i[keep], j[keep], step[keep], speed[keep]
         mid = 0.5 * (xy[i] + xy[j])
-        rel = mid[:, None, :] - centre[None]  # (pairs, lines, 2)
-        along = (rel * unit[None]).sum(axis=2)
-        lateral = np.abs(rel[..., 0] * unit[None, :, 1] - rel[..., 1] * unit[None, :, 0])
-        cos = (step[:, None, :] * unit[None]).sum(axis=2) / speed[:, None]
-        ok = (lateral <= reach) & (along >= lo - reach) & (along <= hi + reach)
-        best = np.where(ok, cos, -1.0).max(axis=1)
+        best = np.full(len(i), -1.0)  # cosine to the best-aligned line the pair lies along
+        # each line reaches the pairs within its extent (widened by ``reach``) of its centre
+        radius = np.hypot(np.maximum(np.abs(lo - reach), np.abs(hi + reach)), reach) + 1e-9
+        tree_mid = cKDTree(mid)
+        for k in range(len(centre)):  # one line at a time: memory stays that of one answer
+            near = tree_mid.query_ball_point(centre[k], radius[k])
+            if not near:
+                continue
+            near = np.asarray(near)
+            u0, u1 = unit[k]
+            rel = mid[near] - centre[k]
+            along = rel[:, 0] * u0 + rel[:, 1] * u1
+            lateral = np.abs(rel[:, 0] * u1 - rel[:, 1] * u0)
+            cos = (step[near, 0] * u0 + step[near, 1] * u1) / speed[near]
+            ok = (lateral <= reach) & (along >= lo[k] - reach) & (along <= hi[k] + reach)
+            best[near] = np.maximum(best[near], np.where(ok, cos, -1.0))
         sel = best >= cos_min
         cands += zip(
             [g] * int(sel.sum()),

@@ -1,6 +1,7 @@
 """Flow tracks at low SNR: seeding from unlinked detections, following along the line (spt.flow)."""
 
 import sys
+import tracemalloc
 
 import numpy as np
 import pandas as pd
@@ -9,7 +10,7 @@ from _smaps import mapped_kb
 
 from spt.detect import DetectConfig, locate_movie, resolve_camera_and_psf
 from spt.errors import SptInputError
-from spt.flow import FlowConfig, follow_flow
+from spt.flow import FlowConfig, _seed_along, follow_flow
 from spt.guided import guided_detect
 from spt.io import read_movie, write_movie
 from spt.link import LinkConfig, link
@@ -188,6 +189,53 @@ def test_pair_seeded_along_the_flow_of_followed_tracks():
     assert len(share(out, 2)[0]) == 0  # against the flow: not seeded
     off = follow_flow(tracks, movie, spots=spots, config=FlowConfig(along_gap_frames=0), **kw)
     assert len(share(off, 1)[0]) == 0
+
+
+def test_along_flow_seeds_match_their_definition_in_bounded_memory():
+    """Seeding along known flow lines weighs every (pair of detections, line) combination by
+    its definition (pair within the line's lateral reach and extent, direction within the
+    angle), without holding all pairs x lines at once: a long movie has thousands of each."""
+    rng = np.random.default_rng(0)
+    f = np.repeat(np.arange(300), 8)
+    xy = rng.uniform(0, 256, (len(f), 2))
+    k = 1500
+    centre = rng.uniform(0, 256, (k, 2))
+    angle = rng.uniform(0, 2 * np.pi, k)
+    unit = np.column_stack([np.cos(angle), np.sin(angle)])
+    lo, hi = -rng.uniform(5, 40, k), rng.uniform(5, 40, k)
+    cfg = FlowConfig()
+    v_lo, v_hi = 1.7, 13.3
+    tracemalloc.start()
+    try:
+        seeds = _seed_along(f, xy, (centre, unit, lo, hi), cfg, v_lo, v_hi)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40e6  # all pairs x lines at once: ~500 MB here
+    # the definition, pair by pair over all lines
+    reach, cos_min = cfg.along_lateral_px, np.cos(np.radians(cfg.along_angle_deg))
+    expected = []
+    for g in range(1, cfg.along_gap_frames + 1):
+        for a in range(len(f)):
+            for b in np.flatnonzero(f == f[a] + g):
+                step = (xy[b] - xy[a]) / g
+                speed = np.hypot(*step)
+                if not v_lo <= speed <= v_hi:
+                    continue
+                rel = 0.5 * (xy[a] + xy[b]) - centre
+                along = (rel * unit).sum(axis=1)
+                lateral = np.abs(rel[:, 0] * unit[:, 1] - rel[:, 1] * unit[:, 0])
+                ok = (lateral <= reach) & (along >= lo - reach) & (along <= hi + reach)
+                cos = (unit @ step) / speed
+                if ok.any() and cos[ok].max() >= cos_min:
+                    expected.append((g, -cos[ok].max(), a, b))
+    used, want = set(), []
+    for _, _, a, b in sorted(expected):
+        if a not in used and b not in used:
+            used |= {a, b}
+            want.append([a, b])
+    assert len(want) > 50
+    assert [list(s) for s in seeds] == want
 
 
 def test_fit_window_holds_the_streak_of_fast_flow():
