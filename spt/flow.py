@@ -284,6 +284,8 @@ def _seed_along(
     tree = cKDTree(np.column_stack([xy, f * sep]))
     cos_min = math.cos(math.radians(config.along_angle_deg))
     reach = config.along_lateral_px
+    # each line reaches the pairs within its extent (widened by ``reach``) of its centre
+    radius = np.hypot(np.maximum(np.abs(lo - reach), np.abs(hi + reach)), reach) + 1e-9
     cands = []
     for g in range(1, gmax + 1):
         i, j = _flatten(tree.query_ball_point(np.column_stack([xy, (f + g) * sep]), v_hi * g))
@@ -293,8 +295,6 @@ def _seed_along(
         i, j, step, speed = i[keep], j[keep], step[keep], speed[keep]
         mid = 0.5 * (xy[i] + xy[j])
         best = np.full(len(i), -1.0)  # cosine to the best-aligned line the pair lies along
-        # each line reaches the pairs within its extent (widened by ``reach``) of its centre
-        radius = np.hypot(np.maximum(np.abs(lo - reach), np.abs(hi + reach)), reach) + 1e-9
         tree_mid = cKDTree(mid)
         for k in range(len(centre)):  # one line at a time: memory stays that of one answer
             near = tree_mid.query_ball_point(centre[k], radius[k])
@@ -507,8 +507,11 @@ class _Follower:
             seeds.add(next_id)
             next_id += 1
         # flow tracks: straight and fast near an end (a whole track bends with the jitter)
+        # each track's points, kept up to date from here on (takes, fits, joins, new seeds)
+        self.members = {k: v.tolist() for k, v in _members(self.owner).items()}
         flow = []
-        for p, idx in _members(self.owner).items():
+        for p, idx in self.members.items():
+            idx = np.array(idx)
             if p in seeds:
                 flow.append(int(p))
                 continue
@@ -523,8 +526,6 @@ class _Follower:
                     break
         self.flow = set(flow)
         self.alias: dict[int, int] = {}
-        # each track's points, kept up to date while following (takes, fits, joins)
-        self.members = {k: v.tolist() for k, v in _members(self.owner).items()}
         for direction in (1, -1):
             for p in flow:
                 if self._root(p) == p:
@@ -550,10 +551,9 @@ class _Follower:
         if cfg.join_gap_frames:
             self._join_fragments(v_lo)
         # a seed must be confirmed by what following it found (track-before-detect)
-        members = _members(self.owner)
         for p in seeds:
-            if self._root(p) == p and len(members.get(p, ())) < cfg.min_seed_points:
-                self.owner[members.get(p, [])] = -1
+            if self._root(p) == p and len(self.members.get(p, ())) < cfg.min_seed_points:
+                self.owner[self.members.get(p, [])] = -1
         return self._table()
 
     def _join_fragments(self, v_lo: float) -> None:
@@ -563,10 +563,9 @@ class _Follower:
         cfg = self.config
         w = cfg.velocity_window
         roots = sorted({self._root(p) for p in self.flow})
-        members = _members(self.owner)
         ends = []  # (track, first t, last t, head line, tail line, median n)
         for p in roots:
-            idx = members.get(p, np.empty(0, np.int64))
+            idx = np.sort(np.asarray(self.members.get(p, []), np.int64))
             if len(idx) < 3:
                 continue
             idx = idx[np.argsort(self.f[idx])]
@@ -609,9 +608,9 @@ class _Follower:
             ok &= ~(np.maximum(na, bright) > cfg.brightness_ratio * np.minimum(na, bright))
             # overlapping in time (two pieces of one streak followed into each other): only
             # if no frame holds a spot of both
-            frames_a = self.f[members[ends[a][0]]]
+            frames_a = self.f[self.members[ends[a][0]]]
             for k in np.flatnonzero(ok & (h < 1)):
-                ok[k] = not np.isin(self.f[members[ends[k][0]]], frames_a).any()
+                ok[k] = not np.isin(self.f[self.members[ends[k][0]]], frames_a).any()
             b = np.flatnonzero(ok)
             if len(b) == 0:
                 continue
