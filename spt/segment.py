@@ -9,6 +9,7 @@ Owns :func:`segment_tracks`, which cuts each track where its local motion model 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -466,10 +467,10 @@ def _stretch_cost(sums, g, k, mu0, mu1, floor):  # pragma: no cover
 
 
 @njit(cache=True)
-def _optimal_partition(d, n, A, B, C, floor, L, pen, margin):  # pragma: no cover
-    """Exact optimal partitioning of the steps (d, n) into stretches of >= L steps, each with its
-    own MA(1) model, with PELT pruning (Killick et al., JASA 2012); returns the segment starts
-    (step indices, ascending, without 0).
+def _optimal_partition(d, n, A, B, C, floor, L, pen, margin, max_len):  # pragma: no cover
+    """Exact optimal partitioning of the steps (d, n) into stretches of L to ``max_len`` steps,
+    each with its own MA(1) model, with PELT pruning (Killick et al., JASA 2012); returns the
+    segment starts (step indices, ascending, without 0).
 
     A stretch's steps have mean ``mu n`` (mu: its net displacement per frame), per-axis variance
     ``s2 (A_g + B_g n)`` and covariance ``s2 C_g`` between neighbours, for the grid value g that
@@ -478,6 +479,9 @@ def _optimal_partition(d, n, A, B, C, floor, L, pen, margin):  # pragma: no cove
     b one backward LDL^T pass over the steps gives the cost of every stretch [i, b) at every grid
     value; the best g is followed along i by a local search on the grid (the profile is smooth
     in g and changes little from one i to the next).
+
+    The cap ``max_len`` bounds the work at O(m max_len) for m steps; the pruning stays valid
+    under it, since a start pruned at end b' is beaten by the later start b' at every later end.
     """
     m, G = n.size, A.size
     F = np.full(m + 1, np.inf)
@@ -488,7 +492,7 @@ def _optimal_partition(d, n, A, B, C, floor, L, pen, margin):  # pragma: no cove
     sums = np.empty((10, G))
     lo = 0
     for b in range(L, m + 1):
-        while lo < b and pruned_at[lo] + L <= b:
+        while lo < b and (pruned_at[lo] + L <= b or lo < b - max_len):
             lo += 1
         best, arg = np.inf, -1
         _ldl_reset(sums)
@@ -531,9 +535,61 @@ def _optimal_partition(d, n, A, B, C, floor, L, pen, margin):  # pragma: no cove
     return res
 
 
+@njit(cache=True)
+def _stretch_min_cost(d, n, A, B, C, floor, i, b):  # pragma: no cover - compiled
+    """Cost of the stretch of steps [i, b) at its best grid value (:func:`_optimal_partition`)."""
+    sums = np.empty((10, A.size))
+    _ldl_reset(sums)
+    sd0, sd1, sn = 0.0, 0.0, 0.0
+    for j in range(b - 1, i - 1, -1):
+        _ldl_push(A, B, n[j], C, d[j, 0], d[j, 1], n[j], b - j, sums)
+        sd0 += d[j, 0]
+        sd1 += d[j, 1]
+        sn += n[j]
+    best = np.inf
+    for g in range(A.size):
+        best = min(best, _stretch_cost(sums, g, b - i, sd0 / sn, sd1 / sn, floor))
+    return best
+
+
+def _merge_stretches(starts: np.ndarray, m: int, pen: float, cost: Callable) -> np.ndarray:
+    """Merge neighbouring stretches while that lowers the penalised cost, the best merge first.
+
+    A merge joins two or three neighbouring stretches (three: a short stretch between two
+    others may pay for its two cuts only together). ``starts`` are segment starts (without 0) of
+    ``m`` steps; ``cost(i, b)`` is the cost of the stretch [i, b). Returns the starts that remain.
+    """
+    bounds = [0, *(int(s) for s in starts), m]
+    known: dict[tuple[int, int], float] = {}
+
+    def c(a: int, b: int) -> float:
+        if (a, b) not in known:
+            known[a, b] = cost(a, b)
+        return known[a, b]
+
+    while len(bounds) > 2:
+        best, cut = 0.0, (0, 0)
+        for k in range(len(bounds) - 2):
+            for span in (2, 3)[: len(bounds) - 1 - k - 1]:
+                parts = sum(c(bounds[k + q], bounds[k + q + 1]) for q in range(span))
+                gain = parts + (span - 1) * pen - c(bounds[k], bounds[k + span])
+                if gain > best:
+                    best, cut = gain, (k + 1, k + span)
+        if best <= 0:
+            break
+        del bounds[cut[0] : cut[1]]
+    return np.asarray(bounds[1:-1], np.int64)
+
+
 # PELT keeps a start until it is this much (-2 log L) worse than the best: splitting a stretch
 # need not lower an MA(1) cost exactly (the correlation across the cut is lost).
 _PELT_MARGIN = 0.0
+
+#: Longest stretch (steps) the optimal partitioning considers: the cost of a track of m steps is
+#: O(m x this) instead of O(m^2) (a 3 000-point track without changes took 0.2 s). The
+#: partition of a longer track is then completed by :func:`_merge_stretches`; tracks of up to
+#: this many steps get the exact optimum.
+_MAX_STRETCH_STEPS = 600
 
 
 def changepoints(
@@ -570,16 +626,15 @@ def changepoints(
         return np.zeros(0, np.int64)
     pen = config.changepoint_penalty * 5 * np.log(2 * inc.m)
     # Increment k joins localisations k and k+1; the new motion starts at localisation k.
-    return _optimal_partition(
-        np.ascontiguousarray(inc.d),
-        inc.n,
-        -2.0 * _RHO_GRID,
-        1.0 + 2.0 * _RHO_GRID,
-        _RHO_GRID,
-        inc.floor,
-        L,
-        pen,
-        _PELT_MARGIN,
+    d = np.ascontiguousarray(inc.d)
+    A, B, C = -2.0 * _RHO_GRID, 1.0 + 2.0 * _RHO_GRID, _RHO_GRID
+    starts = _optimal_partition(
+        d, inc.n, A, B, C, inc.floor, L, pen, _PELT_MARGIN, _MAX_STRETCH_STEPS
+    )
+    if inc.m <= _MAX_STRETCH_STEPS:
+        return starts
+    return _merge_stretches(
+        starts, inc.m, pen, lambda i, b: _stretch_min_cost(d, inc.n, A, B, C, inc.floor, i, b)
     )
 
 

@@ -228,6 +228,38 @@ def test_changepoints_are_the_exact_optimal_partition():
         assert np.min(np.abs(cps - 25)) <= 3 or np.min(np.abs(cps - 45)) <= 3
 
 
+def test_long_tracks_are_partitioned_in_bounded_stretches_then_merged(monkeypatch):
+    """A track longer than ``_MAX_STRETCH_STEPS`` is partitioned with stretches of at most that
+    many steps (bounded work), then neighbouring stretches are merged: a long track without a
+    change comes out whole, and one with changes gets the exact optimum's change points."""
+    import spt.segment as seg
+
+    monkeypatch.setattr(seg, "_MAX_STRETCH_STEPS", 150)
+    rng = np.random.default_rng(4)
+    cfg = SegmentConfig()
+    whole = brownian(rng, 700, 0.1, SIGMA_PX)
+    assert changepoints(np.arange(700), whole, cfg).size == 0
+    # the cap itself: no stretch between consecutive starts is longer than it
+    inc = seg._Increments(np.arange(700), whole)
+    rho = seg._RHO_GRID
+    starts = seg._optimal_partition(
+        np.ascontiguousarray(inc.d), inc.n, -2 * rho, 1 + 2 * rho, rho, inc.floor, 5,
+        cfg.changepoint_penalty * 5 * np.log(2 * inc.m), seg._PELT_MARGIN, 150,
+    )  # fmt: skip
+    assert starts.size >= 4
+    assert np.diff(np.r_[0, starts, inc.m]).max() <= 150
+
+    a = confined(rng, 260, 1.5, 0.05, SIGMA_PX)
+    b = directed(rng, 40, (0.6, 0.3), 0.0, SIGMA_PX, start=a[-1])
+    c = brownian(rng, 400, 0.3, SIGMA_PX, start=b[-1])
+    xy = np.vstack([a, b, c])
+    capped = changepoints(np.arange(len(xy)), xy, cfg)
+    monkeypatch.setattr(seg, "_MAX_STRETCH_STEPS", 10**9)
+    exact = changepoints(np.arange(len(xy)), xy, cfg)
+    assert capped.tolist() == exact.tolist()
+    assert np.min(np.abs(capped - 260)) <= 3 and np.min(np.abs(capped - 300)) <= 3
+
+
 def test_short_confinement_is_decided_on_its_population():
     """Confinement that lasts only 6 relaxation times (r 0.4 um, D 0.02 um^2/s, 360 frames, as
     the simulator's perinuclear stage) often spreads as far as free diffusion would; pooling the
