@@ -489,11 +489,12 @@ def run_batch(
     # while they warm up (their work comes later, while this process waits for it); those of a
     # given context (the ``spt`` command's helper server) are forked warm, when needed.
     niceness = 10 if runner is not _run_pool and mp_context is None else 0
-    pool_context = (
-        _worker_pool(n_workers, progress, niceness, mp_context)
-        if local
-        else contextlib.nullcontext()
-    )
+    if local:
+        pool_context = _worker_pool(n_workers, progress, niceness, mp_context)
+    elif runner is _run_dask:
+        pool_context = _dask_client(scheduler)
+    else:
+        pool_context = contextlib.nullcontext()
     with pool_context as pool:
         try:
             runner(
@@ -515,7 +516,7 @@ def run_batch(
         outcome = BatchOutcome(summary, out, [kept[i] for i in sorted(kept)])
         if outcome.folders:
             write_table(summary, out / "batch_summary.csv")
-            # The local workers, idle now, draw the batch report's figures.
+            # The workers (local or Dask's), idle now, draw the batch report's figures.
             write_batch_outputs(outcome, config, force=force, executor=pool, read_back=read_back)
     return outcome
 
@@ -911,11 +912,11 @@ def _dask_task(job: MovieJob, out: Path, config: PipelineConfig, topic: str) -> 
         return process_one(job, out, config, report=report, detect_threads=threads)
 
 
-def _run_dask(jobs, out, config, cores, scheduler, progress, done, pool) -> None:
-    """A Dask distributed cluster: the same tasks as the local pool, scheduled by Dask."""
+@contextlib.contextmanager
+def _dask_client(scheduler: str) -> Iterator[Any]:
+    """A ``dask.distributed.Client`` of the cluster at ``scheduler``, closed on exit."""
     try:
         from distributed import Client
-        from distributed import as_completed as dask_as_completed
     except ImportError:  # pragma: no cover - depends on the installation
         raise SptInputError(
             "--scheduler", "needs dask.distributed: pip install 'spt[dask]'"
@@ -924,6 +925,18 @@ def _run_dask(jobs, out, config, cores, scheduler, progress, done, pool) -> None
         client = Client(scheduler, timeout="20s", set_as_default=False)
     except OSError as err:
         raise SptInputError(scheduler, f"cannot reach the Dask scheduler ({err})") from None
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _run_dask(jobs, out, config, cores, scheduler, progress, done, pool) -> None:
+    """A Dask distributed cluster (``pool``: its client): the same tasks as the local pool,
+    scheduled by Dask."""
+    from distributed import as_completed as dask_as_completed
+
+    client = pool
     # Workers may run elsewhere, in another working directory: send absolute paths.
     out = out.resolve()
     jobs = [
@@ -953,4 +966,3 @@ def _run_dask(jobs, out, config, cores, scheduler, progress, done, pool) -> None
                 done(k, _result_or_failure(future, jobs[k], out))
     finally:
         client.unsubscribe_topic(topic)
-        client.close()

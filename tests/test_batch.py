@@ -335,6 +335,12 @@ def test_dask_local_cluster_gives_the_results_of_a_local_run(movies, reference, 
         one = movies / "m3.ome.tif"
         single = run_batch([one], tmp_path / "one", CONFIG, scheduler=address)
         assert single.summary["status"].tolist() == ["ok"]
+        # with reports: the batch report's figures are drawn by the cluster's workers
+        assert "draw" not in cluster.scheduler.task_prefixes  # (Dask drops the "_")
+        two = [one, movies / "day1" / "m1.ome.tif"]
+        run_batch(two, tmp_path / "rep", PipelineConfig(), scheduler=address)
+        assert (tmp_path / "rep" / "batch_report.html").is_file()
+        assert "draw" in cluster.scheduler.task_prefixes
     _assert_same_results(tmp_path / "one", reference, folders=["m3"])
 
 
