@@ -1,7 +1,8 @@
 """Flow tracks: follow particles carried by flow along their straight line, at low SNR.
 
 Owns :class:`FlowConfig` and :func:`follow_flow`, a last pass after track-guided re-detection
-that seeds flow tracks from unlinked detections and extends every flow track to its full length.
+that seeds flow tracks from unlinked detections, extends every flow track to its full length and
+fills its gaps.
 """
 
 from __future__ import annotations
@@ -132,6 +133,9 @@ class FlowConfig:
     along_lateral_px: float = 15.0
     window_blur_frames: float = 0.5
     join_overlap_frames: int = 6
+    fill_gap_frames: int = 30
+    fill_min_snr: float = 2.5
+    fill_min_hit_fraction: float = 0.3
 
     def __post_init__(self) -> None:
         if not 0 < self.min_speed_um_s < self.max_speed_um_s:
@@ -148,8 +152,10 @@ class FlowConfig:
             )
         if self.miss_snr_step < 0 or self.min_seed_points < 2 or self.join_gap_frames < 0:
             raise ValueError("miss_snr_step >= 0, min_seed_points >= 2, join_gap_frames >= 0")
-        if self.join_overlap_frames < 0:
-            raise ValueError("join_overlap_frames must be >= 0")
+        if self.join_overlap_frames < 0 or self.fill_gap_frames < 0:
+            raise ValueError("join_overlap_frames and fill_gap_frames must be >= 0")
+        if self.fill_min_snr < 0 or not 0 <= self.fill_min_hit_fraction <= 1:
+            raise ValueError("fill_min_snr >= 0, 0 <= fill_min_hit_fraction <= 1")
         if self.along_gap_frames < 0 or not 0 < self.along_angle_deg < 90:
             raise ValueError("along_gap_frames >= 0, 0 < along_angle_deg < 90")
         if self.along_lateral_px <= 0 or self.window_blur_frames < 0:
@@ -364,7 +370,10 @@ def follow_flow(
       leaves the field. A detection in no track at the prediction is taken; the first (last)
       spot of another flow track joins the two;
     * **joining**: the end of a flow track and the start of a later one whose lines reach each
-      other's spots (within ``join_gap_frames``) are joined, one-to-one by a sparse LAP.
+      other's spots (within ``join_gap_frames``) are joined, one-to-one by a sparse LAP;
+    * **gap filling**: each frame missing inside a flow track (up to ``fill_gap_frames``) is
+      fitted at the straight line between the spots either side, where the particle is far
+      better known (a Brownian bridge) than following could predict from one side.
 
     Parameters
     ----------
@@ -554,7 +563,52 @@ class _Follower:
         for p in seeds:
             if self._root(p) == p and len(self.members.get(p, ())) < cfg.min_seed_points:
                 self.owner[self.members.get(p, [])] = -1
+        if cfg.fill_gap_frames:
+            self._fill_gaps()
+            release_mapped_pages(self.frames)
         return self._table()
+
+    def _fill_gaps(self) -> None:
+        """Fit the frames missing inside each flow track, at the straight line between the spots
+        either side of the gap.
+
+        A random walk with drift, pinned at both ends of a gap of ``G`` frames, is a Brownian
+        bridge: its mean ``h`` frames in is the linear interpolation of the two spots (the drift
+        cancels), its variance per axis ``var_lat * h * (G - h) / G``, at most a quarter of the
+        one-sided prediction's ``var_lat * G`` that following had at the gap's middle. So the
+        search region is small (2 s.d., not following's 2.5: at SNR 2-3 a fit further off has
+        mostly been pulled onto a noise peak), and a fit is accepted at ``fill_min_snr``
+        whatever the gap's length; gaps longer than ``fill_gap_frames`` are left (a blink, or a
+        join across one), and so are a gap's spots if fewer than ``fill_min_hit_fraction`` of
+        its frames have one. Another track's spot in the gap is not joined (joins are
+        :meth:`_join_fragments`' and following's).
+        """
+        cfg = self.config
+        for p in sorted({self._root(q) for q in self.flow}):
+            idx = self.members.get(p)
+            if not idx or self.owner[idx[0]] != p:
+                continue  # joined into another track, or an unconfirmed seed
+            idx = np.array(idx)
+            idx = idx[np.argsort(self.f[idx])]
+            ref = float(np.median(self.n[idx]))
+            gaps = np.diff(self.f[idx])
+            for a in np.flatnonzero((gaps > 1) & (gaps <= cfg.fill_gap_frames + 1)):
+                ka, kb = int(idx[a]), int(idx[a + 1])
+                gap = int(self.f[kb] - self.f[ka])
+                step = (self.xy[kb] - self.xy[ka]) / gap
+                self._need, self._speed = cfg.fill_min_snr, math.hypot(*step)
+                got = []
+                for h in range(1, gap):
+                    pred = self.xy[ka] + step * h
+                    sd = math.sqrt(self.var_lat * (h * (gap - h) / gap + 0.5))
+                    radius = math.hypot(cfg.search_radius_px, 2.0 * sd)
+                    k = self._take_or_fit(p, int(self.f[ka]) + h, pred, radius, ref, 0)
+                    if k >= 0:
+                        got.append(k)
+                if got and len(got) < cfg.fill_min_hit_fraction * (gap - 1):
+                    # a blink: the dot was off, the few fits that passed are noise
+                    self.owner[got] = -1
+                    del self.members[p][-len(got) :]
 
     def _join_fragments(self, v_lo: float) -> None:
         """Join the end of a flow track to the start of a later one on its line (one-to-one,
@@ -683,7 +737,8 @@ class _Follower:
             h = misses + 1
             sd = math.sqrt(self.var_lat * (h + 0.5) + 3.0 * (rms * h / span) ** 2)
             radius = math.hypot(cfg.search_radius_px, 2.5 * sd)
-            self._misses, self._speed = misses, math.hypot(*vel)
+            self._need = cfg.min_snr + cfg.miss_snr_step * misses
+            self._speed = math.hypot(*vel)
             got = self._take_or_fit(p, t, pred, radius, ref, direction)
             if got == _JOINED:
                 return
@@ -700,7 +755,8 @@ class _Follower:
     def _take_or_fit(self, p, t, pred, radius, ref, direction) -> int:
         """Give track ``p`` a spot in frame ``t`` near ``pred``: an unlinked detection, or a
         fit there. Returns the point's index, -1 if none, or ``_JOINED`` if the spot there
-        began another flow track, which is joined to ``p``."""
+        began (``direction`` 1) or ended (-1) another flow track, which is joined to ``p``
+        (``direction`` 0: never)."""
         cfg = self.config
         lo, hi = ref / cfg.brightness_ratio, ref * cfg.brightness_ratio
         close = self._near(t, pred, max(cfg.join_radius_px, radius))
@@ -714,7 +770,7 @@ class _Follower:
                 self.owner[k] = p
                 self.members[p].append(int(k))
                 return int(k)
-            if o >= 0 and o != p and o in self.flow and d <= cfg.join_radius_px:
+            if direction and o >= 0 and o != p and o in self.flow and d <= cfg.join_radius_px:
                 other = self.members[o]
                 edge = self.f[other].min() if direction > 0 else self.f[other].max()
                 if own_frames is None:
@@ -756,8 +812,7 @@ class _Follower:
         with np.errstate(invalid="ignore", divide="ignore"):
             snr = fit.photons[0] / fit.photons_err[0]
         x, y, n = fit.x[0], fit.y[0], fit.photons[0]
-        need = self.config.min_snr + self.config.miss_snr_step * self._misses
-        ok = bool(fit.ok[0]) and snr >= need and lo <= n <= hi
+        ok = bool(fit.ok[0]) and snr >= self._need and lo <= n <= hi
         ok = ok and np.hypot(x - pred[0], y - pred[1]) <= radius
         if not ok:
             return -1

@@ -277,6 +277,35 @@ def test_interleaved_pieces_of_one_crossing_are_joined():
     assert off["particle"].nunique() == 2
 
 
+def test_gaps_inside_a_flow_track_are_fitted_but_not_blinks():
+    """Frames missing inside a flow track (the particle there, its spot not found) are fitted
+    at the line between the spots either side and join the track; a gap where the dot blinked
+    off (dark for 6 frames) stays empty."""
+    truth = _flow_truth(3, 6.0, seed=9)
+    first = truth.groupby("particle")["frame"].transform("min")
+    dark = (truth["particle"] == 0) & (truth["frame"] - first).between(20, 25)
+    truth.loc[dark, "visible"] = False
+    vis = truth[truth["visible"]].reset_index(drop=True)
+    rel = (vis["frame"] - vis.groupby("particle")["frame"].transform("min")).to_numpy()
+    hidden = np.isin(rel, [8, 9, 10, 11, 14, 15, 16])  # the particle is there, undetected
+    tracks = vis.loc[~hidden, ["frame", "x", "y", "particle"]].assign(signal=150.0)
+    movie = _movie(truth, int(truth["frame"].max()) + 1, seed=10)
+    camera, sigma = resolve_camera_and_psf(movie[:32], _CALIBRATED)
+    kw = dict(camera=camera, psf_sigma_px=sigma, pixel_size_um=PX, frame_interval_s=DT)
+    out = follow_flow(tracks, movie, **kw)
+    gaps = vis[hidden].reset_index(drop=True)
+    m = match_spots(gaps, out, max_dist=1.5)
+    same = gaps["particle"].to_numpy()[m.truth_index] == out["particle"].to_numpy()[m.found_index]
+    assert same.sum() >= 0.8 * len(gaps)  # most hidden frames now hold the particle's spot
+    assert out["particle"].nunique() == 3
+    # nothing fitted in the dark frames
+    dark_frames = truth.loc[dark, "frame"].to_numpy()
+    own = out[out["particle"] == out.loc[out["frame"] == dark_frames[0] - 1, "particle"].iloc[0]]
+    assert not np.isin(own["frame"], dark_frames).any()
+    off = follow_flow(tracks, movie, config=FlowConfig(fill_gap_frames=0), **kw)
+    assert len(off) == len(tracks)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
 def test_memory_mapped_movie_pages_are_released(tmp_path):
     """Following flow tracks reads a window of one frame per fit: on a memory-mapped movie the
