@@ -29,6 +29,9 @@ __all__ = ["FlowConfig", "follow_flow"]
 _JOINED = -2
 #: Fits between two releases of a memory-mapped movie's pages (:func:`release_mapped_pages`).
 _FITS_PER_RELEASE = 64
+#: Owner of a fit that was given up (an unconfirmed seed's, a blink's, an unconfirmed step's):
+#: in no track, and not a detection another track may take.
+_DISCARDED = -3
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,13 @@ class FlowConfig:
         own uncertainty (2.5 s.d.).
     brightness_ratio : float
         A fit's signal must lie within this factor of the track's median signal.
+    confirm_after_misses : bool
+        After misses, a fit with ``min_snr <= signal / signal_err`` short of the raised
+        threshold ``need`` (``miss_snr_step``) is kept if the next frame, predicted from it,
+        yields a detection, or a fit whose squared SNR summed with the first's reaches
+        ``need**2 + min_snr**2`` (the two frames' evidence together: a noise peak rarely falls
+        on the line in two frames running); if not, both frames count as missed. Off: such a
+        fit is refused.
     max_misses : int
         Frames in a row without a spot after which a track end is not followed further (the
         prediction goes on through them: blinking, a spot too dim in one frame).
@@ -121,6 +131,7 @@ class FlowConfig:
     search_radius_px: float = 1.5
     brightness_ratio: float = 2.5
     max_misses: int = 3
+    confirm_after_misses: bool = True
     seed_gap_frames: int = 3
     seed_radius_px: float = 2.5
     seed_pairs: bool = True
@@ -364,11 +375,11 @@ def follow_flow(
       end), the next frame's position is predicted from the last spot (weighted with the line,
       as a steady-state Kalman filter of drift plus random walk) moved by the line's velocity;
       a pixel-integrated Gaussian is fitted there by Poisson MLE (Smith et al., Nat Methods
-      2010) and accepted at a low SNR, higher after each frame without a spot (u-track's
-      Kalman propagation and gap closing, Jaqaman et al., Nat Methods 2008, applied to the
-      image), through up to ``max_misses`` frames in a row without a spot, until the line
-      leaves the field. A detection in no track at the prediction is taken; the first (last)
-      spot of another flow track joins the two;
+      2010) and accepted at a low SNR, higher after each frame without a spot unless the
+      next frame confirms it (u-track's Kalman propagation and gap closing, Jaqaman et al.,
+      Nat Methods 2008, applied to the image), through up to ``max_misses`` frames in a row
+      without a spot, until the line leaves the field. A detection in no track at the
+      prediction is taken; the first (last) spot of another flow track joins the two;
     * **joining**: the end of a flow track and the start of a later one whose lines reach each
       other's spots (within ``join_gap_frames``) are joined, one-to-one by a sparse LAP;
     * **gap filling**: each frame missing inside a flow track (up to ``fill_gap_frames``) is
@@ -441,6 +452,7 @@ class _Follower:
         pts = pd.concat(parts, ignore_index=True)
         # point arrays with spare room at the end: fits are added one at a time
         self.size = len(pts)
+        self.n_measured = self.size  # points from here on are the flow pass's own fits
         cap = self.size + 1024
         self._f = np.empty(cap, np.int64)
         self._xy = np.empty((cap, 2))
@@ -498,6 +510,11 @@ class _Follower:
         t = int(t)
         self.by_frame[t] = np.append(self.by_frame.get(t, np.empty(0, np.int64)), k)
         return k
+
+    def _release(self, points) -> None:
+        """Put ``points`` in no track: detections become free again, fits are discarded."""
+        points = np.asarray(points, np.int64)
+        self.owner[points] = np.where(points < self.n_measured, -1, _DISCARDED)
 
     def run(self) -> pd.DataFrame:
         cfg = self.config
@@ -562,7 +579,7 @@ class _Follower:
         # a seed must be confirmed by what following it found (track-before-detect)
         for p in seeds:
             if self._root(p) == p and len(self.members.get(p, ())) < cfg.min_seed_points:
-                self.owner[self.members.get(p, [])] = -1
+                self._release(self.members.get(p, []))
         if cfg.fill_gap_frames:
             self._fill_gaps()
             release_mapped_pages(self.frames)
@@ -607,7 +624,7 @@ class _Follower:
                         got.append(k)
                 if got and len(got) < cfg.fill_min_hit_fraction * (gap - 1):
                     # a blink: the dot was off, the few fits that passed are noise
-                    self.owner[got] = -1
+                    self._release(got)
                     del self.members[p][-len(got) :]
 
     def _join_fragments(self, v_lo: float) -> None:
@@ -712,6 +729,8 @@ class _Follower:
         signals = sorted(self.n[idx].tolist())
         misses = 0
         line = None
+        # a dim fit after misses, to be confirmed: (point, misses before it, need, its SNR)
+        pending = None
         while True:
             if line is None:  # the track changed: its line, anchor and brightness again
                 end_t = int(self.f[idx[-1]])
@@ -719,7 +738,7 @@ class _Follower:
                 f_end = self.f[near_end].astype(float)
                 centre, vel, rms, tm = line = _line(f_end, self.xy[near_end])
                 if math.hypot(*vel) < self.v_lo or rms > cfg.max_residual_px:
-                    return
+                    break
                 ref = _median_of_sorted(signals)
                 # drift plus a random walk: the last spot says more about where the particle
                 # is than the straight line does (a steady-state Kalman gain); the line gives
@@ -730,27 +749,56 @@ class _Follower:
                 span = max(1.0, float(np.ptp(f_end)))
             t = end_t + direction * (misses + 1)
             if not 0 <= t < n_frames:
-                return
+                break
             pred = anchor + vel * (t - end_t)
             if not (-0.5 < pred[0] < nx - 0.5 and -0.5 < pred[1] < ny - 0.5):
-                return
+                break
             h = misses + 1
             sd = math.sqrt(self.var_lat * (h + 0.5) + 3.0 * (rms * h / span) ** 2)
             radius = math.hypot(cfg.search_radius_px, 2.5 * sd)
-            self._need = cfg.min_snr + cfg.miss_snr_step * misses
+            need = cfg.min_snr + cfg.miss_snr_step * misses
+            self._need = cfg.min_snr if cfg.confirm_after_misses else need
             self._speed = math.hypot(*vel)
             got = self._take_or_fit(p, t, pred, radius, ref, direction)
             if got == _JOINED:
                 return
+            fit = got >= self.n_measured
+            if pending is not None and got >= 0 and fit:
+                # the pair's evidence: as much as a fit at the threshold and one at min_snr
+                _, _, need0, snr0 = pending
+                if snr0**2 + self.fit_snr**2 < need0**2 + cfg.min_snr**2:
+                    self.members[p].remove(got)
+                    self._release([got])
+                    got = -1
             if got >= 0:
+                # after misses, a fit short of ``need`` stands only if the next frame has a spot
+                dim = fit and not self.fit_snr >= need
+                pending = (got, misses, need, self.fit_snr) if dim and pending is None else None
                 idx.append(got)
                 insort(signals, float(self.n[got]))
                 misses = 0
                 line = None
+            elif pending is not None:
+                # not confirmed: on from the spot before it, both frames missed
+                self._unfollow(p, idx, signals, pending[0])
+                misses, pending = pending[1] + 2, None
+                line = None
+                if misses > cfg.max_misses:
+                    return
             else:
                 misses += 1
                 if misses > cfg.max_misses:
                     return
+        if pending is not None:
+            self._unfollow(p, idx, signals, pending[0])
+
+    def _unfollow(self, p: int, idx: list, signals: list, k: int) -> None:
+        """Take the last point ``k`` (an unconfirmed fit) off track ``p`` being followed
+        (``idx``: its points towards the end followed; ``signals``: theirs, sorted)."""
+        idx.pop()
+        signals.remove(float(self.n[k]))
+        self.members[p].remove(k)
+        self._release([k])
 
     def _take_or_fit(self, p, t, pred, radius, ref, direction) -> int:
         """Give track ``p`` a spot in frame ``t`` near ``pred``: an unlinked detection, or a
@@ -780,7 +828,7 @@ class _Follower:
                     self.members[p] += self.members.pop(o)
                     self.alias[o] = p
                     return _JOINED
-        if any(np.hypot(*(self.xy[k] - pred)) <= 2.0 and self.owner[k] != -1 for k in close):
+        if any(np.hypot(*(self.xy[k] - pred)) <= 2.0 and self.owner[k] >= 0 for k in close):
             return -1  # another track's spot there: do not fit over it
         return self._fit(p, t, pred, radius, lo, hi)
 
@@ -810,13 +858,13 @@ class _Follower:
             read_var=self.camera.read_var_effective,
         )
         with np.errstate(invalid="ignore", divide="ignore"):
-            snr = fit.photons[0] / fit.photons_err[0]
+            snr = self.fit_snr = float(fit.photons[0] / fit.photons_err[0])
         x, y, n = fit.x[0], fit.y[0], fit.photons[0]
         ok = bool(fit.ok[0]) and snr >= self._need and lo <= n <= hi
         ok = ok and np.hypot(x - pred[0], y - pred[1]) <= radius
         if not ok:
             return -1
-        if len(self._near(t, np.array([x, y]), 1.0)):
+        if (self.owner[self._near(t, np.array([x, y]), 1.0)] != _DISCARDED).any():
             return -1
         k = self._add_point(t, x, y, n, p)
         self.new_rows.append((p, t, x, y, n, fit.background[0], fit.x_err[0], fit.y_err[0], k))
