@@ -1,7 +1,8 @@
 """Flow tracks: follow particles carried by flow along their straight line, at low SNR.
 
 Owns :class:`FlowConfig` and :func:`follow_flow`, a last pass after track-guided re-detection
-that seeds flow tracks from unlinked detections and extends every flow track to its full length.
+that seeds flow tracks from unlinked detections, extends every flow track to its full length and
+fills its gaps.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ __all__ = ["FlowConfig", "follow_flow"]
 _JOINED = -2
 #: Fits between two releases of a memory-mapped movie's pages (:func:`release_mapped_pages`).
 _FITS_PER_RELEASE = 64
+#: Owner of a fit that was given up (an unconfirmed seed's, a blink's, an unconfirmed step's):
+#: in no track, and not a detection another track may take.
+_DISCARDED = -3
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,13 @@ class FlowConfig:
         own uncertainty (2.5 s.d.).
     brightness_ratio : float
         A fit's signal must lie within this factor of the track's median signal.
+    confirm_after_misses : bool
+        After misses, a fit with ``min_snr <= signal / signal_err`` short of the raised
+        threshold ``need`` (``miss_snr_step``) is kept if the next frame, predicted from it,
+        yields a detection, or a fit whose squared SNR summed with the first's reaches
+        ``need**2 + min_snr**2`` (the two frames' evidence together: a noise peak rarely falls
+        on the line in two frames running); if not, both frames count as missed. Off: such a
+        fit is refused.
     max_misses : int
         Frames in a row without a spot after which a track end is not followed further (the
         prediction goes on through them: blinking, a spot too dim in one frame).
@@ -120,6 +131,7 @@ class FlowConfig:
     search_radius_px: float = 1.5
     brightness_ratio: float = 2.5
     max_misses: int = 3
+    confirm_after_misses: bool = True
     seed_gap_frames: int = 3
     seed_radius_px: float = 2.5
     seed_pairs: bool = True
@@ -132,6 +144,9 @@ class FlowConfig:
     along_lateral_px: float = 15.0
     window_blur_frames: float = 0.5
     join_overlap_frames: int = 6
+    fill_gap_frames: int = 30
+    fill_min_snr: float = 2.5
+    fill_min_hit_fraction: float = 0.3
 
     def __post_init__(self) -> None:
         if not 0 < self.min_speed_um_s < self.max_speed_um_s:
@@ -148,8 +163,10 @@ class FlowConfig:
             )
         if self.miss_snr_step < 0 or self.min_seed_points < 2 or self.join_gap_frames < 0:
             raise ValueError("miss_snr_step >= 0, min_seed_points >= 2, join_gap_frames >= 0")
-        if self.join_overlap_frames < 0:
-            raise ValueError("join_overlap_frames must be >= 0")
+        if self.join_overlap_frames < 0 or self.fill_gap_frames < 0:
+            raise ValueError("join_overlap_frames and fill_gap_frames must be >= 0")
+        if self.fill_min_snr < 0 or not 0 <= self.fill_min_hit_fraction <= 1:
+            raise ValueError("fill_min_snr >= 0, 0 <= fill_min_hit_fraction <= 1")
         if self.along_gap_frames < 0 or not 0 < self.along_angle_deg < 90:
             raise ValueError("along_gap_frames >= 0, 0 < along_angle_deg < 90")
         if self.along_lateral_px <= 0 or self.window_blur_frames < 0:
@@ -358,13 +375,16 @@ def follow_flow(
       end), the next frame's position is predicted from the last spot (weighted with the line,
       as a steady-state Kalman filter of drift plus random walk) moved by the line's velocity;
       a pixel-integrated Gaussian is fitted there by Poisson MLE (Smith et al., Nat Methods
-      2010) and accepted at a low SNR, higher after each frame without a spot (u-track's
-      Kalman propagation and gap closing, Jaqaman et al., Nat Methods 2008, applied to the
-      image), through up to ``max_misses`` frames in a row without a spot, until the line
-      leaves the field. A detection in no track at the prediction is taken; the first (last)
-      spot of another flow track joins the two;
+      2010) and accepted at a low SNR, higher after each frame without a spot unless the
+      next frame confirms it (u-track's Kalman propagation and gap closing, Jaqaman et al.,
+      Nat Methods 2008, applied to the image), through up to ``max_misses`` frames in a row
+      without a spot, until the line leaves the field. A detection in no track at the
+      prediction is taken; the first (last) spot of another flow track joins the two;
     * **joining**: the end of a flow track and the start of a later one whose lines reach each
-      other's spots (within ``join_gap_frames``) are joined, one-to-one by a sparse LAP.
+      other's spots (within ``join_gap_frames``) are joined, one-to-one by a sparse LAP;
+    * **gap filling**: each frame missing inside a flow track (up to ``fill_gap_frames``) is
+      fitted at the straight line between the spots either side, where the particle is far
+      better known (a Brownian bridge) than following could predict from one side.
 
     Parameters
     ----------
@@ -432,6 +452,7 @@ class _Follower:
         pts = pd.concat(parts, ignore_index=True)
         # point arrays with spare room at the end: fits are added one at a time
         self.size = len(pts)
+        self.n_measured = self.size  # points from here on are the flow pass's own fits
         cap = self.size + 1024
         self._f = np.empty(cap, np.int64)
         self._xy = np.empty((cap, 2))
@@ -489,6 +510,11 @@ class _Follower:
         t = int(t)
         self.by_frame[t] = np.append(self.by_frame.get(t, np.empty(0, np.int64)), k)
         return k
+
+    def _release(self, points) -> None:
+        """Put ``points`` in no track: detections become free again, fits are discarded."""
+        points = np.asarray(points, np.int64)
+        self.owner[points] = np.where(points < self.n_measured, -1, _DISCARDED)
 
     def run(self) -> pd.DataFrame:
         cfg = self.config
@@ -553,8 +579,53 @@ class _Follower:
         # a seed must be confirmed by what following it found (track-before-detect)
         for p in seeds:
             if self._root(p) == p and len(self.members.get(p, ())) < cfg.min_seed_points:
-                self.owner[self.members.get(p, [])] = -1
+                self._release(self.members.get(p, []))
+        if cfg.fill_gap_frames:
+            self._fill_gaps()
+            release_mapped_pages(self.frames)
         return self._table()
+
+    def _fill_gaps(self) -> None:
+        """Fit the frames missing inside each flow track, at the straight line between the spots
+        either side of the gap.
+
+        A random walk with drift, pinned at both ends of a gap of ``G`` frames, is a Brownian
+        bridge: its mean ``h`` frames in is the linear interpolation of the two spots (the drift
+        cancels), its variance per axis ``var_lat * h * (G - h) / G``, at most a quarter of the
+        one-sided prediction's ``var_lat * G`` that following had at the gap's middle. So the
+        search region is small (2 s.d., not following's 2.5: at SNR 2-3 a fit further off has
+        mostly been pulled onto a noise peak), and a fit is accepted at ``fill_min_snr``
+        whatever the gap's length; gaps longer than ``fill_gap_frames`` are left (a blink, or a
+        join across one), and so are a gap's spots if fewer than ``fill_min_hit_fraction`` of
+        its frames have one. Another track's spot in the gap is not joined (joins are
+        :meth:`_join_fragments`' and following's).
+        """
+        cfg = self.config
+        for p in sorted({self._root(q) for q in self.flow}):
+            idx = self.members.get(p)
+            if not idx or self.owner[idx[0]] != p:
+                continue  # joined into another track, or an unconfirmed seed
+            idx = np.array(idx)
+            idx = idx[np.argsort(self.f[idx])]
+            ref = float(np.median(self.n[idx]))
+            gaps = np.diff(self.f[idx])
+            for a in np.flatnonzero((gaps > 1) & (gaps <= cfg.fill_gap_frames + 1)):
+                ka, kb = int(idx[a]), int(idx[a + 1])
+                gap = int(self.f[kb] - self.f[ka])
+                step = (self.xy[kb] - self.xy[ka]) / gap
+                self._need, self._speed = cfg.fill_min_snr, math.hypot(*step)
+                got = []
+                for h in range(1, gap):
+                    pred = self.xy[ka] + step * h
+                    sd = math.sqrt(self.var_lat * (h * (gap - h) / gap + 0.5))
+                    radius = math.hypot(cfg.search_radius_px, 2.0 * sd)
+                    k = self._take_or_fit(p, int(self.f[ka]) + h, pred, radius, ref, 0)
+                    if k >= 0:
+                        got.append(k)
+                if got and len(got) < cfg.fill_min_hit_fraction * (gap - 1):
+                    # a blink: the dot was off, the few fits that passed are noise
+                    self._release(got)
+                    del self.members[p][-len(got) :]
 
     def _join_fragments(self, v_lo: float) -> None:
         """Join the end of a flow track to the start of a later one on its line (one-to-one,
@@ -658,6 +729,8 @@ class _Follower:
         signals = sorted(self.n[idx].tolist())
         misses = 0
         line = None
+        # a dim fit after misses, to be confirmed: (point, misses before it, need, its SNR)
+        pending = None
         while True:
             if line is None:  # the track changed: its line, anchor and brightness again
                 end_t = int(self.f[idx[-1]])
@@ -665,7 +738,7 @@ class _Follower:
                 f_end = self.f[near_end].astype(float)
                 centre, vel, rms, tm = line = _line(f_end, self.xy[near_end])
                 if math.hypot(*vel) < self.v_lo or rms > cfg.max_residual_px:
-                    return
+                    break
                 ref = _median_of_sorted(signals)
                 # drift plus a random walk: the last spot says more about where the particle
                 # is than the straight line does (a steady-state Kalman gain); the line gives
@@ -676,31 +749,62 @@ class _Follower:
                 span = max(1.0, float(np.ptp(f_end)))
             t = end_t + direction * (misses + 1)
             if not 0 <= t < n_frames:
-                return
+                break
             pred = anchor + vel * (t - end_t)
             if not (-0.5 < pred[0] < nx - 0.5 and -0.5 < pred[1] < ny - 0.5):
-                return
+                break
             h = misses + 1
             sd = math.sqrt(self.var_lat * (h + 0.5) + 3.0 * (rms * h / span) ** 2)
             radius = math.hypot(cfg.search_radius_px, 2.5 * sd)
-            self._misses, self._speed = misses, math.hypot(*vel)
+            need = cfg.min_snr + cfg.miss_snr_step * misses
+            self._need = cfg.min_snr if cfg.confirm_after_misses else need
+            self._speed = math.hypot(*vel)
             got = self._take_or_fit(p, t, pred, radius, ref, direction)
             if got == _JOINED:
                 return
+            fit = got >= self.n_measured
+            if pending is not None and got >= 0 and fit:
+                # the pair's evidence: as much as a fit at the threshold and one at min_snr
+                _, _, need0, snr0 = pending
+                if snr0**2 + self.fit_snr**2 < need0**2 + cfg.min_snr**2:
+                    self.members[p].remove(got)
+                    self._release([got])
+                    got = -1
             if got >= 0:
+                # after misses, a fit short of ``need`` stands only if the next frame has a spot
+                dim = fit and not self.fit_snr >= need
+                pending = (got, misses, need, self.fit_snr) if dim and pending is None else None
                 idx.append(got)
                 insort(signals, float(self.n[got]))
                 misses = 0
                 line = None
+            elif pending is not None:
+                # not confirmed: on from the spot before it, both frames missed
+                self._unfollow(p, idx, signals, pending[0])
+                misses, pending = pending[1] + 2, None
+                line = None
+                if misses > cfg.max_misses:
+                    return
             else:
                 misses += 1
                 if misses > cfg.max_misses:
                     return
+        if pending is not None:
+            self._unfollow(p, idx, signals, pending[0])
+
+    def _unfollow(self, p: int, idx: list, signals: list, k: int) -> None:
+        """Take the last point ``k`` (an unconfirmed fit) off track ``p`` being followed
+        (``idx``: its points towards the end followed; ``signals``: theirs, sorted)."""
+        idx.pop()
+        signals.remove(float(self.n[k]))
+        self.members[p].remove(k)
+        self._release([k])
 
     def _take_or_fit(self, p, t, pred, radius, ref, direction) -> int:
         """Give track ``p`` a spot in frame ``t`` near ``pred``: an unlinked detection, or a
         fit there. Returns the point's index, -1 if none, or ``_JOINED`` if the spot there
-        began another flow track, which is joined to ``p``."""
+        began (``direction`` 1) or ended (-1) another flow track, which is joined to ``p``
+        (``direction`` 0: never)."""
         cfg = self.config
         lo, hi = ref / cfg.brightness_ratio, ref * cfg.brightness_ratio
         close = self._near(t, pred, max(cfg.join_radius_px, radius))
@@ -714,7 +818,7 @@ class _Follower:
                 self.owner[k] = p
                 self.members[p].append(int(k))
                 return int(k)
-            if o >= 0 and o != p and o in self.flow and d <= cfg.join_radius_px:
+            if direction and o >= 0 and o != p and o in self.flow and d <= cfg.join_radius_px:
                 other = self.members[o]
                 edge = self.f[other].min() if direction > 0 else self.f[other].max()
                 if own_frames is None:
@@ -724,7 +828,7 @@ class _Follower:
                     self.members[p] += self.members.pop(o)
                     self.alias[o] = p
                     return _JOINED
-        if any(np.hypot(*(self.xy[k] - pred)) <= 2.0 and self.owner[k] != -1 for k in close):
+        if any(np.hypot(*(self.xy[k] - pred)) <= 2.0 and self.owner[k] >= 0 for k in close):
             return -1  # another track's spot there: do not fit over it
         return self._fit(p, t, pred, radius, lo, hi)
 
@@ -754,14 +858,13 @@ class _Follower:
             read_var=self.camera.read_var_effective,
         )
         with np.errstate(invalid="ignore", divide="ignore"):
-            snr = fit.photons[0] / fit.photons_err[0]
+            snr = self.fit_snr = float(fit.photons[0] / fit.photons_err[0])
         x, y, n = fit.x[0], fit.y[0], fit.photons[0]
-        need = self.config.min_snr + self.config.miss_snr_step * self._misses
-        ok = bool(fit.ok[0]) and snr >= need and lo <= n <= hi
+        ok = bool(fit.ok[0]) and snr >= self._need and lo <= n <= hi
         ok = ok and np.hypot(x - pred[0], y - pred[1]) <= radius
         if not ok:
             return -1
-        if len(self._near(t, np.array([x, y]), 1.0)):
+        if (self.owner[self._near(t, np.array([x, y]), 1.0)] != _DISCARDED).any():
             return -1
         k = self._add_point(t, x, y, n, p)
         self.new_rows.append((p, t, x, y, n, fit.background[0], fit.x_err[0], fit.y_err[0], k))
