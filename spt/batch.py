@@ -495,8 +495,9 @@ def run_batch(
         pool_context = _dask_client(scheduler)
     else:
         pool_context = contextlib.nullcontext()
-    with pool_context as pool:
-        try:
+    with contextlib.ExitStack() as stack:
+        try:  # the progress bar closes even when the pool or the cluster cannot start
+            pool = stack.enter_context(pool_context)
             runner(
                 todo_jobs,
                 out,

@@ -447,6 +447,29 @@ def test_workers_and_scheduler_together_are_refused(movies, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_the_status_line_is_cleared_when_the_scheduler_cannot_be_reached(movies, tmp_path):
+    # A re-run reports the movie already done on the terminal's status line, then fails to reach
+    # the cluster for the other: the error leaves no status line behind.
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    inputs = [movies / "m3.ome.tif", movies / "day2" / "m1.ome.tif"]
+    run_batch(inputs[:1], tmp_path / "o", CONFIG, workers=1)
+    terminal = Terminal()
+    with pytest.raises(SptInputError, match="cannot reach"):
+        run_batch(
+            inputs,
+            tmp_path / "o",
+            CONFIG,
+            scheduler="tcp://127.0.0.1:1",
+            progress=BatchProgress(2, stream=terminal),
+        )
+    shown = terminal.getvalue()
+    assert "[1/2 movies]" in shown
+    assert shown.endswith("\r") and not shown.rsplit("\r", 2)[1].strip()
+
+
 def test_in_memory_results_of_local_runs(movies, reference, tmp_path):
     with pytest.raises(ValueError, match="scheduler"):
         run_batch(
