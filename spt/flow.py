@@ -663,12 +663,8 @@ class _Follower:
         v_tail, r_tail = np.array([e[4][1] for e in ends]), np.array([e[4][2] for e in ends])
         bright = np.array([e[5] for e in ends])
         first = np.array([e[6] for e in ends])
-        fast_head = ~(np.hypot(v_head[:, 0], v_head[:, 1]) < v_lo) & ~(
-            r_head > cfg.max_residual_px
-        )
-        fast_tail = ~(np.hypot(v_tail[:, 0], v_tail[:, 1]) < v_lo) & ~(
-            r_tail > cfg.max_residual_px
-        )
+        fast_head = ~(np.hypot(v_head[:, 0], v_head[:, 1]) < v_lo) & ~(r_head > cfg.max_residual_px)
+        fast_tail = ~(np.hypot(v_tail[:, 0], v_tail[:, 1]) < v_lo) & ~(r_tail > cfg.max_residual_px)
         rows, cols, cost = [], [], []
         for a in np.flatnonzero(fast_tail):
             _, _, t1, _, (ca, va, ra, ma), na, _, last_a = ends[a]
@@ -743,9 +739,9 @@ class _Follower:
                 # drift plus a random walk: the last spot says more about where the particle
                 # is than the straight line does (a steady-state Kalman gain); the line gives
                 # the drift
-                anchor = cfg.last_point_weight * self.xy[idx[-1]] + (
-                    1 - cfg.last_point_weight
-                ) * (centre + vel * (end_t - tm))
+                anchor = cfg.last_point_weight * self.xy[idx[-1]] + (1 - cfg.last_point_weight) * (
+                    centre + vel * (end_t - tm)
+                )
                 span = max(1.0, float(np.ptp(f_end)))
             t = end_t + direction * (misses + 1)
             if not 0 <= t < n_frames:
