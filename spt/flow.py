@@ -371,8 +371,16 @@ def _jump_cuts(
     step = np.diff(xy, axis=0)
     gap = np.diff(f).astype(float)
     vel = step / gap[:, None]
+    # a side's median velocity reaches v_lo only if half its steps reach v_lo / sqrt(2) (in one
+    # axis at least): the steps of a track that never flows need no median
+    n = len(step)
+    fast = np.r_[0, np.cumsum(np.hypot(vel[:, 0], vel[:, 1]) >= v_lo / math.sqrt(2))]
+    k = np.arange(n)
+    n_before, n_after = np.minimum(k, window), np.minimum(n - 1 - k, window)
+    before = (fast[k] - fast[k - n_before]) * 2 >= n_before
+    after = (fast[k + 1 + n_after] - fast[k + 1]) * 2 >= n_after
     cuts = []
-    for k in range(len(step)):
+    for k in np.flatnonzero((before | (n_before < 2)) & (after | (n_after < 2))).tolist():
         devs = []
         for side in (vel[max(0, k - window) : k], vel[k + 1 : k + 1 + window]):
             if len(side) < 2:
