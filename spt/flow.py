@@ -112,6 +112,16 @@ class FlowConfig:
         particles of one vessel flow one way.
     along_lateral_px : float
         See ``along_angle_deg`` (about half a vessel's width).
+    split_jump_sd : float
+        Before following, a flow track is cut where a step jumps off the track's flow: farther
+        than this many s.d. of the jitter (``lateral_diffusion_um2_s`` over the step's frames
+        and one frame more for the two spots' localisation) from the median velocity of the
+        ``split_window`` steps before it and from that of those after it, both at least
+        ``min_speed_um_s``. In plug flow each particle keeps its own speed and place in the
+        queue, so such a jump is the linker taking a neighbour's spot; following and joining
+        then put the pieces back together by their lines. 0: off.
+    split_window : int
+        See ``split_jump_sd``.
     window_blur_frames : float
         The fit window reaches this many frames of the track's motion (px) beyond the PSF's
         3 s.d. on each side: a flowing particle's image is a streak as long as its motion over
@@ -147,6 +157,8 @@ class FlowConfig:
     fill_gap_frames: int = 30
     fill_min_snr: float = 2.5
     fill_min_hit_fraction: float = 0.3
+    split_jump_sd: float = 4.0
+    split_window: int = 5
 
     def __post_init__(self) -> None:
         if not 0 < self.min_speed_um_s < self.max_speed_um_s:
@@ -171,6 +183,8 @@ class FlowConfig:
             raise ValueError("along_gap_frames >= 0, 0 < along_angle_deg < 90")
         if self.along_lateral_px <= 0 or self.window_blur_frames < 0:
             raise ValueError("along_lateral_px must be > 0, window_blur_frames >= 0")
+        if self.split_jump_sd < 0 or self.split_window < 2:
+            raise ValueError("split_jump_sd >= 0, split_window >= 2")
 
 
 def _line(t: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -342,6 +356,45 @@ def _seed_along(
     return seeds
 
 
+def _jump_cuts(
+    f: np.ndarray, xy: np.ndarray, v_lo: float, var_step: float, max_sd: float, window: int
+) -> np.ndarray:
+    """Steps of one track (index ``k``: from point ``k`` to ``k + 1``, points in frame order)
+    that jump off its flow.
+
+    A step of ``g`` frames is a jump if it lies farther than ``max_sd * sqrt(var_step * (g +
+    1))`` px from ``g`` times the median velocity (px/frame) of the ``window`` steps before it
+    and from that of the ``window`` steps after it (a side with fewer than 2 steps is not
+    asked); if either side moves slower than ``v_lo`` px/frame (the particle stopping, or not
+    flowing) it is not.
+    """
+    step = np.diff(xy, axis=0)
+    gap = np.diff(f).astype(float)
+    vel = step / gap[:, None]
+    # a side's median velocity reaches v_lo only if half its steps reach v_lo / sqrt(2) (in one
+    # axis at least): the steps of a track that never flows need no median
+    n = len(step)
+    fast = np.r_[0, np.cumsum(np.hypot(vel[:, 0], vel[:, 1]) >= v_lo / math.sqrt(2))]
+    k = np.arange(n)
+    n_before, n_after = np.minimum(k, window), np.minimum(n - 1 - k, window)
+    before = (fast[k] - fast[k - n_before]) * 2 >= n_before
+    after = (fast[k + 1 + n_after] - fast[k + 1]) * 2 >= n_after
+    cuts = []
+    for k in np.flatnonzero((before | (n_before < 2)) & (after | (n_after < 2))).tolist():
+        devs = []
+        for side in (vel[max(0, k - window) : k], vel[k + 1 : k + 1 + window]):
+            if len(side) < 2:
+                continue
+            v = np.median(side, axis=0)
+            if math.hypot(*v) < v_lo:
+                break
+            devs.append(math.hypot(*(step[k] - v * gap[k])))
+        else:
+            if devs and min(devs) > max_sd * math.sqrt(var_step * (gap[k] + 1)):
+                cuts.append(k)
+    return np.array(cuts, np.int64)
+
+
 def _flatten(lists) -> tuple[np.ndarray, np.ndarray]:
     """``(query, point)`` index pairs of a :meth:`cKDTree.query_ball_point` answer."""
     lens = np.fromiter(map(len, lists), np.int64, len(lists))
@@ -366,6 +419,9 @@ def follow_flow(
     its image is a motion-blurred streak, dim enough at low photon counts to be detected in only
     a third of its frames. Three steps recover it:
 
+    * **cutting**: a track is cut where a step jumps off its flow (``split_jump_sd``): in plug
+      flow each particle keeps its own speed and place in the queue, so a jump is the linker
+      taking a neighbour's spot; the pieces are followed and joined on their own lines;
     * **seeding**: three unlinked detections within a few frames on one straight line at a flow
       speed, or two bright ones at a flow speed, start a new track (track-before-detect on
       detections: random detections rarely line up); a seed is kept only if following it
@@ -521,6 +577,8 @@ class _Follower:
         v_lo = self.v_lo = cfg.min_speed_um_s * self.px_per_frame
         v_hi = cfg.max_speed_um_s * self.px_per_frame
         next_id = int(self.tracks["particle"].max()) + 1
+        if cfg.split_jump_sd:
+            next_id = self._split_jumps(next_id)
         # seeds from unlinked detections
         free_idx = np.flatnonzero(self.owner == -1)
         typical = float(np.median(self.n[: self.n_track_rows]))
@@ -584,6 +642,35 @@ class _Follower:
             self._fill_gaps()
             release_mapped_pages(self.frames)
         return self._table()
+
+    def _split_jumps(self, next_id: int) -> int:
+        """Cut the input tracks where a step jumps off their flow (:func:`_jump_cuts`); each
+        piece after a cut a new track (ids from ``next_id``), a piece of fewer than 3 points
+        free detections (dropped if no track takes them: mostly noise, or a spot of a
+        neighbour's, which has its own). Returns the next unused id."""
+        cfg = self.config
+        n_tr = self.n_track_rows
+        for idx in _members(self.owner[:n_tr]).values():
+            if len(idx) < 4:
+                continue
+            idx = idx[np.argsort(self.f[idx], kind="stable")]
+            cuts = _jump_cuts(
+                self.f[idx],
+                self.xy[idx],
+                self.v_lo,
+                self.var_lat,
+                cfg.split_jump_sd,
+                cfg.split_window,
+            )
+            if len(cuts) == 0:
+                continue
+            for i, piece in enumerate(np.split(idx, cuts + 1)):
+                if len(piece) < 3:
+                    self.owner[piece] = -1
+                elif i:
+                    self.owner[piece] = next_id
+                    next_id += 1
+        return next_id
 
     def _fill_gaps(self) -> None:
         """Fit the frames missing inside each flow track, at the straight line between the spots
@@ -867,8 +954,9 @@ class _Follower:
         return k
 
     def _table(self) -> pd.DataFrame:
-        out = self.tracks.copy()
-        out["particle"] = self.owner[: self.n_track_rows]
+        own = self.owner[: self.n_track_rows]
+        # track rows a cut left in no track, and no track took, are dropped: mostly noise
+        out = self.tracks[own >= 0].assign(particle=own[own >= 0])
         parts = [out]
         n_free = 0 if self.free is None else len(self.free)
         if n_free:

@@ -389,3 +389,35 @@ def test_config_is_validated_and_input_checked():
         config=FlowConfig(enabled=False),
     )
     assert out is tracks
+
+
+def _queue(speed_px: float, behind_frames: int, seed: int) -> pd.DataFrame:
+    """Two particles flowing in one lane, the second ``behind_frames`` frames behind the first
+    (a queue in the vessel, ``speed_px`` * ``behind_frames`` px apart)."""
+    truth = _flow_truth(2, speed_px, seed=seed)
+    second = truth["particle"] == 1
+    truth.loc[second, "frame"] -= 12 - behind_frames  # _flow_truth starts them 12 frames apart
+    lane = truth.loc[~second, "y"].iloc[0] - truth.loc[second, "y"].iloc[0]
+    truth.loc[second, "y"] += lane
+    truth.loc[second, "_ys"] = truth.loc[second, "_ys"].map(lambda ys: [y + lane for y in ys])
+    return truth
+
+
+def test_track_jumping_to_the_particle_behind_is_cut_and_both_followed():
+    """A track that follows one particle of a queue and then jumps back to the particle behind
+    it (a linker's exchange, 12 px back along the flow) is cut there: each piece is followed
+    along its own particle, and each crossing ends up mostly in one track; not without the
+    cut."""
+    truth = _queue(6.0, 2, seed=5)
+    movie = _movie(truth, int(truth["frame"].max()) + 1, seed=6)
+    camera, sigma = resolve_camera_and_psf(movie[:32], _CALIBRATED)
+    vis = truth[truth["visible"]].reset_index(drop=True)
+    mid = int(vis["frame"].median())
+    # one track: the first particle's spots until ``mid``, then the second's (signal in photons)
+    swapped = vis[(vis["particle"] == 0) == (vis["frame"] < mid)]
+    tracks = swapped[["frame", "x", "y"]].assign(signal=150.0, particle=0)
+    kw = dict(camera=camera, psf_sigma_px=sigma, pixel_size_um=PX, frame_interval_s=DT)
+    out = follow_flow(tracks, movie, **kw)
+    assert (_whole(truth, out) >= 0.8).all()
+    off = follow_flow(tracks, movie, config=FlowConfig(split_jump_sd=0.0), **kw)
+    assert (_whole(truth, off) < 0.7).all()
