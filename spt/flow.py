@@ -93,16 +93,7 @@ class FlowConfig:
         A seeded track is kept only if following it brings it to at least this many points.
     join_gap_frames : int
         Largest gap (frames) across which the end of a flow track is joined to the start of
-        another (same drift, brightness, see ``join_max_chi2``). 0: off.
-    join_window : int
-        Points nearest each end of two flow tracks whose straight line gives the drift
-        (velocity, px/frame) compared for ``join_max_chi2`` (many: a random walk's steps
-        average out slowly).
-    join_max_chi2 : float
-        Two flow tracks are joined only if they fit one particle in plug flow, a random walk
-        (``lateral_diffusion_um2_s``) with one constant drift: their drifts agree and the step
-        across the gap is the drift times the gap, with a chi-square (4 d.o.f.) of at most
-        this; the pairs are chosen one-to-one by a sparse LAP on the negative log-likelihood.
+        another on its line (same velocity, brightness). 0: off.
     join_overlap_frames : int
         Most frames by which the later of two joined flow tracks may start before the earlier
         one ends, if no frame holds a spot of both (pieces of one particle's track followed
@@ -169,8 +160,6 @@ class FlowConfig:
     fill_min_hit_fraction: float = 0.3
     split_jump_sd: float = 4.0
     split_window: int = 5
-    join_window: int = 30
-    join_max_chi2: float = 25.0
 
     def __post_init__(self) -> None:
         if not 0 < self.min_speed_um_s < self.max_speed_um_s:
@@ -197,8 +186,6 @@ class FlowConfig:
             raise ValueError("along_lateral_px must be > 0, window_blur_frames >= 0")
         if self.split_jump_sd < 0 or self.split_window < 2:
             raise ValueError("split_jump_sd >= 0, split_window >= 2")
-        if self.join_window < 2 or self.join_max_chi2 <= 0:
-            raise ValueError("join_window >= 2, join_max_chi2 > 0")
 
 
 def _line(t: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -409,69 +396,6 @@ def _jump_cuts(
     return np.array(cuts, np.int64)
 
 
-def _drift_var(var_step: float, span: np.ndarray | float) -> np.ndarray | float:
-    """Variance (px^2/frame^2, per axis) of the least-squares drift of a random walk of
-    ``var_step`` px^2 per axis and frame, measured over ``span`` frames: about
-    ``1.2 var_step / span`` from the walk, and ``var_step / span**2`` more for the end spots'
-    localisation."""
-    return var_step * (1.2 * span + 1.0) / span**2
-
-
-def _join_chi2(
-    last_a: np.ndarray,
-    drift_a: np.ndarray,
-    span_a: float,
-    first_b: np.ndarray,
-    drift_b: np.ndarray,
-    span_b: np.ndarray,
-    gap: np.ndarray,
-    var_step: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """How well one track's end and others' starts fit one particle in plug flow: a random
-    walk of ``var_step`` px^2 per axis and frame with one constant drift.
-
-    The two pieces' drifts must agree (within :func:`_drift_var` each), and the step across
-    the gap must be their weighted mean drift times the gap, within the walk's spread over the
-    gap and a frame more (the two spots' localisation), plus the mean drift's error carried
-    over it.
-
-    Parameters
-    ----------
-    last_a : ndarray, shape (2,)
-        The first track's last spot (px).
-    drift_a : ndarray, shape (2,)
-        Its drift (px/frame) near its end.
-    span_a : float
-        Frames (>= 1) that drift was measured over.
-    first_b : ndarray, shape (k, 2)
-        The other tracks' first spots (px).
-    drift_b : ndarray, shape (k, 2)
-        Their drifts (px/frame) near their starts.
-    span_b : ndarray, shape (k,)
-        Frames (>= 1) those were measured over.
-    gap : ndarray, shape (k,)
-        Frames from ``last_a`` to each ``first_b`` (< 1 if they overlap).
-    var_step : float
-        See above.
-
-    Returns
-    -------
-    chi2 : ndarray, shape (k,)
-        Chi-square (4 d.o.f.).
-    logdet : ndarray, shape (k,)
-        Log of the product of the two variances (in units of ``var_step``), for the Gaussian
-        negative log-likelihood ``0.5 * chi2 + logdet``: a long gap, wider, costs more.
-    """
-    var_a, var_b = _drift_var(var_step, span_a), _drift_var(var_step, span_b)
-    chi2_v = ((drift_a - drift_b) ** 2).sum(axis=1) / (var_a + var_b)
-    var_drift = 1.0 / (1.0 / var_a + 1.0 / var_b)
-    drift = (drift_a / var_a + drift_b / var_b[:, None]) * var_drift[:, None]
-    d = first_b - last_a - drift * gap[:, None]
-    var_d = var_step * (np.abs(gap) + 1.0) + var_drift * gap**2
-    chi2 = chi2_v + (d**2).sum(axis=1) / var_d
-    return chi2, np.log((var_a + var_b) * var_d / var_step**2)
-
-
 def _flatten(lists) -> tuple[np.ndarray, np.ndarray]:
     """``(query, point)`` index pairs of a :meth:`cKDTree.query_ball_point` answer."""
     lens = np.fromiter(map(len, lists), np.int64, len(lists))
@@ -514,10 +438,8 @@ def follow_flow(
       Nat Methods 2008, applied to the image), through up to ``max_misses`` frames in a row
       without a spot, until the line leaves the field. A detection in no track at the
       prediction is taken; the first (last) spot of another flow track joins the two;
-    * **joining**: the end of a flow track and the start of a later one (within
-      ``join_gap_frames``) that fit one particle in plug flow, a random walk with one constant
-      drift (their drifts agree, the step across the gap is the drift times the gap:
-      ``join_max_chi2``), are joined, one-to-one by a sparse LAP on the likelihood;
+    * **joining**: the end of a flow track and the start of a later one whose lines reach each
+      other's spots (within ``join_gap_frames``) are joined, one-to-one by a sparse LAP;
     * **gap filling**: each frame missing inside a flow track (up to ``fill_gap_frames``) is
       fitted at the straight line between the spots either side, where the particle is far
       better known (a Brownian bridge) than following could predict from one side.
@@ -833,16 +755,13 @@ class _Follower:
                     del self.members[p][-len(got) :]
 
     def _join_fragments(self, v_lo: float) -> None:
-        """Join the end of a flow track to the start of a later one, across up to
-        ``join_gap_frames`` frames, if the two fit one particle in plug flow (:func:`_join_chi2`
-        at most ``join_max_chi2``, on the drifts of the ``join_window`` points nearest the
-        ends); one-to-one, by a sparse LAP on the negative log-likelihood."""
+        """Join the end of a flow track to the start of a later one on its line (one-to-one,
+        sparse LAP on the normalised distance between each end's prediction and the other's
+        spot), across up to ``join_gap_frames`` frames."""
         cfg = self.config
-        w, far = cfg.velocity_window, cfg.join_window
+        w = cfg.velocity_window
         roots = sorted({self._root(p) for p in self.flow})
-        # (track, first t, last t, head line, tail line, median n, first spot, last spot,
-        # head drift and its span, tail drift and its span)
-        ends = []
+        ends = []  # (track, first t, last t, head line, tail line, median n)
         for p in roots:
             idx = np.sort(np.asarray(self.members.get(p, []), np.int64))
             if len(idx) < 3:
@@ -850,7 +769,6 @@ class _Follower:
             idx = idx[np.argsort(self.f[idx])]
             head = _line(self.f[idx[:w]].astype(float), self.xy[idx[:w]])
             tail = _line(self.f[idx[-w:]].astype(float), self.xy[idx[-w:]])
-            t_head, t_tail = self.f[idx[:far]].astype(float), self.f[idx[-far:]].astype(float)
             ends.append(
                 (
                     p,
@@ -861,25 +779,22 @@ class _Follower:
                     np.median(self.n[idx]),
                     self.xy[idx[0]],
                     self.xy[idx[-1]],
-                    (_line(t_head, self.xy[idx[:far]])[1], max(float(np.ptp(t_head)), 1.0)),
-                    (_line(t_tail, self.xy[idx[-far:]])[1], max(float(np.ptp(t_tail)), 1.0)),
                 )
             )
         if not ends:
             return
-        # each track's frames, head line (its start), brightness, first spot and head drift
+        # each track's first frame, head line (its start), brightness and first spot, as arrays
         t_first, t_last = np.array([e[1] for e in ends]), np.array([e[2] for e in ends])
-        v_head, r_head = np.array([e[3][1] for e in ends]), np.array([e[3][2] for e in ends])
+        c_head, v_head = np.array([e[3][0] for e in ends]), np.array([e[3][1] for e in ends])
+        r_head, m_head = np.array([e[3][2] for e in ends]), np.array([e[3][3] for e in ends])
         v_tail, r_tail = np.array([e[4][1] for e in ends]), np.array([e[4][2] for e in ends])
         bright = np.array([e[5] for e in ends])
         first = np.array([e[6] for e in ends])
-        u_head = np.array([e[8][0] for e in ends])
-        s_head = np.array([e[8][1] for e in ends])
         fast_head = ~(np.hypot(v_head[:, 0], v_head[:, 1]) < v_lo) & ~(r_head > cfg.max_residual_px)
         fast_tail = ~(np.hypot(v_tail[:, 0], v_tail[:, 1]) < v_lo) & ~(r_tail > cfg.max_residual_px)
         rows, cols, cost = [], [], []
         for a in np.flatnonzero(fast_tail):
-            _, _, t1, _, _, na, _, last_a, _, (ua, sa) = ends[a]
+            _, _, t1, _, (ca, va, ra, ma), na, _, last_a = ends[a]
             h = t_first - t1
             ok = (h >= 1 - cfg.join_overlap_frames) & (h <= cfg.join_gap_frames) & fast_head
             # the later one starts and ends later (so no chain of joins loops back)
@@ -893,14 +808,19 @@ class _Follower:
             b = np.flatnonzero(ok)
             if len(b) == 0:
                 continue
-            chi2, logdet = _join_chi2(
-                last_a, ua, sa, first[b], u_head[b], s_head[b], h[b].astype(float), self.var_lat
-            )
-            keep = chi2 <= cfg.join_max_chi2
+            h, rb = np.abs(h[b]), r_head[b]
+            # each end's line must reach the other's spot
+            sd = np.sqrt(self.var_lat * h + (ra**2 + rb**2) * (1.0 + 3.0 * h**2 / w**2))
+            fw = ca + va * (t_first[b] - ma)[:, None] - first[b]
+            bw = c_head[b] + v_head[b] * (t1 - m_head[b])[:, None] - last_a
+            d_fw, d_bw = np.hypot(fw[:, 0], fw[:, 1]), np.hypot(bw[:, 0], bw[:, 1])
+            r = np.hypot(cfg.search_radius_px, 2.5 * sd)
+            dv = va - v_head[b]
+            keep = (d_fw <= r) & (d_bw <= r)
+            keep &= np.hypot(dv[:, 0], dv[:, 1]) <= 0.3 * np.hypot(*va) + 1.0
             rows += [int(a)] * int(keep.sum())
             cols += b[keep].tolist()
-            # negative log-likelihood against that of the threshold (only negative costs join)
-            cost += (0.5 * (chi2[keep] - cfg.join_max_chi2) + logdet[keep]).tolist()
+            cost += (0.5 * (d_fw[keep] + d_bw[keep]) / r[keep] - 1.0).tolist()
         if not rows:
             return
         r_sel, c_sel = solve_sparse_lap(
