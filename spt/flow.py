@@ -647,28 +647,26 @@ class _Follower:
             release_mapped_pages(self.frames)
         return self._table()
 
+    def _pieces(self, idx: np.ndarray) -> list[np.ndarray]:
+        """The points ``idx`` of one track in frame order, cut where a step jumps off their flow
+        (:func:`_jump_cuts`; a track of fewer than 4 points is not cut)."""
+        idx = idx[np.argsort(self.f[idx], kind="stable")]
+        if len(idx) < 4:
+            return [idx]
+        cfg = self.config
+        cuts = _jump_cuts(
+            self.f[idx], self.xy[idx], self.v_lo, self.var_lat, cfg.split_jump_sd, cfg.split_window
+        )
+        return np.split(idx, cuts + 1)
+
     def _split_jumps(self, next_id: int) -> int:
         """Cut the input tracks where a step jumps off their flow (:func:`_jump_cuts`); each
         piece after a cut a new track (ids from ``next_id``), a piece of fewer than 3 points
         free detections (dropped if no track takes them: mostly noise, or a spot of a
         neighbour's, which has its own). Returns the next unused id."""
-        cfg = self.config
-        n_tr = self.n_track_rows
-        for idx in _members(self.owner[:n_tr]).values():
-            if len(idx) < 4:
-                continue
-            idx = idx[np.argsort(self.f[idx], kind="stable")]
-            cuts = _jump_cuts(
-                self.f[idx],
-                self.xy[idx],
-                self.v_lo,
-                self.var_lat,
-                cfg.split_jump_sd,
-                cfg.split_window,
-            )
-            if len(cuts) == 0:
-                continue
-            for i, piece in enumerate(np.split(idx, cuts + 1)):
+        for idx in _members(self.owner[: self.n_track_rows]).values():
+            pieces = self._pieces(idx)
+            for i, piece in enumerate(pieces if len(pieces) > 1 else ()):
                 if len(piece) < 3:
                     self.owner[piece] = -1
                 elif i:
@@ -683,24 +681,12 @@ class _Follower:
         points is a flow track (the first keeps the id, the others new ones from ``next_id``),
         a shorter one's points are put in no track (:meth:`_release`). Returns the next unused
         id."""
-        cfg = self.config
         for p in sorted({self._root(q) for q in self.flow}):
-            idx = np.asarray(self.members.get(p, []), np.int64)
-            if len(idx) < 4:
-                continue
-            idx = idx[np.argsort(self.f[idx], kind="stable")]
-            cuts = _jump_cuts(
-                self.f[idx],
-                self.xy[idx],
-                self.v_lo,
-                self.var_lat,
-                cfg.split_jump_sd,
-                cfg.split_window,
-            )
-            if len(cuts) == 0:
+            pieces = self._pieces(np.asarray(self.members.get(p, []), np.int64))
+            if len(pieces) < 2:
                 continue
             self.members[p] = []
-            for piece in np.split(idx, cuts + 1):
+            for piece in pieces:
                 if len(piece) < 3:
                     self._release(piece)
                     continue
