@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
 from scipy.spatial import cKDTree
 
 from spt._lap import solve_sparse_lap
@@ -380,20 +381,29 @@ def _jump_cuts(
     n_before, n_after = np.minimum(k, window), np.minimum(n - 1 - k, window)
     before = (fast[k] - fast[k - n_before]) * 2 >= n_before
     after = (fast[k + 1 + n_after] - fast[k + 1]) * 2 >= n_after
-    cuts = []
-    for k in np.flatnonzero((before | (n_before < 2)) & (after | (n_after < 2))).tolist():
-        devs = []
-        for side in (vel[max(0, k - window) : k], vel[k + 1 : k + 1 + window]):
-            if len(side) < 2:
-                continue
-            v = np.median(side, axis=0)
-            if math.hypot(*v) < v_lo:
-                break
-            devs.append(math.hypot(*(step[k] - v * gap[k])))
-        else:
-            if devs and min(devs) > max_sd * math.sqrt(var_step * (gap[k] + 1)):
-                cuts.append(k)
-    return np.array(cuts, np.int64)
+    k = np.flatnonzero((before | (n_before < 2)) & (after | (n_after < 2)))
+    if not len(k):
+        return k.astype(np.int64)
+    # windows[i] holds velocities i - window .. i - 1 (NaN off the track): the steps before
+    # step k are windows[k], those after it windows[k + 1 + window]
+    padded = np.full((n + 2 * window, 2), np.nan)
+    padded[window : window + n] = vel
+    windows = sliding_window_view(padded, window, axis=0)  # (n + window + 1, 2, window)
+    thr = max_sd * np.sqrt(var_step * (gap[k] + 1))
+    slow = np.zeros(len(k), bool)
+    dev = np.full(len(k), np.inf)
+    asked = np.zeros(len(k), bool)
+    for side, count in ((windows[k], n_before[k]), (windows[k + 1 + window], n_after[k])):
+        use = count >= 2
+        ordered = np.sort(side[use], axis=-1)  # NaN last: the median of the first ``count``
+        c = count[use][:, None, None]
+        low, high = (np.take_along_axis(ordered, i, -1)[..., 0] for i in ((c - 1) // 2, c // 2))
+        v = 0.5 * (low + high)
+        slow[use] |= np.hypot(v[:, 0], v[:, 1]) < v_lo
+        d = np.hypot(*(step[k[use]] - v * gap[k[use], None]).T)
+        dev[use] = np.minimum(dev[use], d)
+        asked |= use
+    return k[asked & ~slow & (dev > thr)].astype(np.int64)
 
 
 def _flatten(lists) -> tuple[np.ndarray, np.ndarray]:

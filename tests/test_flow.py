@@ -10,7 +10,7 @@ from _smaps import mapped_kb
 
 from spt.detect import DetectConfig, locate_movie, resolve_camera_and_psf
 from spt.errors import SptInputError
-from spt.flow import FlowConfig, _seed_along, follow_flow
+from spt.flow import FlowConfig, _jump_cuts, _seed_along, follow_flow
 from spt.guided import guided_detect
 from spt.io import read_movie, write_movie
 from spt.link import LinkConfig, link
@@ -236,6 +236,41 @@ def test_along_flow_seeds_match_their_definition_in_bounded_memory():
             want.append([a, b])
     assert len(want) > 50
     assert [list(s) for s in seeds] == want
+
+
+def test_jump_cuts_match_their_definition():
+    """The vectorised jump test gives, step by step, what its definition says on tracks that
+    flow, stop, diffuse, skip frames and jump: a step is cut when it lies beyond max_sd
+    jitter s.d. from the median velocity of the steps on each side (sides with >= 2 steps),
+    and both sides flow."""
+    rng = np.random.default_rng(1)
+    v_lo, var_step, max_sd = 1.0, 0.3, 4.0
+    n_cut = 0
+    for _ in range(400):
+        n = int(rng.integers(4, 60))
+        f = np.cumsum(rng.integers(1, 4, n))
+        v = rng.normal(0, 3, 2) * (rng.random() < 0.7)
+        xy = np.cumsum(rng.normal(0, 0.5, (n, 2)) + v * np.r_[1, np.diff(f)][:, None], axis=0)
+        if rng.random() < 0.6:
+            xy[rng.integers(1, n) :] += rng.normal(0, 8, 2)
+        if rng.random() < 0.3:  # the particle stops
+            xy[rng.integers(1, n) :] = xy[-1] + rng.normal(0, 0.5, 2)
+        window = int(rng.integers(2, 7))
+        want = []
+        step, gap = np.diff(xy, axis=0), np.diff(f)
+        for k in range(n - 1):
+            vel = step / gap[:, None]
+            sides = [vel[max(0, k - window) : k], vel[k + 1 : k + 1 + window]]
+            meds = [np.median(s, axis=0) for s in sides if len(s) >= 2]
+            if not meds or any(np.hypot(*m) < v_lo for m in meds):
+                continue
+            devs = [np.hypot(*(step[k] - m * gap[k])) for m in meds]
+            if min(devs) > max_sd * np.sqrt(var_step * (gap[k] + 1)):
+                want.append(k)
+        got = _jump_cuts(f, xy, v_lo, var_step, max_sd, window)
+        assert got.tolist() == want
+        n_cut += len(want)
+    assert n_cut > 100
 
 
 def test_fit_window_holds_the_streak_of_fast_flow():
