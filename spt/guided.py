@@ -116,6 +116,14 @@ class GuidedConfig:
     untangle_flow_contact_px : float
         Distance (px) at which two flowing tracks meet, for ``untangle_min_llr`` (they pass
         each other between frames).
+    untangle_brightness_sd : float
+        Each side of a meeting takes as many frames (up to ``untangle_brightness_max_frames``)
+        as bring the s.d. of its mean log brightness down to this, for ``untangle_min_llr``.
+    untangle_brightness_max_frames : int
+        Most frames either side of a meeting whose spots give the brightness.
+    untangle_isolation_px : float
+        Spots with another track's spot within this distance (px) do not count towards the
+        brightness (their fits mix the two spots' light).
     rejoin_gap_frames : int
         Longest gap (frames) across which the end of one track and the start of another, at
         the same place, are joined after the last pass (beyond the linker's
@@ -148,6 +156,9 @@ class GuidedConfig:
     untangle_contact_px: float = 3.0
     untangle_window_frames: int = 10
     untangle_flow_contact_px: float = 6.0
+    untangle_brightness_sd: float = 0.04
+    untangle_brightness_max_frames: int = 60
+    untangle_isolation_px: float = 2.0
     rejoin_gap_frames: int = 100
     rejoin_radius_px: float = 4.0
 
@@ -181,6 +192,15 @@ class GuidedConfig:
             )
         if self.untangle_window_frames < 2:
             raise ValueError("untangle_window_frames must be >= 2")
+        if (
+            self.untangle_brightness_sd <= 0
+            or self.untangle_brightness_max_frames < self.untangle_window_frames
+            or self.untangle_isolation_px < 0
+        ):
+            raise ValueError(
+                "untangle_brightness_sd must be > 0, untangle_brightness_max_frames >= "
+                "untangle_window_frames and untangle_isolation_px >= 0"
+            )
         if self.rejoin_gap_frames < 0 or self.rejoin_radius_px <= 0:
             raise ValueError("rejoin_gap_frames must be >= 0 and rejoin_radius_px > 0")
 
@@ -798,6 +818,9 @@ def guided_detect(
             contact_px=config.untangle_contact_px,
             window_frames=config.untangle_window_frames,
             flow_contact_px=config.untangle_flow_contact_px,
+            brightness_sd=config.untangle_brightness_sd,
+            brightness_max_frames=config.untangle_brightness_max_frames,
+            isolation_px=config.untangle_isolation_px,
         )
     return out
 

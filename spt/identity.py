@@ -71,6 +71,24 @@ def _meetings(p, f, xy, var_of: pd.Series, contact: float, flow_contact: float) 
     return out
 
 
+def _crowded(p, f, xy, radius: float) -> np.ndarray:
+    """Rows with another track's spot within ``radius`` px in the same frame."""
+    out = np.zeros(len(p), bool)
+    pairs = cKDTree(np.column_stack([xy, f * 1e4])).query_pairs(radius, output_type="ndarray")
+    pairs = pairs.reshape(-1, 2)
+    out[pairs[p[pairs[:, 0]] != p[pairs[:, 1]]].ravel()] = True
+    return out
+
+
+def _isolated(rows, f, crowded, lo: int, hi: int, fallback) -> np.ndarray:
+    """``rows`` (one track's, in frame order) in frames ``lo`` to ``hi - 1`` that are not
+    ``crowded``; ``fallback`` if fewer than 2."""
+    fr = f[rows]
+    r = rows[np.searchsorted(fr, lo) : np.searchsorted(fr, hi)]
+    r = r[~crowded[r]]
+    return r if len(r) >= 2 else fallback
+
+
 def untangle_tracks(
     tracks: pd.DataFrame,
     *,
@@ -78,24 +96,29 @@ def untangle_tracks(
     contact_px: float = 3.0,
     window_frames: int = 10,
     flow_contact_px: float = 6.0,
+    brightness_sd: float = 0.04,
+    brightness_max_frames: int = 60,
+    isolation_px: float = 2.0,
 ) -> pd.DataFrame:
     """Undo identity swaps where two tracks meet, from where each was before and after.
 
-    Each episode in which two tracks come within ``contact_px`` of each other
-    (contacts up to 5 frames apart are one episode) is judged from the two tracks' spots in the
-    ``window_frames`` frames before it and after it: each particle's
-    position before, moved on by its velocity over that window, against its position after,
-    with a Brownian spread from the track's own steps (median squared step, so a particle
-    that barely moves is held to its place), and its mean log brightness before and after
-    (quantum dots keep theirs). When exchanging the two tracks after the episode's closest
-    approach is more likely by a log-likelihood ratio of ``min_llr``, they are
-    exchanged; episodes are taken in time order. Two flowing tracks (steps > 1 px^2 per axis
-    and frame) are judged the same way with a constant velocity and the spread of their
-    velocity changes (one overtaking the other); a flowing and a non-flowing one are left as
-    the linker made them. The frame-to-frame linker cannot do this: it has one diffusion
-    coefficient for all particles and forgets where a particle was before two unresolved
-    spots merged (u-track's motion propagation, Jaqaman et al., Nat Methods 2008, judges
-    one frame at a time).
+    Each episode in which two tracks come within ``contact_px`` of each other (contacts up to 5
+    frames apart are one episode) is judged from the two tracks' spots in the ``window_frames``
+    frames before it and after it: each particle's position before, moved on by its velocity
+    over that window, against its position after, with a Brownian spread from the track's own
+    steps (median squared step, so a particle that barely moves is held to its place), and its
+    mean log brightness before and after (quantum dots keep theirs). The brightness is averaged
+    over as many frames either side as bring the mean's s.d. down to ``brightness_sd`` (dim
+    spots are noisy: at 150 photons ten frames cannot tell two quantum dots 20 % apart), from
+    the spots with no other track's spot within ``isolation_px`` (the fit of two touching spots
+    mixes their light). When exchanging the two tracks after the episode's closest approach is
+    more likely by a log-likelihood ratio of ``min_llr``, they are exchanged; episodes are taken
+    in time order. Two flowing tracks (steps > 1 px^2 per axis and frame) are judged the same
+    way with a constant velocity and the spread of their velocity changes (one overtaking the
+    other); a flowing and a non-flowing one are left as the linker made them. The frame-to-frame
+    linker cannot do this: it has one diffusion coefficient for all particles and forgets where
+    a particle was before two unresolved spots merged (u-track's motion propagation, Jaqaman et
+    al., Nat Methods 2008, judges one frame at a time).
 
     Parameters
     ----------
@@ -111,6 +134,15 @@ def untangle_tracks(
         Distance (px) at which two flowing tracks meet: particles moving several px per frame
         pass each other between two frames, so their closest spots in one frame may be this
         far apart.
+    brightness_sd : float
+        Target s.d. of each side's mean log brightness: a side takes ``(s / brightness_sd)^2``
+        frames, ``s`` the larger per-frame s.d. of the two tracks' log brightness, at least
+        ``window_frames`` and at most ``brightness_max_frames``.
+    brightness_max_frames : int
+        Most frames either side whose spots give the brightness.
+    isolation_px : float
+        Spots with another track's spot within this distance (px) are left out of the
+        brightness; a side with fewer than 2 other spots takes the ``window_frames`` spots.
 
     Returns
     -------
@@ -125,6 +157,10 @@ def untangle_tracks(
         raise ValueError(
             "min_llr must be >= 0, contact_px and flow_contact_px > 0, window_frames >= 2"
         )
+    if brightness_sd <= 0 or brightness_max_frames < window_frames or isolation_px < 0:
+        raise ValueError(
+            "brightness_sd must be > 0, brightness_max_frames >= window_frames, isolation_px >= 0"
+        )
     tracks = tracks.sort_values(["particle", "frame"], kind="stable", ignore_index=True)
     p = tracks["particle"].to_numpy().copy()
     f = tracks["frame"].to_numpy(np.int64)
@@ -136,6 +172,7 @@ def untangle_tracks(
     same = (p[1:] == p[:-1]) & (f[1:] - f[:-1] <= 3)
     lsd_of = pd.Series(np.abs(np.diff(logn))[same]).groupby(p[1:][same]).median() * 1.05
     episodes = _meetings(p, f, xy, var_of, contact_px, flow_contact_px)
+    crowded = _crowded(p, f, xy, isolation_px)
     w = window_frames
     # rows of each track (rows are sorted by particle then frame), kept up to date on exchanges
     part, start = np.unique(p, return_index=True)
@@ -159,6 +196,16 @@ def untangle_tracks(
         if min(len(pre_a), len(pre_b), len(post_a), len(post_b)) < 2:
             continue
         ll = np.zeros(2)  # keep, swap
+        s = max(lsd_of.get(a, 0.1), lsd_of.get(b, 0.1), 0.03)
+        n_lit = int(np.clip(np.ceil((s / brightness_sd) ** 2), w, brightness_max_frames))
+        lit_pre = {
+            owner: _isolated(rows, f, crowded, t0 - n_lit, t0, window)
+            for owner, rows, window in ((a, ra, pre_a), (b, rb, pre_b))
+        }
+        lit_post = {
+            owner: _isolated(rows, f, crowded, t1 + 1, t1 + 1 + n_lit, window)
+            for owner, rows, window in ((a, ra, post_a), (b, rb, post_b))
+        }
         for pre, owner in ((pre_a, a), (pre_b, b)):
             t_pre = f[pre].mean()
             m0 = xy[pre].mean(axis=0)
@@ -175,6 +222,7 @@ def untangle_tracks(
             elif (vel**2).sum() * span2 <= 9 * 2 * var * (1 + len(pre) / 2):
                 vel = np.zeros(2)
             lsd = max(lsd_of.get(owner, 0.1), 0.03)
+            after = (a, b) if owner == a else (b, a)
             for h, post in enumerate((post_a, post_b) if owner == a else (post_b, post_a)):
                 t_post = f[post].mean()
                 pred = m0 + vel * (t_post - t_pre)
@@ -182,8 +230,9 @@ def untangle_tracks(
                 if flow:  # the velocity's own error, carried over the gap
                     v += var * (t_post - t_pre) ** 2 / max(span2, 1.0)
                 ll[h] -= ((xy[post].mean(axis=0) - pred) ** 2).sum() / (2 * v)
-                vb = lsd**2 * (1 / len(pre) + 1 / len(post))
-                ll[h] -= (logn[post].mean() - logn[pre].mean()) ** 2 / (2 * vb)
+                lit0, lit1 = lit_pre[owner], lit_post[after[h]]
+                vb = lsd**2 * (1 / len(lit0) + 1 / len(lit1))
+                ll[h] -= (logn[lit1].mean() - logn[lit0].mean()) ** 2 / (2 * vb)
         if ll[1] - ll[0] >= min_llr:
             cut_a, cut_b = (
                 np.searchsorted(fa, t_swap, "right"),

@@ -220,6 +220,10 @@ def test_movie_helper_uses_pipeline_config_and_validates():
     with pytest.raises(ValueError):
         GuidedConfig(untangle_window_frames=1)
     with pytest.raises(ValueError):
+        GuidedConfig(untangle_brightness_max_frames=5)  # fewer than untangle_window_frames
+    with pytest.raises(ValueError):
+        GuidedConfig(untangle_brightness_sd=0)
+    with pytest.raises(ValueError):
         GuidedConfig(split_min_excess=0)
     tracks = pd.DataFrame({"frame": [0], "x": [1.0], "y": [1.0], "particle": [0]})
     with pytest.raises(SptInputError, match="signal"):
