@@ -70,6 +70,12 @@ class FlowConfig:
         own uncertainty (2.5 s.d.).
     brightness_ratio : float
         A fit's signal must lie within this factor of the track's median signal.
+    follow_rounds : int
+        Rounds of following the ends of every flow track, each one followed by joining,
+        dropping the seeds not confirmed and filling gaps (the tracks followed are cut once,
+        after the first). A later round goes on from ends that stopped where a seed since
+        dropped held the spots, or whose track a cut, a join or filled gaps have changed since
+        (a longer, better-sampled line near the end).
     confirm_after_misses : bool
         After misses, a fit with ``min_snr <= signal / signal_err`` short of the raised
         threshold ``need`` (``miss_snr_step``) is kept if the next frame, predicted from it,
@@ -143,6 +149,7 @@ class FlowConfig:
     search_radius_px: float = 1.5
     brightness_ratio: float = 2.5
     max_misses: int = 3
+    follow_rounds: int = 2
     confirm_after_misses: bool = True
     seed_gap_frames: int = 3
     seed_radius_px: float = 2.5
@@ -187,6 +194,8 @@ class FlowConfig:
             raise ValueError("along_lateral_px must be > 0, window_blur_frames >= 0")
         if self.split_jump_sd < 0 or self.split_window < 2:
             raise ValueError("split_jump_sd >= 0, split_window >= 2")
+        if self.follow_rounds < 1:
+            raise ValueError("follow_rounds must be >= 1")
 
 
 def _line(t: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -454,6 +463,10 @@ def follow_flow(
       fitted at the straight line between the spots either side, where the particle is far
       better known (a Brownian bridge) than following could predict from one side.
 
+    Following, joining and gap filling are repeated (``follow_rounds``): an end that stopped
+    at the spots of a seed since dropped, or whose track has been joined or filled since, is
+    followed again.
+
     Parameters
     ----------
     tracks : DataFrame
@@ -622,10 +635,7 @@ class _Follower:
                     break
         self.flow = set(flow)
         self.alias: dict[int, int] = {}
-        for direction in (1, -1):
-            for p in flow:
-                if self._root(p) == p:
-                    self._follow(p, direction)
+        self._follow_all(flow)
         if cfg.along_gap_frames:
             # particles of one vessel flow one way: the tracks followed so far say which way,
             # so two unlinked detections moving that way are a likely seed
@@ -646,16 +656,32 @@ class _Follower:
         release_mapped_pages(self.frames)
         if cfg.split_jump_sd:
             next_id = self._split_followed(next_id)
-        if cfg.join_gap_frames:
-            self._join_fragments(v_lo)
-        # a seed must be confirmed by what following it found (track-before-detect)
-        for p in seeds:
-            if self._root(p) == p and len(self.members.get(p, ())) < cfg.min_seed_points:
-                self._release(self.members.get(p, []))
-        if cfg.fill_gap_frames:
-            self._fill_gaps()
-            release_mapped_pages(self.frames)
+        for again in range(cfg.follow_rounds):
+            if again:
+                # ends that stopped where a seed since dropped held the spots, or whose track a
+                # cut, a join or filled gaps have changed since, may go on
+                first = {p: self.f[self.members[p]].min() for p in self.flow if self.members.get(p)}
+                self._follow_all(sorted(first, key=first.get))
+                release_mapped_pages(self.frames)
+            if cfg.join_gap_frames:
+                self._join_fragments(v_lo)
+            # a seed must be confirmed by what following it found (track-before-detect)
+            for p in seeds:
+                if self._root(p) == p and len(self.members.get(p, ())) < cfg.min_seed_points:
+                    self._release(self.members.pop(p, []))
+                    self.flow.discard(p)
+            if cfg.fill_gap_frames:
+                self._fill_gaps()
+                release_mapped_pages(self.frames)
         return self._table()
+
+    def _follow_all(self, tracks: list[int]) -> None:
+        """Follow the ends of ``tracks`` (flow tracks, in this order), forward then backward;
+        a track joined into another by then is followed as part of it."""
+        for direction in (1, -1):
+            for p in tracks:
+                if self._root(p) == p:
+                    self._follow(p, direction)
 
     def _pieces(self, idx: np.ndarray) -> list[np.ndarray]:
         """The points ``idx`` of one track in frame order, cut where a step jumps off their flow
