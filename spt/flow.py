@@ -437,7 +437,8 @@ def _map_fit(
     -------
     x, y, photons, x_err, y_err, photons_err, ok
         Position (px), light (effective photons), their s.d. (prior included), and whether the
-        fit converged.
+        fit converged to positive light inside the box (as :func:`spt.localize.fit_spots`
+        accepts: a spot beyond the image's edge is none of its spots).
     """
     n0 = float(start.photons[0]) if np.isfinite(start.photons[0]) else 1.0
     b0 = float(start.background[0]) if np.isfinite(start.background[0]) else 1.0
@@ -453,8 +454,9 @@ def _map_fit(
         read_var=camera.read_var_effective,
         prior_sd=np.array([[prior_sd]]),
     )
-    e = err[0, 0]
-    return x[0, 0], y[0, 0], n[0, 0], e[0], e[1], e[2], bool(ok[0]) and n[0, 0] > 0
+    x, y, n, e, side = x[0, 0], y[0, 0], n[0, 0], err[0, 0], box.shape[-1]
+    inside = ox - 0.5 < x < ox + side - 0.5 and oy - 0.5 < y < oy + side - 0.5
+    return x, y, n, e[0], e[1], e[2], bool(ok[0]) and inside and n > 0
 
 
 def _flatten(lists) -> tuple[np.ndarray, np.ndarray]:

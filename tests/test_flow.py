@@ -10,10 +10,11 @@ from _smaps import mapped_kb
 
 from spt.detect import DetectConfig, locate_movie, resolve_camera_and_psf
 from spt.errors import SptInputError
-from spt.flow import FlowConfig, _jump_cuts, _seed_along, follow_flow
+from spt.flow import FlowConfig, _jump_cuts, _map_fit, _seed_along, follow_flow
 from spt.guided import guided_detect
 from spt.io import read_movie, write_movie
 from spt.link import LinkConfig, link
+from spt.localize import fit_spots
 from spt.metrics import match_spots
 from spt.simulate import SimulationConfig, render
 
@@ -394,6 +395,35 @@ def test_dim_flow_is_followed_with_the_prediction_as_a_prior_on_position():
     assert found >= 0.85 * len(vis)
     assert found_mle < 0.75 * len(vis)
     assert n_out - found <= 0.05 * n_out  # the spots lie on their own particles
+
+
+def test_map_fit_keeps_a_spot_inside_the_image_only():
+    """The prior pulls a fit towards the prediction, but a spot entering the field, its light
+    mostly beyond the edge, must not be placed outside the image (no true spot is there): a
+    fit converging beyond the box is refused, as :func:`spt.localize.fit_spots` refuses it;
+    one inside is kept, near the true position."""
+    rng = np.random.default_rng(0)
+    side, sigma, read_var = 11, 1.3, 0.0
+    cols = np.arange(side)
+
+    def box(x0: float, y0: float) -> np.ndarray:
+        gx = np.exp(-((cols - x0) ** 2) / (2 * sigma**2))
+        gy = np.exp(-((cols - y0) ** 2) / (2 * sigma**2))
+        mu = 20.0 + 400.0 * np.outer(gy, gx) / (2 * np.pi * sigma**2)
+        return rng.poisson(mu)[None].astype(np.float32)
+
+    class _Cam:
+        read_var_effective = read_var
+
+    for x_true, pred_x, want in ((-1.5, 0.2, False), (4.0, 4.8, True)):
+        b = box(x_true, 5.0)
+        start = fit_spots(
+            b, np.array([0]), np.array([0]), np.array([pred_x]), np.array([5.0]), sigma
+        )
+        x, y, n, *_, ok = _map_fit(b, 0, 0, np.array([pred_x, 5.0]), 1.5, start, sigma, _Cam())
+        assert ok == want
+        if want:
+            assert abs(x - x_true) < 0.5 and abs(y - 5.0) < 0.5
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
