@@ -22,7 +22,7 @@ from spt.camera import Camera
 from spt.errors import SptInputError
 from spt.io import release_mapped_pages
 from spt.link import renumber_tracks
-from spt.localize import fit_groups, fit_spots
+from spt.localize import Fit, fit_groups, fit_spots
 
 __all__ = ["FlowConfig", "follow_flow"]
 
@@ -426,12 +426,19 @@ def _jump_cuts(
 
 
 def _map_fit(
-    box: np.ndarray, ox: int, oy: int, pred: np.ndarray, prior_sd: float, start, sigma, camera
+    box: np.ndarray,
+    ox: int,
+    oy: int,
+    pred: np.ndarray,
+    prior_sd: float,
+    start: Fit,
+    sigma: float,
+    camera: Camera,
 ) -> tuple[float, float, float, float, float, float, bool]:
     """Maximum a posteriori fit of one spot in ``box`` (effective photons, shape (1, W, W),
     top-left pixel at column ``ox``, row ``oy``) under a Gaussian prior (``prior_sd`` px per
     axis) on its position centred on ``pred`` (px), from the maximum-likelihood fit ``start``
-    (a :class:`spt.localize.Fit`: its photons and background).
+    (its photons and background); ``sigma`` the PSF s.d. (px), ``camera`` the camera model.
 
     Returns
     -------
