@@ -443,9 +443,11 @@ def _map_fit(
     Returns
     -------
     x, y, photons, x_err, y_err, photons_err, ok
-        Position (px), light (effective photons), their s.d. (prior included), and whether the
-        fit converged to positive light inside the box (as :func:`spt.localize.fit_spots`
-        accepts: a spot beyond the image's edge is none of its spots).
+        Position (px), light (effective photons), their s.d. (prior included), and whether
+        both ``start`` and this fit converged to positive light inside the box (as
+        :func:`spt.localize.fit_spots` accepts: a spot beyond the image's edge is none of its
+        spots; the prior refines a spot the image shows, it does not make one where the image
+        alone finds none, e.g. a spot entering the field, its centre still outside).
     """
     n0 = float(start.photons[0]) if np.isfinite(start.photons[0]) else 1.0
     b0 = float(start.background[0]) if np.isfinite(start.background[0]) else 1.0
@@ -463,7 +465,7 @@ def _map_fit(
     )
     x, y, n, e, side = x[0, 0], y[0, 0], n[0, 0], err[0, 0], box.shape[-1]
     inside = ox - 0.5 < x < ox + side - 0.5 and oy - 0.5 < y < oy + side - 0.5
-    return x, y, n, e[0], e[1], e[2], bool(ok[0]) and inside and n > 0
+    return x, y, n, e[0], e[1], e[2], bool(start.ok[0] and ok[0]) and inside and n > 0
 
 
 def _flatten(lists) -> tuple[np.ndarray, np.ndarray]:

@@ -400,8 +400,9 @@ def test_dim_flow_is_followed_with_the_prediction_as_a_prior_on_position():
 def test_map_fit_keeps_a_spot_inside_the_image_only():
     """The prior pulls a fit towards the prediction, but a spot entering the field, its light
     mostly beyond the edge, must not be placed outside the image (no true spot is there): a
-    fit converging beyond the box is refused, as :func:`spt.localize.fit_spots` refuses it;
-    one inside is kept, near the true position."""
+    fit converging beyond the box is refused, as :func:`spt.localize.fit_spots` refuses it,
+    and so is one where the maximum-likelihood fit it starts from found no spot; one inside is
+    kept, near the true position."""
     rng = np.random.default_rng(0)
     side, sigma, read_var = 11, 1.3, 0.0
     cols = np.arange(side)
@@ -424,6 +425,9 @@ def test_map_fit_keeps_a_spot_inside_the_image_only():
         assert ok == want
         if want:
             assert abs(x - x_true) < 0.5 and abs(y - 5.0) < 0.5
+            # where the maximum-likelihood fit found no spot, the prior does not make one
+            start.ok[0] = False
+            assert not _map_fit(b, 0, 0, np.array([pred_x, 5.0]), 1.5, start, sigma, _Cam())[-1]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
