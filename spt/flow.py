@@ -22,7 +22,7 @@ from spt.camera import Camera
 from spt.errors import SptInputError
 from spt.io import release_mapped_pages
 from spt.link import renumber_tracks
-from spt.localize import fit_spots
+from spt.localize import Fit, fit_groups, fit_spots
 
 __all__ = ["FlowConfig", "follow_flow"]
 
@@ -130,6 +130,13 @@ class FlowConfig:
         together by their lines. 0: off.
     split_window : int
         See ``split_jump_sd``.
+    position_prior : float
+        A fit at a prediction is the maximum a posteriori estimate under a Gaussian prior on
+        its position centred on the prediction, of this many times the prediction's own s.d.
+        (the Kalman filter's update, done on the image; 0: none, maximum likelihood). At SNR
+        2-4 a fit free to move goes to the highest noise peak in its window; the prior keeps it
+        on the particle the motion says is there, and a noise fit on the dim background (low
+        SNR, refused) instead of on a peak.
     window_blur_frames : float
         The fit window reaches this many frames of the track's motion (px) beyond the PSF's
         3 s.d. on each side: a flowing particle's image is a streak as long as its motion over
@@ -162,6 +169,7 @@ class FlowConfig:
     along_angle_deg: float = 15.0
     along_lateral_px: float = 15.0
     window_blur_frames: float = 0.5
+    position_prior: float = 1.0
     join_overlap_frames: int = 6
     fill_gap_frames: int = 30
     fill_min_snr: float = 2.5
@@ -196,6 +204,8 @@ class FlowConfig:
             raise ValueError("split_jump_sd >= 0, split_window >= 2")
         if self.follow_rounds < 1:
             raise ValueError("follow_rounds must be >= 1")
+        if not self.position_prior >= 0:
+            raise ValueError("position_prior must be >= 0")
 
 
 def _line(t: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -415,6 +425,49 @@ def _jump_cuts(
     return k[asked & ~slow & (dev > thr)].astype(np.int64)
 
 
+def _map_fit(
+    box: np.ndarray,
+    ox: int,
+    oy: int,
+    pred: np.ndarray,
+    prior_sd: float,
+    start: Fit,
+    sigma: float,
+    camera: Camera,
+) -> tuple[float, float, float, float, float, float, bool]:
+    """Maximum a posteriori fit of one spot in ``box`` (effective photons, shape (1, W, W),
+    top-left pixel at column ``ox``, row ``oy``) under a Gaussian prior (``prior_sd`` px per
+    axis) on its position centred on ``pred`` (px), from the maximum-likelihood fit ``start``
+    (its photons and background); ``sigma`` the PSF s.d. (px), ``camera`` the camera model.
+
+    Returns
+    -------
+    x, y, photons, x_err, y_err, photons_err, ok
+        Position (px), light (effective photons), their s.d. (prior included), and whether
+        both ``start`` and this fit converged to positive light inside the box (as
+        :func:`spt.localize.fit_spots` accepts: a spot beyond the image's edge is none of its
+        spots; the prior refines a spot the image shows, it does not make one where the image
+        alone finds none, e.g. a spot entering the field, its centre still outside).
+    """
+    n0 = float(start.photons[0]) if np.isfinite(start.photons[0]) else 1.0
+    b0 = float(start.background[0]) if np.isfinite(start.background[0]) else 1.0
+    x, y, n, err, ok, _ = fit_groups(
+        box,
+        np.array([ox]),
+        np.array([oy]),
+        pred[None, :1],
+        pred[None, 1:],
+        np.array([[n0]]),
+        np.array([b0]),
+        sigma,
+        read_var=camera.read_var_effective,
+        prior_sd=np.array([[prior_sd]]),
+    )
+    x, y, n, e, side = x[0, 0], y[0, 0], n[0, 0], err[0, 0], box.shape[-1]
+    inside = ox - 0.5 < x < ox + side - 0.5 and oy - 0.5 < y < oy + side - 0.5
+    return x, y, n, e[0], e[1], e[2], bool(start.ok[0] and ok[0]) and inside and n > 0
+
+
 def _flatten(lists) -> tuple[np.ndarray, np.ndarray]:
     """``(query, point)`` index pairs of a :meth:`cKDTree.query_ball_point` answer."""
     lens = np.fromiter(map(len, lists), np.int64, len(lists))
@@ -452,9 +505,11 @@ def follow_flow(
       end), the next frame's position is predicted from the last spot (weighted with the line,
       as a steady-state Kalman filter of drift plus random walk) moved by the line's velocity;
       a pixel-integrated Gaussian is fitted there by Poisson MLE (Smith et al., Nat Methods
-      2010) and accepted at a low SNR, higher after each frame without a spot unless the
-      next frame confirms it (u-track's Kalman propagation and gap closing, Jaqaman et al.,
-      Nat Methods 2008, applied to the image), through up to ``max_misses`` frames in a row
+      2010), refined to the maximum a posteriori under the prediction as a prior on its
+      position (``position_prior``: the Kalman update on the image), and accepted at a low
+      SNR, higher after each frame without a spot unless the next frame confirms it
+      (u-track's Kalman propagation and gap closing, Jaqaman et al., Nat Methods 2008,
+      applied to the image), through up to ``max_misses`` frames in a row
       without a spot, until the line leaves the field. A detection in no track at the
       prediction is taken; the first (last) spot of another flow track joins the two;
     * **joining**: the end of a flow track and the start of a later one whose lines reach each
@@ -768,7 +823,8 @@ class _Follower:
                     pred = self.xy[ka] + step * h
                     sd = math.sqrt(self.var_lat * (h * (gap - h) / gap + 0.5))
                     radius = math.hypot(cfg.search_radius_px, 2.0 * sd)
-                    k = self._take_or_fit(p, int(self.f[ka]) + h, pred, radius, ref, 0)
+                    # the region is 2 s.d. of the prediction's whole error
+                    k = self._take_or_fit(p, int(self.f[ka]) + h, pred, radius / 2, radius, ref, 0)
                     if k >= 0:
                         got.append(k)
                 if got and len(got) < cfg.fill_min_hit_fraction * (gap - 1):
@@ -904,7 +960,8 @@ class _Follower:
             need = cfg.min_snr + cfg.miss_snr_step * misses
             self._need = cfg.min_snr if cfg.confirm_after_misses else need
             self._speed = math.hypot(*vel)
-            got = self._take_or_fit(p, t, pred, radius, ref, direction)
+            # the region is 2.5 s.d. of the prediction's whole error
+            got = self._take_or_fit(p, t, pred, radius / 2.5, radius, ref, direction)
             if got == _JOINED:
                 return
             fit = got >= self.n_measured
@@ -945,11 +1002,11 @@ class _Follower:
         self.members[p].remove(k)
         self._release([k])
 
-    def _take_or_fit(self, p, t, pred, radius, ref, direction) -> int:
-        """Give track ``p`` a spot in frame ``t`` near ``pred``: an unlinked detection, or a
-        fit there. Returns the point's index, -1 if none, or ``_JOINED`` if the spot there
-        began (``direction`` 1) or ended (-1) another flow track, which is joined to ``p``
-        (``direction`` 0: never)."""
+    def _take_or_fit(self, p, t, pred, sd, radius, ref, direction) -> int:
+        """Give track ``p`` a spot in frame ``t`` near ``pred`` (s.d. ``sd`` px per axis): an
+        unlinked detection, or a fit there. Returns the point's index, -1 if none, or
+        ``_JOINED`` if the spot there began (``direction`` 1) or ended (-1) another flow track,
+        which is joined to ``p`` (``direction`` 0: never)."""
         cfg = self.config
         lo, hi = ref / cfg.brightness_ratio, ref * cfg.brightness_ratio
         close = self._near(t, pred, max(cfg.join_radius_px, radius))
@@ -975,10 +1032,12 @@ class _Follower:
                     return _JOINED
         if any(np.hypot(*(self.xy[k] - pred)) <= 2.0 and self.owner[k] >= 0 for k in close):
             return -1  # another track's spot there: do not fit over it
-        return self._fit(p, t, pred, radius, lo, hi)
+        return self._fit(p, t, pred, sd, radius, lo, hi)
 
-    def _fit(self, p, t, pred, radius, lo, hi) -> int:
-        """Fit a spot at ``pred`` in frame ``t``; its new point's index if accepted, else -1."""
+    def _fit(self, p, t, pred, sd, radius, lo, hi) -> int:
+        """Fit a spot at ``pred`` (s.d. ``sd`` px per axis) in frame ``t``; its new point's
+        index if accepted, else -1. The maximum-likelihood fit starts the maximum a posteriori
+        one (``position_prior``) and gives the background."""
         n_frames, ny, nx = self.shape
         reach = 3 * self.sigma + self.config.window_blur_frames * self._speed
         half = max(1, min(int(np.ceil(reach)), (min(ny, nx) - 1) // 2))
@@ -1002,17 +1061,22 @@ class _Follower:
             self.sigma,
             read_var=self.camera.read_var_effective,
         )
+        x, y, n, n_err = fit.x[0], fit.y[0], fit.photons[0], fit.photons_err[0]
+        x_err, y_err, ok = fit.x_err[0], fit.y_err[0], bool(fit.ok[0])
+        if self.config.position_prior > 0:
+            x, y, n, x_err, y_err, n_err, ok = _map_fit(
+                box, ox, oy, pred, self.config.position_prior * sd, fit, self.sigma, self.camera
+            )
         with np.errstate(invalid="ignore", divide="ignore"):
-            snr = self.fit_snr = float(fit.photons[0] / fit.photons_err[0])
-        x, y, n = fit.x[0], fit.y[0], fit.photons[0]
-        ok = bool(fit.ok[0]) and snr >= self._need and lo <= n <= hi
+            snr = self.fit_snr = float(n / n_err)
+        ok = ok and snr >= self._need and lo <= n <= hi
         ok = ok and np.hypot(x - pred[0], y - pred[1]) <= radius
         if not ok:
             return -1
         if (self.owner[self._near(t, np.array([x, y]), 1.0)] != _DISCARDED).any():
             return -1
         k = self._add_point(t, x, y, n, p)
-        self.new_rows.append((p, t, x, y, n, fit.background[0], fit.x_err[0], fit.y_err[0], k))
+        self.new_rows.append((p, t, x, y, n, fit.background[0], x_err, y_err, k))
         return k
 
     def _table(self) -> pd.DataFrame:
