@@ -13,6 +13,9 @@ $(BIN)/spt: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[all]"
+	# an editable install leaves spt uncompiled; where PYTHONDONTWRITEBYTECODE is set, every
+	# run (and each helper process) would compile its 15 000 lines again (~0.1 s each)
+	$(BIN)/python -m compileall -q spt
 	touch $(BIN)/spt
 
 setup: $(BIN)/spt

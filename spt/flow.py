@@ -1063,7 +1063,7 @@ class _Follower:
         )
         x, y, n, n_err = fit.x[0], fit.y[0], fit.photons[0], fit.photons_err[0]
         x_err, y_err, ok = fit.x_err[0], fit.y_err[0], bool(fit.ok[0])
-        if self.config.position_prior > 0:
+        if ok and self.config.position_prior > 0:  # a MAP fit needs a converged start
             x, y, n, x_err, y_err, n_err, ok = _map_fit(
                 box, ox, oy, pred, self.config.position_prior * sd, fit, self.sigma, self.camera
             )
