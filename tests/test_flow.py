@@ -347,6 +347,26 @@ def test_gaps_inside_a_flow_track_are_fitted_but_not_blinks():
     assert len(off) == len(tracks)
 
 
+def _seeded_scene(truth, *, seed: int, signal: float):
+    """A movie of ``truth`` (noise ``seed``) and each particle's first 6 visible spots as its
+    track; returns the visible truth and ``follow(**config)``, which follows those tracks (no
+    gap filling) with ``FlowConfig(**config)`` and gives the true spots found in their own
+    particle's track and the number of spots returned."""
+    movie = _movie(truth, int(truth["frame"].max()) + 1, seed=seed)
+    camera, sigma = resolve_camera_and_psf(movie[:32], _CALIBRATED)
+    vis = truth[truth["visible"]].reset_index(drop=True)
+    tracks = vis.groupby("particle").head(6)[["frame", "x", "y", "particle"]].assign(signal=signal)
+    kw = dict(camera=camera, psf_sigma_px=sigma, pixel_size_um=PX, frame_interval_s=DT)
+
+    def follow(**config) -> tuple[int, int]:
+        out = follow_flow(tracks, movie, config=FlowConfig(fill_gap_frames=0, **config), **kw)
+        m = match_spots(vis, out)
+        own = vis["particle"].to_numpy()[m.truth_index] == out["particle"].to_numpy()[m.found_index]
+        return int(own.sum()), len(out)
+
+    return vis, follow
+
+
 def test_dim_fit_after_a_miss_is_kept_when_the_next_frame_confirms_it():
     """Particles blinking off for one frame in three: after each miss the next fit must pass a
     raised SNR threshold, which a 150-photon streak often does not, so following stops; a fit
@@ -355,18 +375,10 @@ def test_dim_fit_after_a_miss_is_kept_when_the_next_frame_confirms_it():
     truth = _flow_truth(6, 6.0, seed=11)
     rel = truth["frame"] - truth.groupby("particle")["frame"].transform("min")
     truth.loc[(rel >= 8) & (rel % 3 == 0), "visible"] = False
-    movie = _movie(truth, int(truth["frame"].max()) + 1, seed=12)
-    camera, sigma = resolve_camera_and_psf(movie[:32], _CALIBRATED)
-    vis = truth[truth["visible"]].reset_index(drop=True)
-    tracks = vis.groupby("particle").head(6)[["frame", "x", "y", "particle"]].assign(signal=150.0)
-    kw = dict(camera=camera, psf_sigma_px=sigma, pixel_size_um=PX, frame_interval_s=DT)
+    vis, follow = _seeded_scene(truth, seed=12, signal=150.0)
 
     def followed(confirm: bool) -> tuple[int, int]:
-        config = FlowConfig(confirm_after_misses=confirm, fill_gap_frames=0)
-        out = follow_flow(tracks, movie, config=config, **kw)
-        m = match_spots(vis, out)
-        own = vis["particle"].to_numpy()[m.truth_index] == out["particle"].to_numpy()[m.found_index]
-        return int(own.sum()), len(out)
+        return follow(confirm_after_misses=confirm)
 
     (found, n_out), (found_off, _) = followed(True), followed(False)
     assert found >= 0.9 * len(vis)
@@ -380,18 +392,10 @@ def test_dim_flow_is_followed_with_the_prediction_as_a_prior_on_position():
     prediction as a prior on its position (maximum a posteriori) it stays on the particle, and
     the crossings are followed much further, on their own particles' spots."""
     truth = _flow_truth(6, 7.0, seed=21).assign(photons=110.0)
-    movie = _movie(truth, int(truth["frame"].max()) + 1, seed=22)
-    camera, sigma = resolve_camera_and_psf(movie[:32], _CALIBRATED)
-    vis = truth[truth["visible"]].reset_index(drop=True)
-    tracks = vis.groupby("particle").head(6)[["frame", "x", "y", "particle"]].assign(signal=110.0)
-    kw = dict(camera=camera, psf_sigma_px=sigma, pixel_size_um=PX, frame_interval_s=DT)
+    vis, follow = _seeded_scene(truth, seed=22, signal=110.0)
 
     def followed(prior: float) -> tuple[int, int]:
-        config = FlowConfig(position_prior=prior, fill_gap_frames=0)
-        out = follow_flow(tracks, movie, config=config, **kw)
-        m = match_spots(vis, out)
-        own = vis["particle"].to_numpy()[m.truth_index] == out["particle"].to_numpy()[m.found_index]
-        return int(own.sum()), len(out)
+        return follow(position_prior=prior)
 
     (found, n_out), (found_mle, _) = followed(1.0), followed(0.0)
     assert found >= 0.85 * len(vis)
