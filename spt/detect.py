@@ -34,7 +34,14 @@ from spt.localize import (
 )
 from spt.schema import SPOT_COLUMNS, empty_table
 
-__all__ = ["DetectConfig", "locate", "locate_movie", "locate_chunks", "estimate_psf_sigma"]
+__all__ = [
+    "DetectConfig",
+    "locate",
+    "locate_movie",
+    "locate_chunks",
+    "estimate_psf_sigma",
+    "spots_with_neighbours",
+]
 
 _METHODS = ("mle", "centroid")
 
@@ -277,7 +284,7 @@ def _dedupe(
     return np.flatnonzero(keep)
 
 
-def _crowded(t: np.ndarray, x: np.ndarray, y: np.ndarray, reach: float) -> np.ndarray:
+def spots_with_neighbours(t: np.ndarray, x: np.ndarray, y: np.ndarray, reach: float) -> np.ndarray:
     """Whether each spot has another spot of the same frame within ``reach`` px."""
     if len(t) < 2:
         return np.zeros(len(t), bool)
@@ -429,7 +436,7 @@ def _deflate_and_refit(eff, snr_map, scale, fit, t, ox, oy, need, half, sigma, r
             s = np.concatenate([s, np.full(len(t2), sigma)])
             errs = np.vstack([errs, np.full((len(t2), 3), np.nan)])
             ok = np.concatenate([ok, np.zeros(len(t2), bool)])
-    crowd = _crowded(t, x, y, side + 1.0)
+    crowd = spots_with_neighbours(t, x, y, side + 1.0)
     # spots found in the residual always need a fit; lone first-pass spots keep theirs
     todo = np.flatnonzero(crowd | (np.arange(len(t)) >= n_first))
     if len(todo):
@@ -493,7 +500,7 @@ def _split_merged(eff, t, ox, oy, x, y, n, b, s, errs, ok, half, sigma, read_var
         return None
     typical = np.median(n[bright])
     # lone spots only: near other spots, unmodelled light and blur make splits unreliable
-    cand = np.flatnonzero(bright & ~_crowded(t, x, y, 4.0 * sigma + 1.0))
+    cand = np.flatnonzero(bright & ~spots_with_neighbours(t, x, y, 4.0 * sigma + 1.0))
     if len(cand) == 0:
         return None
     _, ny, nx = eff.shape
@@ -674,7 +681,7 @@ def estimate_psf_sigma(
         )
         # isolated spots only: touching spots and motion blur widen the fit
         good = fit.ok & (fit.photons / fit.photons_err > threshold)
-        good &= ~_crowded(t, fit.x, fit.y, 4 * sigma + 2)
+        good &= ~spots_with_neighbours(t, fit.x, fit.y, 4 * sigma + 2)
         if good.sum() < 3:
             return float(sigma)
         # median weighted by SNR^2 (the inverse variance of each width estimate, roughly)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from spt.detect import spots_with_neighbours
 from spt.errors import SptInputError
 from spt.link import renumber_tracks
 
@@ -68,15 +69,6 @@ def _meetings(p, f, xy, var_of: pd.Series, contact: float, flow_contact: float) 
                 if p[q] != p[r]:
                     out.append((f[r] + 1, f[r + 1] - 1, f[r], r, q))
     out.sort(key=lambda e: (e[0], e[1]))
-    return out
-
-
-def _crowded(p, f, xy, radius: float) -> np.ndarray:
-    """Rows with another track's spot within ``radius`` px in the same frame."""
-    out = np.zeros(len(p), bool)
-    pairs = cKDTree(np.column_stack([xy, f * 1e4])).query_pairs(radius, output_type="ndarray")
-    pairs = pairs.reshape(-1, 2)
-    out[pairs[p[pairs[:, 0]] != p[pairs[:, 1]]].ravel()] = True
     return out
 
 
@@ -172,7 +164,8 @@ def untangle_tracks(
     same = (p[1:] == p[:-1]) & (f[1:] - f[:-1] <= 3)
     lsd_of = pd.Series(np.abs(np.diff(logn))[same]).groupby(p[1:][same]).median() * 1.05
     episodes = _meetings(p, f, xy, var_of, contact_px, flow_contact_px)
-    crowded = _crowded(p, f, xy, isolation_px)
+    # a track has one spot per frame: a spot with another within reach is another track's
+    crowded = spots_with_neighbours(f, xy[:, 0], xy[:, 1], isolation_px)
     w = window_frames
     # rows of each track (rows are sorted by particle then frame), kept up to date on exchanges
     part, start = np.unique(p, return_index=True)
